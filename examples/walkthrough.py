@@ -1,0 +1,72 @@
+"""Upgrade a copy of the sample installation from 0.1.0 to 0.2.0 and show what changed.
+
+    python examples/walkthrough.py [FOLDER]
+
+The copy goes to FOLDER (default: a new temporary folder); the sample itself is never touched.
+Runs the real ``dopemux-update`` command line: status, plan, upgrade, then shows the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from contextlib import closing
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SAMPLE = HERE / "installation"
+MIGRATIONS = HERE.parent / "migrations" / "examples"
+TEXT_FILES = ("config/mcp/broker.yaml", "docker-compose.yml", "config/app.yaml")
+
+
+def run(*args: str) -> int:
+    command = [sys.executable, "-m", "dopemux_update", *args]
+    print(f"\n$ dopemux-update {' '.join(args)}", flush=True)
+    return subprocess.run(command, check=False).returncode
+
+
+def schema(db: Path) -> list[str]:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'decisions' AND sql IS NOT NULL"
+        )
+        return [line + "\n" for (sql,) in rows for line in sql.splitlines()]
+
+
+def main() -> int:
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "installation"
+    if target.exists():
+        print(f"{target} already exists; pass a new folder", file=sys.stderr)
+        return 2
+    shutil.copytree(SAMPLE, target, symlinks=True)
+    before = {name: (target / name).read_text().splitlines(keepends=True) for name in TEXT_FILES}
+    before_schema = schema(target / ".dopemux/conport.db")
+    print(f"Copied the sample installation to {target}")
+
+    common = ["--root", str(target), "--migrations", str(MIGRATIONS)]
+    run("status", *common)
+    run("plan", *common)
+    code = run("upgrade", *common, "--yes", "--no-restart")
+    if code != 0:
+        print(f"\nupgrade exited with {code}", file=sys.stderr)
+        return code
+
+    print("\nWhat the upgrade changed:")
+    for name, old in before.items():
+        new = (target / name).read_text().splitlines(keepends=True)
+        diff = list(difflib.unified_diff(old, new, f"a/{name}", f"b/{name}"))
+        print("".join(diff) if diff else f"  {name}: unchanged (user comments and all)\n")
+    diff = difflib.unified_diff(
+        before_schema, schema(target / ".dopemux/conport.db"), "a/conport.db", "b/conport.db"
+    )
+    print("".join(diff))
+    run("status", *common)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""dopemux-update: validated, backed-up, exactly reversible update migrations for Dopemux."""
+
+from ._backup import BackupInfo as BackupInfo
+from ._backup import BackupStore as BackupStore
+from ._backup import RestoreReport as RestoreReport
+from ._backup import Scope as Scope
+from ._discovery import Catalog as Catalog
+from ._discovery import load_transitions as load_transitions
+from ._discovery import scan_migrations as scan_migrations
+from ._events import BackupCreated as BackupCreated
+from ._events import BackupStarted as BackupStarted
+from ._events import Event as Event
+from ._events import EventHandler as EventHandler
+from ._events import MigrationFinished as MigrationFinished
+from ._events import MigrationOutput as MigrationOutput
+from ._events import MigrationStarted as MigrationStarted
+from ._events import PlanReady as PlanReady
+from ._events import RestoreFinished as RestoreFinished
+from ._events import RollbackStarted as RollbackStarted
+from ._events import RollbackStep as RollbackStep
+from ._events import UpdateFinished as UpdateFinished
+from ._exceptions import BackupError as BackupError
+from ._exceptions import MigrationValidationError as MigrationValidationError
+from ._exceptions import PlanError as PlanError
+from ._exceptions import PreflightError as PreflightError
+from ._exceptions import Problem as Problem
+from ._exceptions import RestartError as RestartError
+from ._exceptions import StateError as StateError
+from ._exceptions import UpdateError as UpdateError
+from ._exceptions import VersionError as VersionError
+from ._models import Direction as Direction
+from ._models import Migration as Migration
+from ._models import MigrationInfo as MigrationInfo
+from ._models import Plan as Plan
+from ._models import Step as Step
+from ._models import Transition as Transition
+from ._models import UpdateResult as UpdateResult
+from ._orchestration import OrchestrationPhase as OrchestrationPhase
+from ._pipeline import PhaseResult as PhaseResult
+from ._pipeline import PipelineResult as PipelineResult
+from ._pipeline import RestartReceiver as RestartReceiver
+from ._pipeline import UpdatePhase as UpdatePhase
+from ._pipeline import UpdatePipeline as UpdatePipeline
+from ._planning import Route as Route
+from ._planning import build_plan as build_plan
+from ._planning import find_route as find_route
+from ._planning import newest_reachable as newest_reachable
+from ._restart import CommandRestarter as CommandRestarter
+from ._restart import DockerComposeRestarter as DockerComposeRestarter
+from ._restart import Restarter as Restarter
+from ._restart import RestartResult as RestartResult
+from ._restart import ServiceRestartPhase as ServiceRestartPhase
+from ._state import RunRecord as RunRecord
+from ._state import State as State
+from ._state import StateStore as StateStore
+
+__all__ = [
+    "BackupCreated",
+    "BackupError",
+    "BackupInfo",
+    "BackupStarted",
+    "BackupStore",
+    "Catalog",
+    "CommandRestarter",
+    "Direction",
+    "DockerComposeRestarter",
+    "Event",
+    "EventHandler",
+    "Migration",
+    "MigrationFinished",
+    "MigrationInfo",
+    "MigrationOutput",
+    "MigrationStarted",
+    "MigrationValidationError",
+    "OrchestrationPhase",
+    "PhaseResult",
+    "PipelineResult",
+    "Plan",
+    "PlanError",
+    "PlanReady",
+    "PreflightError",
+    "Problem",
+    "RestartError",
+    "RestartReceiver",
+    "RestartResult",
+    "Restarter",
+    "RestoreFinished",
+    "RestoreReport",
+    "RollbackStarted",
+    "RollbackStep",
+    "Route",
+    "RunRecord",
+    "Scope",
+    "ServiceRestartPhase",
+    "State",
+    "StateError",
+    "StateStore",
+    "Step",
+    "Transition",
+    "UpdateError",
+    "UpdateFinished",
+    "UpdatePhase",
+    "UpdatePipeline",
+    "UpdateResult",
+    "VersionError",
+    "build_plan",
+    "find_route",
+    "load_transitions",
+    "newest_reachable",
+    "scan_migrations",
+]

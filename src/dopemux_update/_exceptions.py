@@ -1,0 +1,92 @@
+"""Exceptions raised by dopemux-update.
+
+Every exception the library raises derives from :class:`UpdateError`::
+
+    UpdateError
+    ├── PreflightError             nothing was changed; the update cannot start
+    │   ├── MigrationValidationError   bad folders, files, functions or MIGRATION_INFO
+    │   ├── PlanError                  no path, or competing paths, between two versions
+    │   └── VersionError               a version string that is not PEP 440
+    ├── StateError                 the recorded state under .dopemux/update/ is unreadable
+    ├── BackupError                taking, reading or restoring a backup failed
+    └── RestartError               a service restart failed (after a committed update)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class UpdateError(Exception):
+    """Root of every error raised by dopemux-update."""
+
+
+class PreflightError(UpdateError):
+    """The update cannot start; the installation was not touched."""
+
+
+class VersionError(PreflightError, ValueError):
+    """A version string could not be parsed as a PEP 440 version."""
+
+    def __init__(self, value: str, *, where: str | None = None) -> None:
+        self.value = value
+        self.where = where
+        place = f" in {where}" if where else ""
+        super().__init__(f"invalid version {value!r}{place}: not a PEP 440 version")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with one file or folder of the migrations."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class MigrationValidationError(PreflightError):
+    """One or more migration files or folders are invalid. ``problems`` lists them all."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        header = f"{count} problem{'s' if count != 1 else ''} found in the migrations"
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{header}:\n{lines}")
+
+
+class PlanError(PreflightError):
+    """No single chain of transitions leads from the current to the target version."""
+
+    def __init__(self, message: str, *, available: tuple[str, ...] = ()) -> None:
+        self.available = available
+        listing = ", ".join(available) if available else "none"
+        super().__init__(f"{message}; available transitions: {listing}")
+
+
+class StateError(UpdateError):
+    """The update state of an installation could not be read or written."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class BackupError(UpdateError):
+    """A backup could not be taken, read, verified or restored."""
+
+    def __init__(self, message: str, *, backup_id: str | None = None) -> None:
+        self.backup_id = backup_id
+        super().__init__(f"backup {backup_id}: {message}" if backup_id else message)
+
+
+class RestartError(UpdateError):
+    """A service could not be restarted."""
+
+    def __init__(self, service: str, message: str, *, output: str = "") -> None:
+        self.service = service
+        self.output = output
+        super().__init__(f"restarting {service!r} failed: {message}")

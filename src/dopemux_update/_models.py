@@ -1,0 +1,183 @@
+"""The data that crosses module boundaries: metadata, migrations, plans and results."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from packaging.version import Version
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+__all__ = [
+    "Direction",
+    "Migration",
+    "MigrationFunction",
+    "MigrationInfo",
+    "Plan",
+    "Step",
+    "Transition",
+    "UpdateResult",
+    "validate_service_name",
+]
+
+MigrationFunction = Callable[[Path], object]
+
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_service_name(name: str) -> str:
+    """Return ``name`` if it is a safe service name (letters, digits, ``_.-``), else raise."""
+    if not _SERVICE_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid service name {name!r}: use letters, digits, '_', '.' and '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def _version_string(value: str) -> str:
+    Version(value)  # raises InvalidVersion (a ValueError), which pydantic reports
+    return value
+
+
+ServiceName = Annotated[StrictStr, AfterValidator(validate_service_name)]
+VersionString = Annotated[StrictStr, AfterValidator(_version_string)]
+
+
+class MigrationInfo(BaseModel):
+    """The ``MIGRATION_INFO`` dict of a migration file, validated.
+
+    Exactly the seed's keys: an unknown key (say ``requires_restarts``) is an error.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version_from: VersionString
+    version_to: VersionString
+    description: Annotated[StrictStr, Field(min_length=1)]
+    breaking_changes: StrictBool
+    estimated_duration_seconds: Annotated[float, Field(ge=0, strict=True)]
+    requires_restart: tuple[ServiceName, ...]
+    backup_required: StrictBool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A folder ``v{from}_to_v{to}`` of migrations."""
+
+    name: str
+    version_from: Version
+    version_to: Version
+    path: Path
+
+
+class Direction(enum.Enum):
+    """Which way a plan moves the installation."""
+
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Migration:
+    """One imported and validated migration file."""
+
+    id: str
+    number: int
+    name: str
+    path: Path
+    transition: Transition
+    info: MigrationInfo
+    forward: MigrationFunction = field(repr=False)
+    backward: MigrationFunction = field(repr=False)
+    checksum: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One migration function to run: ``migration.forward`` or ``migration.backward``."""
+
+    migration: Migration
+    direction: Direction
+
+    @property
+    def id(self) -> str:
+        return self.migration.id
+
+    @property
+    def function(self) -> MigrationFunction:
+        if self.direction is Direction.UPGRADE:
+            return self.migration.forward
+        return self.migration.backward
+
+    @property
+    def undo(self) -> MigrationFunction:
+        """The function that reverts this step during a rollback."""
+        if self.direction is Direction.UPGRADE:
+            return self.migration.backward
+        return self.migration.forward
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The ordered steps that move an installation from one version to another."""
+
+    current: Version
+    target: Version
+    direction: Direction
+    hops: tuple[Transition, ...]
+    steps: tuple[Step, ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.steps and not self.hops
+
+    @property
+    def restart_services(self) -> tuple[str, ...]:
+        """The union of ``requires_restart``, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for step in self.steps:
+            for service in step.migration.info.requires_restart:
+                seen.setdefault(service, None)
+        return tuple(seen)
+
+    @property
+    def breaking_changes(self) -> tuple[str, ...]:
+        """Ids of the migrations that declare breaking changes."""
+        return tuple(step.id for step in self.steps if step.migration.info.breaking_changes)
+
+    @property
+    def estimated_seconds(self) -> float:
+        return sum(step.migration.info.estimated_duration_seconds for step in self.steps)
+
+    @property
+    def backup_required(self) -> bool:
+        return any(step.migration.info.backup_required for step in self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """What an :class:`~dopemux_update.OrchestrationPhase` run did.
+
+    ``applied`` lists the migrations whose step succeeded, in the order they ran;
+    ``rolled_back`` those undone after a failure, in the order their undo ran.
+    """
+
+    ok: bool
+    version_from: str
+    version_to: str
+    direction: Direction
+    applied: tuple[str, ...] = ()
+    rolled_back: tuple[str, ...] = ()
+    restart_services: tuple[str, ...] = ()
+    needs_recovery: bool = False
+    failed_migration: str | None = None
+    error: str | None = None
+    backup_id: str | None = None
+    restored: bool = False
+    installed_version: str | None = None
+    durations: tuple[tuple[str, float], ...] = ()

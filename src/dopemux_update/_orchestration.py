@@ -1,0 +1,315 @@
+"""The orchestration phase: preflight, backup, run, and roll back exactly on failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import structlog
+from packaging.version import Version
+
+from . import _events as ev
+from ._backup import BackupStore, Scope
+from ._capture import routing_installed
+from ._discovery import load_transitions, scan_migrations
+from ._exceptions import PreflightError, UpdateError
+from ._models import Direction, Plan, Step, UpdateResult
+from ._pipeline import RestartReceiver
+from ._planning import build_plan, find_route
+from ._runner import CallOutcome, run_function
+from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, utcnow
+from ._versions import parse_version
+
+__all__ = ["OrchestrationPhase"]
+
+logger = structlog.get_logger("dopemux_update")
+
+
+def prepare_plan(migrations_dir: Path, current: Version, target: Version | None) -> Plan:
+    """Scan, route, import and validate: everything a plan needs, and no writes."""
+    catalog = scan_migrations(migrations_dir)
+    route = find_route(catalog.transitions, current, target)
+    migrations = load_transitions(route.hops)
+    return build_plan(route, migrations)
+
+
+@dataclass
+class _Run:
+    """Mutable bookkeeping of one ``execute()``."""
+
+    plan: Plan
+    started_at: str = field(default_factory=utcnow)
+    completed: list[Step] = field(default_factory=list)
+    records: list[MigrationRecord] = field(default_factory=list)
+    durations: list[tuple[str, float]] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    backup_id: str | None = None
+    failed_id: str | None = None
+    error: str | None = None
+    needs_recovery: bool = False
+    restored: bool = False
+
+
+class OrchestrationPhase:
+    """Runs the migrations between two versions of an installation.
+
+    ``await execute()`` validates every migration on the plan before anything is written
+    (raising a :class:`~dopemux_update.PreflightError` if any is wrong), takes a backup, runs
+    each migration function in a worker thread, and on failure runs the completed migrations'
+    undo in reverse and restores the backup. Only on success is the target version recorded
+    and the union of ``requires_restart`` handed to ``restart_phase``.
+    """
+
+    name = "orchestration"
+
+    def __init__(
+        self,
+        *,
+        project_root: Path | str,
+        migrations_dir: Path | str | None = None,
+        current_version: str | Version,
+        target_version: str | Version | None = None,
+        restart_phase: RestartReceiver | None = None,
+        state_dir: Path | str | None = None,
+        on_event: ev.EventHandler | None = None,
+    ) -> None:
+        self.project_root = Path(project_root)
+        self.migrations_dir = (
+            Path(migrations_dir) if migrations_dir is not None else self.project_root / "migrations"
+        )
+        self.current_version = parse_version(current_version, where="current_version")
+        self.target_version = (
+            None
+            if target_version is None
+            else parse_version(target_version, where="target_version")
+        )
+        self.restart_phase = restart_phase
+        self.state_dir = (
+            Path(state_dir) if state_dir is not None else self.project_root / DEFAULT_STATE_DIR
+        )
+        self.on_event = on_event
+
+    # -- public -----------------------------------------------------------------------------
+
+    async def plan(self) -> Plan:
+        """Preflight only: the validated plan, with nothing written."""
+        if not self.project_root.is_dir():
+            raise PreflightError(f"{self.project_root}: installation folder does not exist")
+        return await anyio.to_thread.run_sync(
+            prepare_plan, self.migrations_dir, self.current_version, self.target_version
+        )
+
+    async def execute(self) -> UpdateResult:
+        plan = await self.plan()
+        self._emit(ev.PlanReady(plan))
+        logger.info(
+            "update.planned",
+            version_from=str(plan.current),
+            version_to=str(plan.target),
+            direction=plan.direction.value,
+            migrations=len(plan.steps),
+        )
+        run = _Run(plan)
+        if plan.is_empty:
+            return self._finish(run, ok=True)
+        store = StateStore(self.state_dir)
+        if plan.backup_required:
+            await self._backup(run)
+        with routing_installed():
+            try:
+                await self._run_steps(run)
+                if run.failed_id is None:
+                    await self._commit(run, store)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    run.failed_id = run.failed_id or "(cancelled)"
+                    run.error = "the update was cancelled"
+                    logger.warning("update.cancelled", completed=len(run.completed))
+                    await self._roll_back(run, store)
+                raise
+            if run.failed_id is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._roll_back(run, store)
+                return self._finish(run, ok=False)
+        return self._finish(run, ok=True)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    async def _call(self, step_id: str, function: object, direction: Direction) -> CallOutcome:
+        handler = self.on_event
+
+        def on_output(stream: str, line: str) -> None:
+            if handler is not None:
+                handler(ev.MigrationOutput(step_id, line, stream))
+
+        assert callable(function)  # noqa: S101 - Step guarantees it
+        return await run_function(
+            function,
+            self.project_root,
+            migration_id=step_id,
+            on_output=on_output if handler is not None else None,
+        )
+
+    async def _backup(self, run: _Run) -> None:
+        scope = Scope.for_installation(
+            self.project_root, state_dir=self.state_dir, migrations_dir=self.migrations_dir
+        )
+        self._emit(ev.BackupStarted(str(scope.root)))
+        store = BackupStore(self.state_dir / "backups")
+        info = await anyio.to_thread.run_sync(
+            lambda: store.create(
+                scope, version_from=str(run.plan.current), version_to=str(run.plan.target)
+            )
+        )
+        run.backup_id = info.id
+        self._emit(ev.BackupCreated(info.id, info.files, info.bytes))
+
+    async def _run_steps(self, run: _Run) -> None:
+        total = len(run.plan.steps)
+        for index, step in enumerate(run.plan.steps, start=1):
+            info = step.migration.info
+            self._emit(
+                ev.MigrationStarted(
+                    step.id, step.direction, index, total, info.estimated_duration_seconds
+                )
+            )
+            logger.info("migration.started", migration_id=step.id, direction=step.direction.value)
+            outcome = await self._call(step.id, step.function, step.direction)
+            run.durations.append((step.id, outcome.seconds))
+            run.records.append(
+                MigrationRecord(
+                    id=step.id,
+                    direction=step.direction.value,
+                    checksum=step.migration.checksum,
+                    seconds=round(outcome.seconds, 6),
+                    outcome="applied" if outcome.ok else "failed",
+                )
+            )
+            self._emit(
+                ev.MigrationFinished(
+                    step.id, step.direction, outcome.ok, outcome.seconds, outcome.error
+                )
+            )
+            if not outcome.ok:
+                run.failed_id, run.error = step.id, outcome.error
+                logger.error(
+                    "migration.failed",
+                    migration_id=step.id,
+                    error=outcome.error,
+                    traceback=outcome.traceback,
+                )
+                return
+            run.completed.append(step)
+            logger.info("migration.applied", migration_id=step.id, seconds=outcome.seconds)
+
+    async def _commit(self, run: _Run, store: StateStore) -> None:
+        record = self._record(run, "applied")
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: store.record(installed_version=str(run.plan.target), run=record)
+            )
+        except (OSError, UpdateError) as exc:
+            run.failed_id = "(commit)"
+            run.error = f"could not record the installed version: {exc}"
+            logger.error("update.commit_failed", error=run.error)
+            return
+        logger.info("update.committed", installed_version=str(run.plan.target))
+
+    async def _roll_back(self, run: _Run, store: StateStore) -> None:
+        steps = list(reversed(run.completed))
+        self._emit(ev.RollbackStarted(run.failed_id or "", len(steps)))
+        logger.warning("rollback.started", failed=run.failed_id, steps=len(steps))
+        for step in steps:
+            outcome = await self._call(step.id, step.undo, step.direction)
+            self._emit(ev.RollbackStep(step.id, outcome.ok, outcome.seconds, outcome.error))
+            logger.info(
+                "rollback.step",
+                migration_id=step.id,
+                ok=outcome.ok,
+                error=outcome.error,
+                traceback=outcome.traceback,
+            )
+            if outcome.ok:
+                run.rolled_back.append(step.id)
+            else:
+                run.needs_recovery = True
+        if run.backup_id is not None:
+            await self._restore(run)
+        elif run.completed:
+            logger.warning("rollback.no_backup", reason="no migration on the plan asked for one")
+        verdict = "needs_recovery" if run.needs_recovery else "rolled_back"
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: store.record(installed_version=None, run=self._record(run, verdict))
+            )
+        except (OSError, UpdateError) as exc:
+            logger.error("state.write_failed", error=str(exc))
+        logger.warning(
+            "rollback.finished",
+            rolled_back=list(run.rolled_back),
+            needs_recovery=run.needs_recovery,
+        )
+
+    async def _restore(self, run: _Run) -> None:
+        backup_id = run.backup_id
+        assert backup_id is not None  # noqa: S101 - checked by the caller
+        store = BackupStore(self.state_dir / "backups")
+        try:
+            await anyio.to_thread.run_sync(store.restore, backup_id, self.project_root)
+        except (OSError, UpdateError) as exc:
+            run.needs_recovery = True
+            self._emit(ev.RestoreFinished(backup_id, False, str(exc)))
+            logger.error("restore.failed", backup_id=backup_id, error=str(exc))
+            return
+        run.restored = True
+        self._emit(ev.RestoreFinished(backup_id, True, None))
+
+    def _record(self, run: _Run, outcome: str) -> RunRecord:
+        return RunRecord(
+            started_at=run.started_at,
+            finished_at=utcnow(),
+            version_from=str(run.plan.current),
+            version_to=str(run.plan.target),
+            direction=run.plan.direction.value,
+            outcome=outcome,
+            backup_id=run.backup_id,
+            migrations=tuple(run.records),
+            error=run.error,
+        )
+
+    def _finish(self, run: _Run, *, ok: bool) -> UpdateResult:
+        plan = run.plan
+        services = plan.restart_services if ok else ()
+        if ok and self.restart_phase is not None and services:
+            self.restart_phase.hand_over(services)
+        result = UpdateResult(
+            ok=ok,
+            version_from=str(plan.current),
+            version_to=str(plan.target),
+            direction=plan.direction,
+            applied=tuple(step.id for step in run.completed),
+            rolled_back=tuple(run.rolled_back),
+            restart_services=services,
+            needs_recovery=run.needs_recovery,
+            failed_migration=run.failed_id,
+            error=run.error,
+            backup_id=run.backup_id,
+            restored=run.restored,
+            installed_version=str(plan.target if ok else plan.current),
+            durations=tuple(run.durations),
+        )
+        self._emit(ev.UpdateFinished(result))
+        logger.info(
+            "update.finished",
+            ok=ok,
+            applied=len(result.applied),
+            rolled_back=len(result.rolled_back),
+            needs_recovery=result.needs_recovery,
+        )
+        return result

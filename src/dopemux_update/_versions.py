@@ -1,0 +1,46 @@
+"""PEP 440 versions and the ``v{from}_to_v{to}`` folder names that hold migrations."""
+
+from __future__ import annotations
+
+from packaging.version import InvalidVersion, Version
+
+from ._exceptions import VersionError
+
+__all__ = ["format_transition", "parse_transition_name", "parse_version"]
+
+_SEPARATOR = "_to_v"
+
+
+def parse_version(value: str | Version, *, where: str | None = None) -> Version:
+    """Parse ``value`` as a PEP 440 version (``0.10.0`` sorts after ``0.9.0``)."""
+    if isinstance(value, Version):
+        return value
+    try:
+        return Version(value)
+    except (InvalidVersion, TypeError) as exc:
+        raise VersionError(str(value), where=where) from exc
+
+
+def parse_transition_name(name: str) -> tuple[Version, Version]:
+    """Split a folder name such as ``v0.1.0_to_v0.2.0`` into its two versions.
+
+    Raises :class:`ValueError` with a reason fit for an error message.
+    """
+    if not name.startswith("v") or name.count(_SEPARATOR) != 1:
+        raise ValueError("folder name is not of the form v{from}_to_v{to}, e.g. v0.1.0_to_v0.2.0")
+    left, right = name[1:].split(_SEPARATOR)
+    try:
+        version_from, version_to = Version(left), Version(right)
+    except InvalidVersion as exc:
+        raise ValueError(f"folder name holds an invalid version: {exc}") from exc
+    if version_to <= version_from:
+        raise ValueError(
+            f"a transition must go up: {version_from} to {version_to} does not"
+            " (downgrades run the same folder backward)"
+        )
+    return version_from, version_to
+
+
+def format_transition(version_from: Version, version_to: Version) -> str:
+    """The canonical display form of a transition: ``v0.1.0_to_v0.2.0``."""
+    return f"v{version_from}_to_v{version_to}"

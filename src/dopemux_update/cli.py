@@ -1,0 +1,513 @@
+"""The ``dopemux-update`` command line.
+
+Exit codes: 0 success; 1 a migration failed and the update was rolled back cleanly; 2 usage or
+validation error, nothing changed; 3 needs recovery; 4 another update holds the lock;
+5 the migrations were committed but a service restart failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+import structlog
+from packaging.version import Version
+
+from ._backup import BackupStore
+from ._console import OutputCollector, PlainReporter, describe_plan
+from ._discovery import scan_migrations
+from ._events import EventHandler
+from ._exceptions import PlanError, PreflightError, UpdateError
+from ._models import Direction, Plan, UpdateResult
+from ._orchestration import OrchestrationPhase
+from ._planning import find_route, newest_reachable
+from ._restart import (
+    CommandRestarter,
+    DockerComposeRestarter,
+    Restarter,
+    RestartResult,
+    ServiceRestartPhase,
+)
+from ._state import DEFAULT_STATE_DIR, StateStore
+from ._versions import parse_version
+
+__all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_RECOVERY", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RECOVERY = 3
+EXIT_LOCKED = 4
+EXIT_RESTART_FAILED = 5
+EXIT_INTERRUPTED = 130
+
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(click.ClickException):
+    """A user-facing error that ends the command with ``exit_code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Context:
+    root: Path
+    migrations: Path
+    state_dir: Path
+    json: bool
+
+    @property
+    def state(self) -> StateStore:
+        return StateStore(self.state_dir)
+
+
+def _configure_logging(verbosity: int, *, json_logs: bool) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    renderer: structlog.types.Processor
+    if json_logs or not sys.stderr.isatty():
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def common_options(function: F) -> F:
+    """``--root``, ``--migrations``, ``--json`` and ``-v``, taken after the command's name."""
+    decorators = [
+        click.option(
+            "--root",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path(),
+            show_default="the current folder",
+            help="The installation's folder.",
+        ),
+        click.option(
+            "--migrations",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="The migrations folder.  [default: ROOT/migrations]",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+        click.option("-v", "--verbose", count=True, help="Log more to stderr (-vv for debug)."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
+    _configure_logging(verbose, json_logs=as_json)
+    return Context(
+        root=root,
+        migrations=migrations if migrations is not None else root / "migrations",
+        state_dir=root / DEFAULT_STATE_DIR,
+        json=as_json,
+    )
+
+
+def _emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:
+    if ctx.json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _version(value: str | None, *, option: str) -> Version | None:
+    if value is None:
+        return None
+    try:
+        return parse_version(value, where=option)
+    except UpdateError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _installed(ctx: Context, explicit: Version | None) -> Version:
+    if explicit is not None:
+        return explicit
+    recorded = ctx.state.installed_version()
+    if recorded is None:
+        raise CommandError(
+            f"no installed version is recorded in {ctx.state.path};"
+            " record it with `dopemux-update stamp VERSION` or pass --from"
+        )
+    return parse_version(recorded, where=str(ctx.state.path))
+
+
+def _plan_payload(plan: Plan) -> dict[str, Any]:
+    return {
+        "version_from": str(plan.current),
+        "version_to": str(plan.target),
+        "direction": plan.direction.value,
+        "hops": [hop.name for hop in plan.hops],
+        "migrations": [
+            {
+                "id": step.id,
+                "description": step.migration.info.description,
+                "estimated_seconds": step.migration.info.estimated_duration_seconds,
+                "breaking_changes": step.migration.info.breaking_changes,
+                "requires_restart": list(step.migration.info.requires_restart),
+                "backup_required": step.migration.info.backup_required,
+            }
+            for step in plan.steps
+        ],
+        "breaking_changes": list(plan.breaking_changes),
+        "restart_services": list(plan.restart_services),
+        "estimated_seconds": plan.estimated_seconds,
+        "backup_required": plan.backup_required,
+    }
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dopemux-update", prog_name="dopemux-update")
+def cli() -> None:
+    """Run Dopemux update migrations: validated first, backed up, rolled back exactly."""
+
+
+@cli.command()
+@common_options
+def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+    """Show the installed version and what is pending."""
+    ctx = _context(root, migrations, as_json, verbose)
+    state = ctx.state.read()
+    installed = state.installed_version
+    catalog = scan_migrations(ctx.migrations)
+    latest: str | None = None
+    pending: list[str] = []
+    problem: str | None = None
+    if installed is not None:
+        current = parse_version(installed)
+        latest_version = newest_reachable(catalog.transitions, current)
+        latest = str(latest_version)
+        try:
+            pending = [hop.name for hop in find_route(catalog.transitions, current).hops]
+        except PlanError as exc:
+            problem = str(exc)
+    last = state.history[-1] if state.history else None
+    backups = BackupStore(ctx.state_dir / "backups").list()
+    payload = {
+        "command": "status",
+        "root": str(ctx.root),
+        "installed_version": installed,
+        "latest_version": latest,
+        "pending": pending,
+        "transitions": [t.name for t in catalog.transitions],
+        "problem": problem,
+        "last_run": last.model_dump(mode="json") if last else None,
+        "backups": len(backups),
+    }
+    lines = [
+        f"Installation:      {ctx.root.resolve()}",
+        f"Installed version: {installed or 'not recorded (use `dopemux-update stamp VERSION`)'}",
+    ]
+    if latest is not None:
+        lines.append(f"Newest reachable:  {latest}")
+        lines.append(f"Pending:           {', '.join(pending) if pending else 'nothing'}")
+    if problem:
+        lines.append(f"Problem:           {problem}")
+    if last is not None:
+        lines.append(
+            f"Last run:          {last.version_from} → {last.version_to}"
+            f" {last.outcome} at {last.finished_at}"
+        )
+    lines.append(f"Backups:           {len(backups)}")
+    _emit(ctx, payload, lines)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
+@click.option("--from", "from_version", help="Current version.  [default: the recorded one]")
+@common_options
+def plan(
+    to_version: str | None,
+    from_version: str | None,
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+) -> int:
+    """Validate every migration between two versions and show the plan."""
+    ctx = _context(root, migrations, as_json, verbose)
+    current = _installed(ctx, _version(from_version, option="--from"))
+    phase = OrchestrationPhase(
+        project_root=ctx.root,
+        migrations_dir=ctx.migrations,
+        current_version=current,
+        target_version=_version(to_version, option="--to"),
+        state_dir=ctx.state_dir,
+    )
+    the_plan = anyio.run(phase.plan)
+    _emit(ctx, {"command": "plan", **_plan_payload(the_plan)}, describe_plan(the_plan))
+    return EXIT_OK
+
+
+def _update_options(function: F) -> F:
+    decorators = [
+        click.option(
+            "--from", "from_version", help="Current version.  [default: the recorded one]"
+        ),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask before breaking changes."),
+        click.option(
+            "--no-restart", is_flag=True, help="List the services to restart; restart none."
+        ),
+        click.option(
+            "--restart-command",
+            metavar="TEMPLATE",
+            help="Restart each service with this command, e.g. 'systemctl restart {service}'.",
+        ),
+        common_options,
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+@cli.command()
+@click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
+@_update_options
+def upgrade(to_version: str | None, **options: Any) -> int:
+    """Run the migrations up to a newer version."""
+    return _update(Direction.UPGRADE, to_version, **options)
+
+
+@cli.command()
+@click.option("--to", "to_version", required=True, help="The older version to go back to.")
+@_update_options
+def downgrade(to_version: str, **options: Any) -> int:
+    """Run the migrations backward to an older version."""
+    return _update(Direction.DOWNGRADE, to_version, **options)
+
+
+def _restarter(ctx: Context, command: str | None) -> Restarter | None:
+    if command is not None:
+        try:
+            return CommandRestarter(command, cwd=ctx.root)
+        except ValueError as exc:
+            raise CommandError(f"--restart-command: {exc}") from exc
+    for name in COMPOSE_FILES:
+        if (ctx.root / name).is_file():
+            return DockerComposeRestarter(ctx.root, compose_file=ctx.root / name)
+    return None
+
+
+def _confirm(ctx: Context, plan: Plan, yes: bool) -> None:
+    reasons = []
+    if plan.direction is Direction.DOWNGRADE and plan.steps:
+        reasons.append(f"this downgrade runs {len(plan.steps)} migration(s) backward")
+    if plan.breaking_changes:
+        reasons.append("breaking changes: " + ", ".join(plan.breaking_changes))
+    if not reasons or yes:
+        return
+    if ctx.json or not sys.stdin.isatty():
+        raise CommandError(
+            f"confirmation needed ({'; '.join(reasons)}) and there is no terminal to ask:"
+            " pass --yes to go ahead"
+        )
+    if not click.confirm(f"{'; '.join(reasons).capitalize()}. Continue?", err=True):
+        raise CommandError("cancelled; nothing was changed", EXIT_USAGE)
+
+
+def _update(
+    expected: Direction,
+    to_version: str | None,
+    *,
+    from_version: str | None,
+    yes: bool,
+    no_restart: bool,
+    restart_command: str | None,
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+) -> int:
+    ctx = _context(root, migrations, as_json, verbose)
+    current = _installed(ctx, _version(from_version, option="--from"))
+    target = _version(to_version, option="--to")
+    restarter = None if no_restart else _restarter(ctx, restart_command)
+    restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
+    collector = OutputCollector()
+    reporter: EventHandler = collector if ctx.json else PlainReporter(sys.stdout, collector)
+
+    def check_then_report(event: Any) -> None:
+        reporter(event)
+
+    phase = OrchestrationPhase(
+        project_root=ctx.root,
+        migrations_dir=ctx.migrations,
+        current_version=current,
+        target_version=target,
+        restart_phase=restart_phase,
+        state_dir=ctx.state_dir,
+        on_event=check_then_report,
+    )
+
+    async def run() -> tuple[UpdateResult, RestartResult | None]:
+        the_plan = await phase.plan()
+        if the_plan.steps or the_plan.hops:
+            if the_plan.direction is not expected:
+                other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
+                raise CommandError(
+                    f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
+                    f" the installed {the_plan.current}: use `dopemux-update {other}`"
+                )
+            _confirm(ctx, the_plan, yes)
+        result = await phase.execute()
+        restarted = None
+        if result.ok and restart_phase is not None and restart_phase.services:
+            restarted = await restart_phase.execute()
+        return result, restarted
+
+    result, restarted = anyio.run(run)
+    return _report_update(ctx, result, restarted, collector, restarter_used=restarter is not None)
+
+
+def _report_update(
+    ctx: Context,
+    result: UpdateResult,
+    restarted: RestartResult | None,
+    collector: OutputCollector,
+    *,
+    restarter_used: bool,
+) -> int:
+    if result.ok:
+        code = EXIT_RESTART_FAILED if restarted is not None and not restarted.ok else EXIT_OK
+    else:
+        code = EXIT_RECOVERY if result.needs_recovery else EXIT_FAILED
+    failed = restarted.failed if restarted is not None else ()
+    payload = {
+        "command": result.direction.value,
+        "ok": result.ok,
+        "exit_code": code,
+        "version_from": result.version_from,
+        "version_to": result.version_to,
+        "installed_version": result.installed_version,
+        "applied": list(result.applied),
+        "rolled_back": list(result.rolled_back),
+        "failed_migration": result.failed_migration,
+        "error": result.error,
+        "needs_recovery": result.needs_recovery,
+        "backup_id": result.backup_id,
+        "restored": result.restored,
+        "restart_services": list(result.restart_services),
+        "restarted": list(restarted.restarted) if restarted is not None else [],
+        "restart_failed": [{"service": name, "error": error} for name, error in failed],
+        "durations": {name: round(seconds, 6) for name, seconds in result.durations},
+        "output": collector.lines,
+    }
+    if result.ok:
+        lines = _success_lines(result, restarted, restarter_used=restarter_used)
+    else:
+        lines = _failure_lines(result)
+    _emit(ctx, payload, lines)
+    return code
+
+
+def _success_lines(
+    result: UpdateResult, restarted: RestartResult | None, *, restarter_used: bool
+) -> list[str]:
+    verb = "Upgraded" if result.direction is Direction.UPGRADE else "Downgraded"
+    if result.version_from == result.version_to:
+        lines = [f"Nothing to do: already at {result.version_to}."]
+    else:
+        lines = [
+            f"{verb} {result.version_from} → {result.version_to}:"
+            f" {len(result.applied)} migration(s) applied."
+        ]
+    if not result.restart_services:
+        return lines
+    if restarted is not None:
+        if restarted.restarted:
+            lines.append("Restarted: " + ", ".join(restarted.restarted))
+        lines.extend(f"RESTART FAILED for {name}: {error}" for name, error in restarted.failed)
+    elif not restarter_used:
+        lines.append("Services to restart (not restarted): " + ", ".join(result.restart_services))
+    return lines
+
+
+def _failure_lines(result: UpdateResult) -> list[str]:
+    lines = [f"Update FAILED at {result.failed_migration}: {result.error}"]
+    if result.rolled_back:
+        lines.append("Rolled back: " + ", ".join(result.rolled_back))
+    if result.needs_recovery:
+        lines.append(f"The installation NEEDS RECOVERY; the backup {result.backup_id} was kept.")
+    else:
+        restored = " and restored from its backup" if result.restored else ""
+        lines.append(
+            f"The installation was rolled back{restored}; it is still at {result.version_from}."
+        )
+    return lines
+
+
+@cli.command()
+@click.argument("version")
+@common_options
+def stamp(version: str, root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+    """Record VERSION as installed, without running any migration."""
+    ctx = _context(root, migrations, as_json, verbose)
+    parsed = _version(version, option="VERSION")
+    previous = ctx.state.installed_version()
+    ctx.state.record(installed_version=str(parsed))
+    _emit(
+        ctx,
+        {"command": "stamp", "installed_version": str(parsed), "previous_version": previous},
+        [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."],
+    )
+    return EXIT_OK
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _error(message: str, code: int, argv: Sequence[str]) -> int:
+    if "--json" in argv:
+        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}, indent=2))
+    click.echo(f"error: {message}", err=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        value = cli.main(args=args, prog_name="dopemux-update", standalone_mode=False)
+    except CommandError as exc:
+        return _error(exc.format_message(), exc.code, args)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return _error("aborted", EXIT_INTERRUPTED, args)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except PreflightError as exc:
+        return _error(f"{exc}\nNothing was changed.", EXIT_USAGE, args)
+    except UpdateError as exc:
+        return _error(str(exc), EXIT_USAGE, args)
+    except KeyboardInterrupt:
+        return _error("interrupted", EXIT_INTERRUPTED, args)
+    return value if isinstance(value, int) else EXIT_OK
