@@ -7,6 +7,7 @@ renamed into place once complete, so a backup that exists is whole.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -109,6 +110,24 @@ class RestoreReport:
     fixed: tuple[str, ...]
 
 
+_RAW_NAME = "\x00b64:"  # a NUL never occurs in a file name, so this prefix is unambiguous
+
+
+def _encode_name(name: str) -> str:
+    """A JSON-safe form of a path or link target that may not be valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
+    return name
+
+
+def _decode_name(stored: str) -> str:
+    if stored.startswith(_RAW_NAME):
+        return os.fsdecode(base64.b64decode(stored[len(_RAW_NAME) :]))
+    return stored
+
+
 def _hash_and_copy(source: Path, destination: Path | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -176,9 +195,11 @@ class BackupStore:
         self.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = datetime.now(UTC)
         backup_id = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+        self.backups_dir.chmod(0o700)
         building = self.backups_dir / f".building-{backup_id}"
         tree = building / _TREE
-        tree.mkdir(parents=True, mode=0o700)
+        building.mkdir(mode=0o700)
+        tree.mkdir(mode=0o700)
         logger.info("backup.started", backup_id=backup_id, root=str(scope.root))
         entries: dict[str, Entry] = {}
         total = 0
@@ -188,14 +209,15 @@ class BackupStore:
                 mode = stat.S_IMODE(info.st_mode)
                 source = scope.root / rel
                 if kind == "dir":
-                    entries[rel] = Entry(type="dir", mode=mode)
+                    entries[_encode_name(rel)] = Entry(type="dir", mode=mode)
                     (tree / rel).mkdir(mode=0o700)
                 elif kind == "symlink":
-                    entries[rel] = Entry(type="symlink", target=str(source.readlink()))
+                    target = _encode_name(str(source.readlink()))
+                    entries[_encode_name(rel)] = Entry(type="symlink", target=target)
                 elif kind == "file":
                     digest, size = _hash_and_copy(source, tree / rel)
                     total += size
-                    entries[rel] = Entry(
+                    entries[_encode_name(rel)] = Entry(
                         type="file", mode=mode, size=size, mtime_ns=info.st_mtime_ns, sha256=digest
                     )
                 else:
@@ -267,7 +289,7 @@ class BackupStore:
         manifest = self.read_manifest(backup_id)
         tree = self._path(backup_id) / _TREE
         bad = []
-        for rel, entry in manifest.entries.items():
+        for rel, entry in _entries(manifest).items():
             if entry.type != "file":
                 continue
             try:
@@ -289,10 +311,11 @@ class BackupStore:
         self.verify(backup_id)
         scope = Scope(root.resolve(), frozenset(manifest.excluded))
         live = dict(_walk(scope))
-        removed = _remove_extras(scope.root, live, manifest.entries)
+        wanted = _entries(manifest)
+        removed = _remove_extras(scope.root, live, wanted)
         tree = self._path(backup_id) / _TREE
-        written, fixed = _put_back(scope.root, tree, live, manifest.entries)
-        fixed += _fix_folder_modes(scope.root, manifest.entries)
+        written, fixed = _put_back(scope.root, tree, live, wanted)
+        fixed += _fix_folder_modes(scope.root, wanted)
         report = RestoreReport(backup_id, tuple(written), tuple(removed), tuple(fixed))
         logger.info(
             "backup.restored",
@@ -302,6 +325,17 @@ class BackupStore:
             fixed=len(fixed),
         )
         return report
+
+
+def _entries(manifest: Manifest) -> dict[str, Entry]:
+    """The manifest's entries with their real (possibly non-UTF-8) names and link targets."""
+    decoded = {}
+    for stored, entry in manifest.entries.items():
+        real = entry
+        if entry.type == "symlink":
+            real = entry.model_copy(update={"target": _decode_name(entry.target)})
+        decoded[_decode_name(stored)] = real
+    return decoded
 
 
 def _remove_extras(

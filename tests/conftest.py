@@ -1,0 +1,156 @@
+"""Shared fixtures: both anyio backends, migration folders written on the fly, tree digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import sys
+import textwrap
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_INSTALLATION = REPO / "examples" / "installation"
+EXAMPLE_MIGRATIONS = REPO / "migrations" / "examples"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def tree_digest(root: Path, *, exclude: tuple[str, ...] = (".dopemux/update",)) -> dict[str, Any]:
+    """Every path under ``root`` with its kind, mode and content (symlinks not followed)."""
+    found: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if any(rel == e or rel.startswith(e + "/") for e in exclude):
+                continue
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                found[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[rel] = ("dir", mode)
+            else:
+                found[rel] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+    return found
+
+
+class MigrationWriter:
+    """Writes migration files into a migrations folder, with sensible defaults."""
+
+    def __init__(self, root: Path, calls: Path) -> None:
+        self.root = root
+        self.calls = calls
+        root.mkdir(parents=True, exist_ok=True)
+
+    def add(
+        self,
+        folder: str,
+        filename: str,
+        *,
+        forward: str = "return True",
+        backward: str = "return True",
+        info: dict[str, Any] | None = None,
+        drop_info_keys: tuple[str, ...] = (),
+        source: str | None = None,
+    ) -> Path:
+        path = self.root / folder / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if source is None:
+            version_from, version_to = folder[1:].split("_to_v")
+            meta: dict[str, Any] = {
+                "version_from": version_from,
+                "version_to": version_to,
+                "description": f"test migration {filename}",
+                "breaking_changes": False,
+                "estimated_duration_seconds": 1,
+                "requires_restart": [],
+            }
+            meta.update(info or {})
+            for key in drop_info_keys:
+                meta.pop(key, None)
+            migration_id = f"{folder}/{Path(filename).stem}"
+            source = (
+                "from pathlib import Path\n\n"
+                f"CALLS = Path({str(self.calls)!r})\n"
+                f"ID = {migration_id!r}\n\n"
+                "def _log(what):\n"
+                "    with CALLS.open('a') as f:\n"
+                "        f.write(what + ' ' + ID + '\\n')\n\n"
+                "def migrate_forward(project_root):\n"
+                "    _log('forward')\n"
+                + textwrap.indent(textwrap.dedent(forward), "    ")
+                + "\n\ndef migrate_backward(project_root):\n"
+                "    _log('backward')\n"
+                + textwrap.indent(textwrap.dedent(backward), "    ")
+                + f"\n\nMIGRATION_INFO = {meta!r}\n"
+            )
+        path.write_text(source)
+        return path
+
+    def calls_made(self) -> list[str]:
+        if not self.calls.exists():
+            return []
+        return self.calls.read_text().splitlines()
+
+
+@pytest.fixture
+def installation(tmp_path: Path) -> Path:
+    """A small installation tree with a config file, a nested folder and a symlink."""
+    root = tmp_path / "install"
+    (root / "config" / "nested").mkdir(parents=True)
+    (root / "config" / "app.yaml").write_text("# keep me\nlog_level: info\n")
+    (root / "config" / "nested" / "deep.json").write_text('{"a": 1}\n')
+    (root / "secret.env").write_text("TOKEN=abc\n")
+    (root / "secret.env").chmod(0o600)
+    (root / "link-to-app").symlink_to("config/app.yaml")
+    (root / "empty").mkdir()
+    (root / ".dopemux").mkdir()
+    (root / ".dopemux" / "data.txt").write_text("service data\n")
+    return root
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> MigrationWriter:
+    return MigrationWriter(tmp_path / "migrations", tmp_path / "calls.log")
+
+
+@pytest.fixture
+def example_copy(tmp_path: Path) -> Path:
+    """A fresh copy of the sample installation at 0.1.0."""
+    target = tmp_path / "example"
+    shutil.copytree(EXAMPLE_INSTALLATION, target, symlinks=True)
+    return target
+
+
+@pytest.fixture
+def gate() -> Iterator[types.SimpleNamespace]:
+    """Thread events a migration can import as ``dopemux_test_gate`` to coordinate with a test."""
+    namespace = types.SimpleNamespace(started=threading.Event(), release=threading.Event())
+    sys.modules["dopemux_test_gate"] = namespace  # type: ignore[assignment]
+    try:
+        yield namespace
+    finally:
+        namespace.release.set()
+        del sys.modules["dopemux_test_gate"]
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """The command line configures structlog globally; give every test the defaults back."""
+    yield
+    structlog.reset_defaults()

@@ -1,0 +1,228 @@
+"""The command line: exit codes, JSON, and the examples through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE_MIGRATIONS, MigrationWriter, tree_digest
+from dopemux_update.cli import main
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def common(root: Path, migrations: MigrationWriter) -> list[str]:
+    return ["--root", str(root), "--migrations", str(migrations.root)]
+
+
+def test_stamp_then_status_reports_the_installed_version(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    assert main(["stamp", "1.0", *common(installation, migrations)]) == 0
+    capsys.readouterr()
+    code, status = run_json(capsys, "status", *common(installation, migrations))
+    assert code == 0
+    assert status["installed_version"] == "1.0"
+    assert status["latest_version"] == "1.1"
+    assert status["pending"] == ["v1.0_to_v1.1"]
+
+
+def test_upgrade_success_exits_0_and_lists_ids_in_order(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "2_b.py", forward="print('hello from b')\nreturn True")
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["svc"]})
+    main(["stamp", "1.0", *common(installation, migrations)])
+    capsys.readouterr()
+    code, result = run_json(capsys, "upgrade", "--no-restart", *common(installation, migrations))
+    assert code == 0
+    assert result["ok"] is True
+    assert result["applied"] == ["v1.0_to_v1.1/1_a", "v1.0_to_v1.1/2_b"]
+    assert result["installed_version"] == "1.1"
+    assert result["restart_services"] == ["svc"]
+    assert result["output"] == [
+        {"id": "v1.0_to_v1.1/2_b", "stream": "stdout", "line": "hello from b"}
+    ]
+    code, again = run_json(capsys, "upgrade", "--no-restart", *common(installation, migrations))
+    assert code == 0
+    assert again["applied"] == []
+
+
+def test_failed_and_rolled_back_exits_1(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1", "1_a.py", forward="(project_root / 'a').write_text('a')\nreturn True"
+    )
+    migrations.add("v1.0_to_v1.1", "2_b.py", forward="raise RuntimeError('nope')")
+    before = tree_digest(installation)
+    code, result = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
+    assert code == 1
+    assert result["failed_migration"] == "v1.0_to_v1.1/2_b"
+    assert "RuntimeError: nope" in str(result["error"])
+    assert result["rolled_back"] == ["v1.0_to_v1.1/1_a"]
+    assert tree_digest(installation) == before
+
+
+def test_needs_recovery_exits_3(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", backward="raise OSError('stuck')")
+    migrations.add("v1.0_to_v1.1", "2_b.py", forward="return False")
+    code, result = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
+    assert code == 3
+    assert result["needs_recovery"] is True
+
+
+def test_validation_error_exits_2_naming_the_file_and_changes_nothing(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restarts": ["x"]})
+    before = tree_digest(installation, exclude=())
+    code = main(["upgrade", "--from", "1.0", *common(installation, migrations)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(bad) in err
+    assert "requires_restarts" in err
+    assert "Nothing was changed" in err
+    assert tree_digest(installation, exclude=()) == before
+
+
+def test_usage_errors_exit_2(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    assert main(["upgrade", *common(installation, migrations)]) == 2
+    assert "no installed version is recorded" in capsys.readouterr().err
+    assert main(["upgrade", "--from", "banana", *common(installation, migrations)]) == 2
+    assert main(["upgrade", "--bogus-option"]) == 2
+    assert main(["stamp", "not-a-version", *common(installation, migrations)]) == 2
+    assert (
+        main(["downgrade", "--to", "1.1", "--from", "1.0", *common(installation, migrations)]) == 2
+    )
+    assert "use `dopemux-update upgrade`" in capsys.readouterr().err
+
+
+def test_downgrade_without_a_terminal_needs_yes(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    main(["stamp", "1.1", *common(installation, migrations)])
+    capsys.readouterr()
+    code, refused = run_json(capsys, "downgrade", "--to", "1.0", *common(installation, migrations))
+    assert code == 2
+    assert "--yes" in str(refused["error"])
+    code, result = run_json(
+        capsys, "downgrade", "--to", "1.0", "--yes", *common(installation, migrations)
+    )
+    assert code == 0
+    assert result["applied"] == ["v1.0_to_v1.1/1_a"]
+    assert result["installed_version"] == "1.0"
+
+
+def test_plan_shows_the_plan_as_json(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1", "1_a.py", info={"breaking_changes": True, "estimated_duration_seconds": 4}
+    )
+    migrations.add("v1.1_to_v1.2", "1_b.py", info={"estimated_duration_seconds": 6})
+    code, plan = run_json(
+        capsys, "plan", "--from", "1.0", "--to", "1.2", *common(installation, migrations)
+    )
+    assert code == 0
+    assert [m["id"] for m in plan["migrations"]] == ["v1.0_to_v1.1/1_a", "v1.1_to_v1.2/1_b"]  # type: ignore[attr-defined]
+    assert plan["breaking_changes"] == ["v1.0_to_v1.1/1_a"]
+    assert plan["estimated_seconds"] == 10
+
+
+def test_restart_command_runs_per_service_after_success(
+    installation: Path,
+    migrations: MigrationWriter,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha", "beta"]})
+    log = tmp_path / "restarts.log"
+    script = f"import sys; open({str(log)!r}, 'a').write(sys.argv[1] + '\\n')"
+    template = f'{sys.executable} -c "{script}" {{service}}'
+    code, result = run_json(
+        capsys,
+        "upgrade",
+        "--from",
+        "1.0",
+        "--restart-command",
+        template,
+        *common(installation, migrations),
+    )
+    assert code == 0
+    assert result["restarted"] == ["alpha", "beta"]
+    assert log.read_text() == "alpha\nbeta\n"
+
+
+def test_a_failing_restart_exits_5_after_the_commit(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha"]})
+    script = "import sys; print('cannot restart', sys.argv[1]); sys.exit(7)"
+    template = f'{sys.executable} -c "{script}" {{service}}'
+    code, result = run_json(
+        capsys,
+        "upgrade",
+        "--from",
+        "1.0",
+        "--restart-command",
+        template,
+        *common(installation, migrations),
+    )
+    assert code == 5
+    assert result["installed_version"] == "1.1"
+    failed = result["restart_failed"]
+    assert isinstance(failed, list)
+    assert failed[0]["service"] == "alpha"
+    assert "cannot restart alpha" in failed[0]["error"]
+
+
+def test_examples_through_a_real_subprocess(example_copy: Path) -> None:
+    """The shipped examples upgrade the sample to 0.2.0 and back, exactly, via the command."""
+    before = tree_digest(example_copy)
+    base = [sys.executable, "-m", "dopemux_update"]
+    args = ["--root", str(example_copy), "--migrations", str(EXAMPLE_MIGRATIONS), "--json"]
+    up = subprocess.run(
+        [*base, "upgrade", "--no-restart", *args], capture_output=True, text=True, check=False
+    )
+    assert up.returncode == 0, up.stderr
+    result = json.loads(up.stdout)
+    assert result["applied"] == [
+        "v0.1.0_to_v0.2.0/001_update_mcp_configs",
+        "v0.1.0_to_v0.2.0/002_upgrade_database_schema",
+    ]
+    assert result["restart_services"] == ["mcp-servers", "conport"]
+    assert "leantime" in (example_copy / "config/mcp/broker.yaml").read_text()
+    down = subprocess.run(
+        [*base, "downgrade", "--to", "0.1.0", "--yes", "--no-restart", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["applied"] == [
+        "v0.1.0_to_v0.2.0/002_upgrade_database_schema",
+        "v0.1.0_to_v0.2.0/001_update_mcp_configs",
+    ]
+    after = tree_digest(example_copy)
+    # SQLite may rewrite pages on DROP COLUMN: compare the database by content, the rest by bytes.
+    before.pop(".dopemux/conport.db")
+    after.pop(".dopemux/conport.db")
+    assert after == before
+    status = subprocess.run([*base, "status", *args], capture_output=True, text=True, check=False)
+    assert json.loads(status.stdout)["installed_version"] == "0.1.0"

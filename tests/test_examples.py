@@ -1,0 +1,104 @@
+"""The shipped example migrations, forward and backward, on a copy of the sample installation."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE_MIGRATIONS, tree_digest
+from dopemux_update import OrchestrationPhase, ServiceRestartPhase
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingRestarter:
+    def __init__(self) -> None:
+        self.restarted: list[str] = []
+
+    async def restart(self, service: str) -> None:
+        self.restarted.append(service)
+
+
+def db_content(root: Path) -> tuple[object, ...]:
+    with closing(sqlite3.connect(root / ".dopemux" / "conport.db")) as conn:
+        columns = conn.execute("PRAGMA table_info(decisions)").fetchall()
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        ).fetchall()
+        rows = conn.execute("SELECT * FROM decisions ORDER BY id").fetchall()
+    return columns, indexes, rows
+
+
+async def test_examples_upgrade_and_downgrade_exactly(example_copy: Path) -> None:
+    before, before_db = tree_digest(example_copy), db_content(example_copy)
+    app_yaml = (example_copy / "config/app.yaml").read_bytes()
+    restart = ServiceRestartPhase(RecordingRestarter())
+    up = await OrchestrationPhase(
+        project_root=example_copy,
+        migrations_dir=EXAMPLE_MIGRATIONS,
+        current_version="0.1.0",
+        target_version="0.2.0",
+        restart_phase=restart,
+    ).execute()
+    assert up.ok, up.error
+    assert restart.services == ("mcp-servers", "conport")
+    broker = (example_copy / "config/mcp/broker.yaml").read_text()
+    compose = (example_copy / "docker-compose.yml").read_text()
+    assert "leantime:" in broker
+    assert "mcp-leantime:" in compose
+    assert "keep this!" in broker  # the user's comment survives
+    assert (example_copy / "config/app.yaml").read_bytes() == app_yaml
+    columns, indexes, rows = db_content(example_copy)
+    assert "priority_level" in [c[1] for c in columns]  # type: ignore[attr-defined]
+    assert "idx_decisions_priority" in [i[0] for i in indexes]  # type: ignore[attr-defined]
+    assert rows  # the user's decisions are all still there
+
+    down = await OrchestrationPhase(
+        project_root=example_copy,
+        migrations_dir=EXAMPLE_MIGRATIONS,
+        current_version="0.2.0",
+        target_version="0.1.0",
+    ).execute()
+    assert down.ok, down.error
+    after = tree_digest(example_copy)
+    before.pop(".dopemux/conport.db")
+    after.pop(".dopemux/conport.db")
+    assert after == before
+    assert db_content(example_copy) == before_db
+
+
+async def test_a_late_failure_restores_001_and_002s_changes_byte_for_byte(
+    example_copy: Path, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "migrations" / "v0.1.0_to_v0.2.0"
+    migrations.mkdir(parents=True)
+    source = EXAMPLE_MIGRATIONS / "v0.1.0_to_v0.2.0"
+    for name in ("001_update_mcp_configs.py", "002_upgrade_database_schema.py"):
+        (migrations / name).write_text((source / name).read_text())
+    (migrations / "003_breaks.py").write_text(
+        (source / "001_update_mcp_configs.py")
+        .read_text()
+        .replace(
+            "def migrate_forward(project_root: Path) -> bool:",
+            "def migrate_forward(project_root: Path) -> bool:\n"
+            "    raise RuntimeError('late failure')\n\n\n"
+            "def _unused(project_root: Path) -> bool:",
+        )
+    )
+    before = tree_digest(example_copy)
+    result = await OrchestrationPhase(
+        project_root=example_copy,
+        migrations_dir=migrations.parent,
+        current_version="0.1.0",
+    ).execute()
+    assert not result.ok
+    assert result.failed_migration == "v0.1.0_to_v0.2.0/003_breaks"
+    assert result.rolled_back == (
+        "v0.1.0_to_v0.2.0/002_upgrade_database_schema",
+        "v0.1.0_to_v0.2.0/001_update_mcp_configs",
+    )
+    assert result.restored
+    assert tree_digest(example_copy) == before  # the database too, byte for byte

@@ -1,0 +1,96 @@
+"""The planner is pure: in-memory transitions in, a route out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from dopemux_update import Direction, PlanError, Transition, find_route, newest_reachable
+from dopemux_update._versions import parse_transition_name
+
+
+def chain(*names: str) -> list[Transition]:
+    transitions = []
+    for name in names:
+        version_from, version_to = parse_transition_name(name)
+        transitions.append(Transition(name, version_from, version_to, Path(name)))
+    return transitions
+
+
+def test_multi_hop_route_follows_version_order_not_string_order() -> None:
+    transitions = chain("v0.10.0_to_v0.11.0", "v0.9.0_to_v0.10.0", "v0.8.0_to_v0.9.0")
+    route = find_route(transitions, Version("0.8.0"), Version("0.11.0"))
+    assert [hop.name for hop in route.hops] == [
+        "v0.8.0_to_v0.9.0",
+        "v0.9.0_to_v0.10.0",
+        "v0.10.0_to_v0.11.0",
+    ]
+    assert route.direction is Direction.UPGRADE
+
+
+def test_target_left_out_means_newest_reachable() -> None:
+    transitions = chain("v1.0_to_v1.1", "v1.1_to_v2.0", "v3.0_to_v4.0")
+    assert newest_reachable(transitions, Version("1.0")) == Version("2.0")
+    route = find_route(transitions, Version("1.0"))
+    assert route.target == Version("2.0")
+
+
+def test_downgrade_route_runs_the_same_folders_newest_first() -> None:
+    transitions = chain("v1.0_to_v1.1", "v1.1_to_v1.2")
+    route = find_route(transitions, Version("1.2"), Version("1.0"))
+    assert route.direction is Direction.DOWNGRADE
+    assert [hop.name for hop in route.hops] == ["v1.1_to_v1.2", "v1.0_to_v1.1"]
+
+
+def test_same_version_is_an_empty_route() -> None:
+    route = find_route(chain("v1.0_to_v1.1"), Version("1.1"), Version("1.1"))
+    assert route.hops == ()
+
+
+def test_no_path_lists_the_available_transitions() -> None:
+    transitions = chain("v1.0_to_v1.1", "v1.2_to_v1.3")
+    with pytest.raises(PlanError) as info:
+        find_route(transitions, Version("1.0"), Version("1.3"))
+    message = str(info.value)
+    assert "no chain" in message
+    assert "v1.0_to_v1.1" in message
+    assert "v1.2_to_v1.3" in message
+
+
+def test_competing_paths_are_an_error_naming_both() -> None:
+    transitions = chain("v1.0_to_v1.1", "v1.1_to_v1.2", "v1.0_to_v1.2")
+    with pytest.raises(PlanError) as info:
+        find_route(transitions, Version("1.0"), Version("1.2"))
+    message = str(info.value)
+    assert "more than one chain" in message
+    assert "v1.0 → v1.1 → v1.2" in message
+    assert "v1.0 → v1.2" in message
+
+
+def test_side_branches_that_do_not_reach_the_target_do_not_compete() -> None:
+    transitions = chain("v1.0_to_v1.1", "v1.1_to_v1.2", "v1.1_to_v5.0")
+    route = find_route(transitions, Version("1.0"), Version("1.2"))
+    assert [hop.name for hop in route.hops] == ["v1.0_to_v1.1", "v1.1_to_v1.2"]
+
+
+def test_a_long_chain_plans_quickly_and_in_order() -> None:
+    names = [f"v0.{i}.0_to_v0.{i + 1}.0" for i in range(500)]
+    route = find_route(chain(*reversed(names)), Version("0.0.0"), Version("0.500.0"))
+    assert [hop.name for hop in route.hops] == names
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("0.1.0_to_v0.2.0", "not of the form"),
+        ("v0.1.0-v0.2.0", "not of the form"),
+        ("vbanana_to_v0.2.0", "invalid version"),
+        ("v0.2.0_to_v0.1.0", "must go up"),
+        ("v0.2.0_to_v0.2.0", "must go up"),
+    ],
+)
+def test_bad_folder_names_are_explained(name: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_transition_name(name)
