@@ -226,3 +226,13 @@ def test_examples_through_a_real_subprocess(example_copy: Path) -> None:
     assert after == before
     status = subprocess.run([*base, "status", *args], capture_output=True, text=True, check=False)
     assert json.loads(status.stdout)["installed_version"] == "0.1.0"
+
+
+def test_json_stays_one_object_when_migrations_print_at_import_and_run(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = migrations.add("v1.0_to_v1.1", "1_a.py", forward="print('running')\nreturn True")
+    path.write_text("print('importing')\n" + path.read_text())
+    code, result = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
+    assert code == 0
+    assert result["output"] == [{"id": "v1.0_to_v1.1/1_a", "stream": "stdout", "line": "running"}]

@@ -21,6 +21,7 @@ from dopemux_update import (
     PlanError,
     PreflightError,
     ServiceRestartPhase,
+    UpdateError,
     UpdatePipeline,
 )
 
@@ -341,3 +342,56 @@ async def test_cancellation_rolls_back_then_reraises(
     print(calls)
     assert calls[-1] == "backward v1.0_to_v1.1/1_a"
     assert installed(installation) is None
+
+
+async def test_a_failing_event_handler_does_not_break_the_update(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", forward="print('x')\nreturn True")
+
+    def broken(event: object) -> None:
+        raise RuntimeError("display bug")
+
+    with capture_logs() as logs:
+        result = await phase(installation, migrations, "1.0", on_event=broken).execute()
+    assert result.ok
+    assert any(e["event"] == "event.handler_failed" for e in logs)
+
+
+class Boom(BaseException):
+    """Stands for an unexpected error escaping from inside the run."""
+
+
+async def test_an_unexpected_error_mid_run_rolls_back_then_propagates(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1", "1_a.py", forward="(project_root / 'a').write_text('a')\nreturn True"
+    )
+    migrations.add("v1.0_to_v1.1", "2_b.py")
+    before = tree_digest(installation)
+
+    def explode(event: object) -> None:
+        if isinstance(event, MigrationOutput) or type(event).__name__ != "MigrationFinished":
+            return
+        raise Boom
+
+    with pytest.raises(Boom):
+        await phase(installation, migrations, "1.0", on_event=explode).execute()
+    assert tree_digest(installation) == before
+    assert migrations.calls_made() == ["forward v1.0_to_v1.1/1_a", "backward v1.0_to_v1.1/1_a"]
+
+
+async def test_a_phase_runs_once_and_imports_each_file_once(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    counter = tmp_path / "imports"
+    path = migrations.add("v1.0_to_v1.1", "1_a.py")
+    count = f"with open({str(counter)!r}, 'a') as f:\n    f.write('i')\n"
+    path.write_text(count + path.read_text())
+    orchestration = phase(installation, migrations, "1.0")
+    await orchestration.plan()
+    assert (await orchestration.execute()).ok
+    assert counter.read_text() == "i"
+    with pytest.raises(UpdateError, match="already run"):
+        await orchestration.execute()

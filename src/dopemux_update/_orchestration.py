@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from . import _events as ev
 from ._backup import BackupStore, Scope
-from ._capture import routing_installed
+from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
 from ._exceptions import PreflightError, UpdateError
 from ._models import Direction, Plan, Step, UpdateResult
@@ -31,7 +31,12 @@ def prepare_plan(migrations_dir: Path, current: Version, target: Version | None)
     """Scan, route, import and validate: everything a plan needs, and no writes."""
     catalog = scan_migrations(migrations_dir)
     route = find_route(catalog.transitions, current, target)
-    migrations = load_transitions(route.hops)
+
+    def imported_output(stream: str, line: str) -> None:
+        logger.info("migration.import_output", stream=stream, line=line)
+
+    with capture_thread(imported_output):
+        migrations = load_transitions(route.hops)
     return build_plan(route, migrations)
 
 
@@ -90,19 +95,32 @@ class OrchestrationPhase:
             Path(state_dir) if state_dir is not None else self.project_root / DEFAULT_STATE_DIR
         )
         self.on_event = on_event
+        self._plan: Plan | None = None
+        self._executed = False
 
     # -- public -----------------------------------------------------------------------------
 
     async def plan(self) -> Plan:
-        """Preflight only: the validated plan, with nothing written."""
-        if not self.project_root.is_dir():
-            raise PreflightError(f"{self.project_root}: installation folder does not exist")
-        return await anyio.to_thread.run_sync(
-            prepare_plan, self.migrations_dir, self.current_version, self.target_version
-        )
+        """Preflight only: the validated plan, with nothing written.
+
+        Computed once: ``execute()`` runs the plan this returned, so each migration file is
+        imported (and its top-level code run) once per phase.
+        """
+        if self._plan is None:
+            if not self.project_root.is_dir():
+                raise PreflightError(f"{self.project_root}: installation folder does not exist")
+            with routing_installed():
+                self._plan = await anyio.to_thread.run_sync(
+                    prepare_plan, self.migrations_dir, self.current_version, self.target_version
+                )
+        return self._plan
 
     async def execute(self) -> UpdateResult:
+        """Run the plan once; see the class documentation."""
+        if self._executed:
+            raise UpdateError("this OrchestrationPhase has already run; create a new one")
         plan = await self.plan()
+        self._executed = True
         self._emit(ev.PlanReady(plan))
         logger.info(
             "update.planned",
@@ -122,11 +140,14 @@ class OrchestrationPhase:
                 await self._run_steps(run)
                 if run.failed_id is None:
                     await self._commit(run, store)
-            except anyio.get_cancelled_exc_class():
+            except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
                 with anyio.CancelScope(shield=True):
-                    run.failed_id = run.failed_id or "(cancelled)"
-                    run.error = "the update was cancelled"
-                    logger.warning("update.cancelled", completed=len(run.completed))
+                    cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                    run.failed_id = run.failed_id or ("(cancelled)" if cancelled else "(error)")
+                    run.error = "the update was cancelled" if cancelled else repr(exc)
+                    logger.warning(
+                        "update.interrupted", error=run.error, completed=len(run.completed)
+                    )
                     await self._roll_back(run, store)
                 raise
             if run.failed_id is not None:
@@ -138,15 +159,18 @@ class OrchestrationPhase:
     # -- steps ------------------------------------------------------------------------------
 
     def _emit(self, event: ev.Event) -> None:
-        if self.on_event is not None:
+        if self.on_event is None:
+            return
+        try:
             self.on_event(event)
+        except Exception as exc:  # noqa: BLE001 - a display bug must not break an update
+            logger.warning("event.handler_failed", event_type=type(event).__name__, error=repr(exc))
 
     async def _call(self, step_id: str, function: object, direction: Direction) -> CallOutcome:
         handler = self.on_event
 
         def on_output(stream: str, line: str) -> None:
-            if handler is not None:
-                handler(ev.MigrationOutput(step_id, line, stream))
+            self._emit(ev.MigrationOutput(step_id, line, stream))
 
         assert callable(function)  # noqa: S101 - Step guarantees it
         return await run_function(
@@ -181,6 +205,12 @@ class OrchestrationPhase:
             )
             logger.info("migration.started", migration_id=step.id, direction=step.direction.value)
             outcome = await self._call(step.id, step.function, step.direction)
+            # Bookkeeping first, before anything that could raise: a completed step must be
+            # undone by a rollback whatever happens next.
+            if outcome.ok:
+                run.completed.append(step)
+            else:
+                run.failed_id, run.error = step.id, outcome.error
             run.durations.append((step.id, outcome.seconds))
             run.records.append(
                 MigrationRecord(
@@ -197,7 +227,6 @@ class OrchestrationPhase:
                 )
             )
             if not outcome.ok:
-                run.failed_id, run.error = step.id, outcome.error
                 logger.error(
                     "migration.failed",
                     migration_id=step.id,
@@ -205,7 +234,6 @@ class OrchestrationPhase:
                     traceback=outcome.traceback,
                 )
                 return
-            run.completed.append(step)
             logger.info("migration.applied", migration_id=step.id, seconds=outcome.seconds)
 
     async def _commit(self, run: _Run, store: StateStore) -> None:

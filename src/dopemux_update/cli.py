@@ -353,9 +353,6 @@ def _update(
     collector = OutputCollector()
     reporter: EventHandler = collector if ctx.json else PlainReporter(sys.stdout, collector)
 
-    def check_then_report(event: Any) -> None:
-        reporter(event)
-
     phase = OrchestrationPhase(
         project_root=ctx.root,
         migrations_dir=ctx.migrations,
@@ -363,7 +360,7 @@ def _update(
         target_version=target,
         restart_phase=restart_phase,
         state_dir=ctx.state_dir,
-        on_event=check_then_report,
+        on_event=reporter,
     )
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:

@@ -33,9 +33,10 @@ async def update(root: Path) -> UpdateResult:
         on_event=on_event,
     )
     pipeline = await UpdatePipeline([phase, restart]).run()
-    result = await phase.execute() if not pipeline.results else None
-    assert result is None or isinstance(result.ok, bool)
-    outcome: UpdateResult = await phase.execute()
+    _ok: bool = pipeline.ok
+    outcome: UpdateResult = await OrchestrationPhase(
+        project_root=root, current_version="0.2.0", target_version="0.1.0"
+    ).execute()
     _applied: tuple[str, ...] = outcome.applied
     _rolled_back: tuple[str, ...] = outcome.rolled_back
     _services: tuple[str, ...] = outcome.restart_services
