@@ -35,7 +35,7 @@ EXIT_FAILED = 1
 EXIT_MISSING_ALEMBIC = 2
 
 TARGET_RATIO = 0.25
-OUT_FILE = Path(__file__).resolve().parent / "out" / "noop.json"
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 MEASUREMENTS = ("ours_upgrade", "ours_downgrade", "alembic_upgrade", "alembic_downgrade")
 
@@ -170,6 +170,16 @@ class Layout:
     work: Path
     hops: int
     per_hop: int
+    bytecode: bool = True
+
+    @property
+    def child_env(self) -> dict[str, str]:
+        """Both tools get the same environment; only the bytecode cache setting differs."""
+        env = dict(os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if not self.bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
 
     @property
     def count(self) -> int:
@@ -248,7 +258,11 @@ def fresh_installation(layout: Layout) -> None:
     config.mkdir(parents=True)
     (config / "app.yaml").write_text("name: dopemux\nport: 8080\nworkers: 2\n", encoding="utf-8")
     (layout.installation / "README.txt").write_text("A benchmark installation.\n")
-    run(ours_command("stamp", "0.0.0", "--root", str(layout.installation)), cwd=layout.work)
+    run(
+        ours_command("stamp", "0.0.0", "--root", str(layout.installation)),
+        cwd=layout.work,
+        env=layout.child_env,
+    )
 
 
 def fresh_database(layout: Layout) -> None:
@@ -266,13 +280,15 @@ def alembic_command(layout: Layout, *args: str) -> list[str]:
     return [sys.executable, "-m", "alembic", "-c", str(layout.alembic_ini), *args]
 
 
-def run(command: Sequence[str], *, cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+def run(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str]
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run ``command``; return its wall-clock seconds and the finished process.
 
     Raises :class:`BenchError` (with the command's stderr) if it does not exit 0.
     """
     start = time.perf_counter()
-    process = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    process = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if process.returncode != 0:
         raise BenchError(
@@ -296,7 +312,7 @@ def ours_update(layout: Layout, direction: str) -> float:
         "--no-restart",
         "--json",
     )
-    elapsed, process = run(command, cwd=layout.work)
+    elapsed, process = run(command, cwd=layout.work, env=layout.child_env)
     try:
         payload: dict[str, Any] = json.loads(process.stdout)
     except ValueError as exc:
@@ -330,7 +346,9 @@ def alembic_versions(layout: Layout) -> list[str]:
 def alembic_update(layout: Layout, direction: str) -> float:
     """Time one ``alembic upgrade head`` or ``alembic downgrade base``."""
     target = "base" if direction == "downgrade" else "head"
-    elapsed, process = run(alembic_command(layout, direction, target), cwd=layout.alembic_dir)
+    elapsed, process = run(
+        alembic_command(layout, direction, target), cwd=layout.alembic_dir, env=layout.child_env
+    )
     expected = [] if direction == "downgrade" else [revision_id(layout.count)]
     try:
         found = alembic_versions(layout)
@@ -381,7 +399,11 @@ def summarize(results: Results) -> dict[str, Any]:
 def print_table(layout: Layout, results: Results, report: dict[str, Any]) -> None:
     repeat = len(results.timings[MEASUREMENTS[0]])
     print()
-    print(f"{layout.count} no-op migrations ({layout.hops} hops x {layout.per_hop}), {repeat} runs")
+    cache = "bytecode cached" if layout.bytecode else "no bytecode cache"
+    print(
+        f"{layout.count} no-op migrations ({layout.hops} hops x {layout.per_hop}),"
+        f" {repeat} runs, {cache}"
+    )
     print(f"{'measurement':<22}{'median (s)':>12}{'min (s)':>12}   runs (s)")
     for name in MEASUREMENTS:
         stats = report["summary"][name]
@@ -417,12 +439,14 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(layout: Layout, results: Results, report: dict[str, Any], warmup: int) -> None:
-    OUT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    out_file = OUT_DIR / ("noop.json" if layout.bytecode else "noop-no-bytecode.json")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": "noop",
         "migrations": layout.count,
         "hops": layout.hops,
         "per_hop": layout.per_hop,
+        "bytecode_cache": layout.bytecode,
         "repeat": len(results.timings[MEASUREMENTS[0]]),
         "warmup": warmup,
         "target_ratio": TARGET_RATIO,
@@ -431,8 +455,8 @@ def write_json(layout: Layout, results: Results, report: dict[str, Any], warmup:
         "environment": environment(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    OUT_FILE.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"\nWrote {OUT_FILE}")
+    out_file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"\nWrote {out_file}")
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -450,6 +474,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hops", type=int, default=100, help="version hops (default: 100)")
     parser.add_argument("--per-hop", type=int, default=10, help="migrations a hop (default: 10)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--no-bytecode",
+        dest="bytecode",
+        action="store_false",
+        help="run both tools with PYTHONDONTWRITEBYTECODE=1, so every run compiles every"
+        " migration file (default: Python's default, a __pycache__ beside each file)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.hops < 1 or args.per_hop < 1:
         parser.error("--repeat, --hops and --per-hop must be >= 1, --warmup >= 0")
@@ -480,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_MISSING_ALEMBIC
     work = Path(tempfile.mkdtemp(prefix="dopemux-bench-noop-"))
-    layout = Layout(work=work, hops=args.hops, per_hop=args.per_hop)
+    layout = Layout(work=work, hops=args.hops, per_hop=args.per_hop, bytecode=args.bytecode)
     try:
         results = benchmark(layout, args.repeat, args.warmup)
     except BenchError as exc:

@@ -213,3 +213,39 @@ def test_the_same_transition_spelt_twice_is_an_error(migrations: MigrationWriter
 def test_a_missing_migrations_folder_is_a_preflight_error(tmp_path: Path) -> None:
     with pytest.raises(PreflightError, match="does not exist"):
         scan_migrations(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("definition", "accepted"),
+    [
+        ("def migrate_forward(project_root):\n    return True", True),
+        ("def migrate_forward(project_root, verbose=False):\n    return True", True),
+        ("def migrate_forward(*args):\n    return True", True),
+        ("def migrate_forward(project_root, /):\n    return True", True),
+        ("migrate_forward = lambda project_root: True", True),
+        (
+            "class _F:\n    def __call__(self, project_root):\n        return True\n"
+            "migrate_forward = _F()",
+            True,
+        ),
+        ("def migrate_forward():\n    return True", False),
+        ("def migrate_forward(a, b):\n    return True", False),
+        ("def migrate_forward(project_root, *, dry_run):\n    return True", False),
+        ("def migrate_forward(project_root, *, dry_run=False):\n    return True", True),
+    ],
+)
+def test_functions_must_be_callable_with_the_root_alone(
+    migrations: MigrationWriter, definition: str, accepted: bool
+) -> None:
+    source = (
+        definition
+        + "\ndef migrate_backward(project_root):\n    return True\n"
+        + "MIGRATION_INFO = {'version_from': '1.0', 'version_to': '1.1', 'description': 'd',"
+        + " 'breaking_changes': False, 'estimated_duration_seconds': 1, 'requires_restart': []}\n"
+    )
+    migrations.add("v1.0_to_v1.1", "001_sig.py", source=source)
+    if accepted:
+        assert len(load_all(migrations.root)["v1.0_to_v1.1"]) == 1
+    else:
+        with pytest.raises(MigrationValidationError, match="exactly one positional argument"):
+            load_all(migrations.root)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.machinery
+import importlib.util
 import inspect
 import itertools
 import re
@@ -19,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from packaging.version import Version
 from pydantic import ValidationError
 
 from ._exceptions import MigrationValidationError, PreflightError, Problem
 from ._models import Migration, MigrationInfo, Transition
-from ._versions import parse_transition_name
+from ._versions import cached_version, parse_transition_name
 
 __all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
 
@@ -160,24 +161,46 @@ def load_migration(
 
 
 def _import_source(path: Path, source: bytes) -> types.ModuleType | Problem:
-    """Execute ``source`` as a fresh module with a unique name; ``sys.path`` stays untouched."""
+    """Import ``path`` as a fresh module with a unique name; ``sys.path`` stays untouched.
+
+    Python's own source loader is used, so compiled bytecode is cached in ``__pycache__``
+    beside the file as for any other module (and ``PYTHONDONTWRITEBYTECODE`` is honoured).
+    """
     module_name = f"dopemux_update._migration_{next(_module_counter)}_{path.stem}"
-    module = types.ModuleType(module_name)
-    module.__file__ = str(path)
-    try:
-        code = compile(source, str(path), "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as exc:
-        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
-        return Problem(path, f"cannot be compiled: {type(exc).__name__}: {exc.args[0]}{line}")
+    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
+    spec = importlib.util.spec_from_file_location(module_name, path, loader=loader)
+    assert spec is not None  # noqa: S101 - always a spec for a .py path with a loader
+    module = importlib.util.module_from_spec(spec)
     # Registered while it runs, so that dataclasses and typing in the file can find it.
     sys.modules[module_name] = module
     try:
-        exec(code, module.__dict__)  # noqa: S102 - running migration code is the purpose
+        loader.exec_module(module)
+    except SyntaxError as exc:
+        line = f" (line {exc.lineno})" if exc.lineno else ""
+        return Problem(path, f"cannot be compiled: SyntaxError: {exc.msg}{line}")
     except Exception as exc:  # noqa: BLE001 - any import-time error is reported as a problem
         return Problem(path, f"import failed: {type(exc).__name__}: {exc}")
     finally:
         sys.modules.pop(module_name, None)
     return module
+
+
+def _takes_one_argument(function: object) -> bool:
+    """Whether ``function(project_root)`` binds; plain functions are checked on their code."""
+    if isinstance(function, types.FunctionType):
+        code = function.__code__
+        if code.co_kwonlyargcount > len(function.__kwdefaults__ or {}):
+            return False  # a keyword-only argument without a default
+        required = code.co_argcount - len(function.__defaults__ or ())
+        has_varargs = bool(code.co_flags & inspect.CO_VARARGS)
+        return required <= 1 and (code.co_argcount >= 1 or has_varargs)
+    try:
+        inspect.signature(function).bind(Path())  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # no signature to inspect (a builtin); calling it will tell
+    return True
 
 
 def _check_function(path: Path, module: types.ModuleType, name: str) -> object:
@@ -188,12 +211,8 @@ def _check_function(path: Path, module: types.ModuleType, name: str) -> object:
         return Problem(path, f"{name} is not a function")
     if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         return Problem(path, f"{name} must be a plain function, not async")
-    try:
-        inspect.signature(function).bind(Path())
-    except TypeError:
+    if not _takes_one_argument(function):
         return Problem(path, f"{name} must take exactly one positional argument (project_root)")
-    except ValueError:
-        pass  # no signature to inspect (a builtin); calling it will tell
     return function
 
 
@@ -217,7 +236,7 @@ def _check_info(
         ("version_to", transition.version_to),
     ):
         declared = getattr(info, key)
-        if Version(declared) != expected:
+        if cached_version(declared) != expected:
             problems.append(
                 Problem(
                     path,

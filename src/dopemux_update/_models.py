@@ -12,6 +12,8 @@ from typing import Annotated
 from packaging.version import Version
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from ._versions import cached_version
+
 __all__ = [
     "Direction",
     "Migration",
@@ -40,7 +42,7 @@ def validate_service_name(name: str) -> str:
 
 
 def _version_string(value: str) -> str:
-    Version(value)  # raises InvalidVersion (a ValueError), which pydantic reports
+    cached_version(value)  # raises InvalidVersion (a ValueError), which pydantic reports
     return value
 
 

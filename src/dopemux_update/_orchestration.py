@@ -15,10 +15,18 @@ from ._backup import BackupStore, Scope
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
 from ._exceptions import PreflightError, UpdateError
-from ._models import Direction, Plan, Step, UpdateResult
+from ._models import Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
-from ._runner import CallOutcome, run_function
+from ._runner import (
+    Call,
+    CallFinished,
+    CallOutcome,
+    CallOutput,
+    CallSequence,
+    CallStarted,
+    RunnerEvent,
+)
 from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, utcnow
 from ._versions import parse_version
 
@@ -38,6 +46,10 @@ def prepare_plan(migrations_dir: Path, current: Version, target: Version | None)
     with capture_thread(imported_output):
         migrations = load_transitions(route.hops)
     return build_plan(route, migrations)
+
+
+def _log_output(call: Call, stream: str, line: str) -> None:
+    logger.info("migration.output", migration_id=call.id, stream=stream, line=line)
 
 
 @dataclass
@@ -166,20 +178,6 @@ class OrchestrationPhase:
         except Exception as exc:  # noqa: BLE001 - a display bug must not break an update
             logger.warning("event.handler_failed", event_type=type(event).__name__, error=repr(exc))
 
-    async def _call(self, step_id: str, function: object, direction: Direction) -> CallOutcome:
-        handler = self.on_event
-
-        def on_output(stream: str, line: str) -> None:
-            self._emit(ev.MigrationOutput(step_id, line, stream))
-
-        assert callable(function)  # noqa: S101 - Step guarantees it
-        return await run_function(
-            function,
-            self.project_root,
-            migration_id=step_id,
-            on_output=on_output if handler is not None else None,
-        )
-
     async def _backup(self, run: _Run) -> None:
         scope = Scope.for_installation(
             self.project_root, state_dir=self.state_dir, migrations_dir=self.migrations_dir
@@ -195,46 +193,76 @@ class OrchestrationPhase:
         self._emit(ev.BackupCreated(info.id, info.files, info.bytes))
 
     async def _run_steps(self, run: _Run) -> None:
-        total = len(run.plan.steps)
-        for index, step in enumerate(run.plan.steps, start=1):
-            info = step.migration.info
-            self._emit(
-                ev.MigrationStarted(
-                    step.id, step.direction, index, total, info.estimated_duration_seconds
-                )
-            )
-            logger.info("migration.started", migration_id=step.id, direction=step.direction.value)
-            outcome = await self._call(step.id, step.function, step.direction)
-            # Bookkeeping first, before anything that could raise: a completed step must be
-            # undone by a rollback whatever happens next.
+        steps = run.plan.steps
+        total = len(steps)
+
+        log = logger.bind()  # bound once per run, not once per event: cheap per migration
+
+        def started(call: Call) -> None:
+            log.info("migration.started", migration_id=call.id)
+
+        def finished(call: Call, outcome: CallOutcome) -> None:
             if outcome.ok:
-                run.completed.append(step)
+                log.info("migration.applied", migration_id=call.id, seconds=outcome.seconds)
             else:
-                run.failed_id, run.error = step.id, outcome.error
-            run.durations.append((step.id, outcome.seconds))
-            run.records.append(
-                MigrationRecord(
-                    id=step.id,
-                    direction=step.direction.value,
-                    checksum=step.migration.checksum,
-                    seconds=round(outcome.seconds, 6),
-                    outcome="applied" if outcome.ok else "failed",
-                )
-            )
-            self._emit(
-                ev.MigrationFinished(
-                    step.id, step.direction, outcome.ok, outcome.seconds, outcome.error
-                )
-            )
-            if not outcome.ok:
-                logger.error(
+                log.error(
                     "migration.failed",
-                    migration_id=step.id,
+                    migration_id=call.id,
                     error=outcome.error,
                     traceback=outcome.traceback,
                 )
-                return
-            logger.info("migration.applied", migration_id=step.id, seconds=outcome.seconds)
+
+        def deliver(event: RunnerEvent) -> None:
+            step = steps[event.index]
+            if isinstance(event, CallStarted):
+                info = step.migration.info
+                self._emit(
+                    ev.MigrationStarted(
+                        step.id,
+                        step.direction,
+                        event.index + 1,
+                        total,
+                        info.estimated_duration_seconds,
+                    )
+                )
+            elif isinstance(event, CallOutput):
+                self._emit(ev.MigrationOutput(step.id, event.line, event.stream))
+            else:
+                outcome = event.outcome
+                self._emit(
+                    ev.MigrationFinished(
+                        step.id, step.direction, outcome.ok, outcome.seconds, outcome.error
+                    )
+                )
+
+        sequence = CallSequence(
+            [Call(step.id, step.function) for step in steps],
+            self.project_root,
+            stop_on_failure=True,
+            on_started=started,
+            on_finished=finished,
+            on_output=_log_output,
+        )
+        try:
+            await sequence.run(deliver)
+        finally:
+            # Also when interrupted: every call that ended is accounted for before a rollback.
+            for step, outcome in zip(steps, sequence.outcomes, strict=False):
+                run.durations.append((step.id, outcome.seconds))
+                run.records.append(
+                    MigrationRecord(
+                        id=step.id,
+                        direction=step.direction.value,
+                        checksum=step.migration.checksum,
+                        seconds=round(outcome.seconds, 6),
+                        outcome="applied" if outcome.ok else "failed",
+                    )
+                )
+                if outcome.ok:
+                    run.completed.append(step)
+                else:
+                    run.failed_id, run.error = step.id, outcome.error
+            sequence.flush(deliver)
 
     async def _commit(self, run: _Run, store: StateStore) -> None:
         record = self._record(run, "applied")
@@ -253,16 +281,33 @@ class OrchestrationPhase:
         steps = list(reversed(run.completed))
         self._emit(ev.RollbackStarted(run.failed_id or "", len(steps)))
         logger.warning("rollback.started", failed=run.failed_id, steps=len(steps))
-        for step in steps:
-            outcome = await self._call(step.id, step.undo, step.direction)
-            self._emit(ev.RollbackStep(step.id, outcome.ok, outcome.seconds, outcome.error))
+
+        def finished(call: Call, outcome: CallOutcome) -> None:
             logger.info(
                 "rollback.step",
-                migration_id=step.id,
+                migration_id=call.id,
                 ok=outcome.ok,
                 error=outcome.error,
                 traceback=outcome.traceback,
             )
+
+        def deliver(event: RunnerEvent) -> None:
+            step = steps[event.index]
+            if isinstance(event, CallOutput):
+                self._emit(ev.MigrationOutput(step.id, event.line, event.stream))
+            elif isinstance(event, CallFinished):
+                outcome = event.outcome
+                self._emit(ev.RollbackStep(step.id, outcome.ok, outcome.seconds, outcome.error))
+
+        sequence = CallSequence(
+            [Call(step.id, step.undo) for step in steps],
+            self.project_root,
+            stop_on_failure=False,
+            on_finished=finished,
+            on_output=_log_output,
+        )
+        await sequence.run(deliver)
+        for step, outcome in zip(steps, sequence.outcomes, strict=True):
             if outcome.ok:
                 run.rolled_back.append(step.id)
             else:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+
 from packaging.version import InvalidVersion, Version
 
 from ._exceptions import VersionError
 
-__all__ = ["format_transition", "parse_transition_name", "parse_version"]
+__all__ = ["cached_version", "format_transition", "parse_transition_name", "parse_version"]
 
 _SEPARATOR = "_to_v"
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_version(value: str) -> Version:
+    """``Version(value)``, memoised: a thousand migrations name the same few versions."""
+    return Version(value)
 
 
 def parse_version(value: str | Version, *, where: str | None = None) -> Version:
@@ -16,7 +24,7 @@ def parse_version(value: str | Version, *, where: str | None = None) -> Version:
     if isinstance(value, Version):
         return value
     try:
-        return Version(value)
+        return cached_version(value)
     except (InvalidVersion, TypeError) as exc:
         raise VersionError(str(value), where=where) from exc
 
@@ -30,7 +38,7 @@ def parse_transition_name(name: str) -> tuple[Version, Version]:
         raise ValueError("folder name is not of the form v{from}_to_v{to}, e.g. v0.1.0_to_v0.2.0")
     left, right = name[1:].split(_SEPARATOR)
     try:
-        version_from, version_to = Version(left), Version(right)
+        version_from, version_to = cached_version(left), cached_version(right)
     except InvalidVersion as exc:
         raise ValueError(f"folder name holds an invalid version: {exc}") from exc
     if version_to <= version_from:
