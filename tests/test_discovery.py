@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -249,3 +250,29 @@ def test_functions_must_be_callable_with_the_root_alone(
     else:
         with pytest.raises(MigrationValidationError, match="exactly one positional argument"):
             load_all(migrations.root)
+
+
+def test_bytecode_is_cached_by_content_so_a_same_second_edit_never_runs_stale_code(
+    migrations: MigrationWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = migrations.add("v1.0_to_v1.1", "001_a.py", forward="return 'A'")
+    stat = path.stat()
+    first = load_all(migrations.root)["v1.0_to_v1.1"][0].forward  # type: ignore[attr-defined]
+    assert first(Path()) == "A"
+    cached = list((path.parent / "__pycache__").iterdir())
+    assert len(cached) == 1
+    # Same size, same mtime: a timestamp-based .pyc would be taken as current.
+    path.write_text(path.read_text().replace("return 'A'", "return 'B'"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = load_all(migrations.root)["v1.0_to_v1.1"][0].forward  # type: ignore[attr-defined]
+    assert second(Path()) == "B"
+
+
+def test_no_bytecode_is_written_when_python_is_told_not_to(
+    migrations: MigrationWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    path = migrations.add("v1.0_to_v1.1", "001_a.py")
+    load_all(migrations.root)
+    assert not (path.parent / "__pycache__").exists()

@@ -7,12 +7,14 @@ the plan. Both are synchronous: callers run them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
-import importlib.machinery
 import importlib.util
 import inspect
 import itertools
+import marshal
+import os
 import re
 import sys
 import types
@@ -160,24 +162,53 @@ def load_migration(
     )
 
 
-def _import_source(path: Path, source: bytes) -> types.ModuleType | Problem:
-    """Import ``path`` as a fresh module with a unique name; ``sys.path`` stays untouched.
+_CHECKED_HASH_PYC = 0b11  # PEP 552 flags: hash-based, and the hash is checked on load
 
-    Python's own source loader is used, so compiled bytecode is cached in ``__pycache__``
-    beside the file as for any other module (and ``PYTHONDONTWRITEBYTECODE`` is honoured).
+
+def _compile_cached(path: Path, source: bytes) -> types.CodeType:
+    """Compile ``source``, reusing a checked-hash ``.pyc`` in ``__pycache__`` (PEP 552).
+
+    Keyed by the source's hash, not its mtime, so an edit in the same second can never run
+    stale bytecode. Python's own loader reads these files too. ``PYTHONDONTWRITEBYTECODE``
+    (``sys.dont_write_bytecode``) is honoured; a cache that cannot be written is skipped.
     """
+    cached = Path(importlib.util.cache_from_source(str(path)))
+    source_hash = importlib.util.source_hash(source)
+    header = importlib.util.MAGIC_NUMBER + _CHECKED_HASH_PYC.to_bytes(4, "little") + source_hash
+    try:
+        data = cached.read_bytes()
+    except OSError:
+        data = b""
+    if data.startswith(header):
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            code = marshal.loads(data[len(header) :])  # noqa: S302 - trusted as the .py is
+            if isinstance(code, types.CodeType):
+                return code
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    if not sys.dont_write_bytecode:
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(exist_ok=True)
+            tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(header + marshal.dumps(code))
+            tmp.replace(cached)
+    return code
+
+
+def _import_source(path: Path, source: bytes) -> types.ModuleType | Problem:
+    """Run ``source`` as a fresh module with a unique name; ``sys.path`` stays untouched."""
     module_name = f"dopemux_update._migration_{next(_module_counter)}_{path.stem}"
-    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
-    spec = importlib.util.spec_from_file_location(module_name, path, loader=loader)
-    assert spec is not None  # noqa: S101 - always a spec for a .py path with a loader
-    module = importlib.util.module_from_spec(spec)
+    try:
+        code = _compile_cached(path, source)
+    except (SyntaxError, ValueError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        return Problem(path, f"cannot be compiled: {type(exc).__name__}: {reason}{line}")
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
     # Registered while it runs, so that dataclasses and typing in the file can find it.
     sys.modules[module_name] = module
     try:
-        loader.exec_module(module)
-    except SyntaxError as exc:
-        line = f" (line {exc.lineno})" if exc.lineno else ""
-        return Problem(path, f"cannot be compiled: SyntaxError: {exc.msg}{line}")
+        exec(code, module.__dict__)  # noqa: S102 - running migration code is the purpose
     except Exception as exc:  # noqa: BLE001 - any import-time error is reported as a problem
         return Problem(path, f"import failed: {type(exc).__name__}: {exc}")
     finally:
