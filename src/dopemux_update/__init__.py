@@ -2,8 +2,7 @@
 
 from ._backup import BackupInfo as BackupInfo
 from ._backup import BackupStore as BackupStore
-from ._backup import RestoreReport as RestoreReport
-from ._backup import Scope as Scope
+from ._backup import InsufficientSpaceError as InsufficientSpaceError
 from ._discovery import Catalog as Catalog
 from ._discovery import load_transitions as load_transitions
 from ._discovery import scan_migrations as scan_migrations
@@ -50,9 +49,11 @@ from ._restart import DockerComposeRestarter as DockerComposeRestarter
 from ._restart import Restarter as Restarter
 from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
+from ._restore import RestoreReport as RestoreReport
 from ._state import RunRecord as RunRecord
 from ._state import State as State
 from ._state import StateStore as StateStore
+from ._tree import Scope as Scope
 
 __all__ = [
     "BackupCreated",
@@ -66,6 +67,7 @@ __all__ = [
     "DockerComposeRestarter",
     "Event",
     "EventHandler",
+    "InsufficientSpaceError",
     "Migration",
     "MigrationFinished",
     "MigrationInfo",

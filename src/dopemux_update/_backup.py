@@ -1,80 +1,93 @@
-"""Snapshots of an installation, and putting the tree back exactly as a snapshot saw it.
+"""Backups of an installation: taken, verified, listed, pruned; restored by ``_restore``.
 
-A backup lives in ``<state>/backups/<id>/``: ``manifest.json`` describes every folder, file and
-symlink in scope; ``tree/`` holds the file contents. It is built under a temporary name and
-renamed into place once complete, so a backup that exists is whole.
+A backup lives in ``<state>/backups/<id>/``: ``manifest.json`` (with ``manifest.xxh3``, its
+own checksum) describes every folder, file, symlink and SQLite database in scope, and
+``tree/`` holds the contents under their own relative paths. It is built in a hidden
+``.building-<id>`` folder, synced, and renamed into place: a backup that is listed is whole.
+Folders are 0700 and files 0600 (backups hold secrets such as ``.env``).
+
+Backups are immutable, so a file unchanged since the previous backup (same size, mtime and
+mode) is hard-linked to that backup's copy: backing up an unchanged tree costs stat calls.
 """
 
 from __future__ import annotations
 
-import base64
+import builtins
+import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
+import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._exceptions import BackupError
-from ._fsutil import atomic_write, fsync_dir
+from . import _sqlite
+from ._copy import HASH_NAME, copy_file, hash_file
+from ._exceptions import BackupError, PreflightError
+from ._fsutil import atomic_write, fsync_dir, sync_filesystem
+from ._tree import Scope, TreeEntry, decode_name, encode_name, walk
 
-__all__ = ["BackupInfo", "BackupStore", "Entry", "RestoreReport", "Scope"]
+__all__ = [
+    "BackupInfo",
+    "BackupStore",
+    "Entry",
+    "InsufficientSpaceError",
+    "Manifest",
+    "ProgressCallback",
+    "file_signature",
+]
+
+if TYPE_CHECKING:
+    from ._restore import RestoreReport
 
 logger = structlog.get_logger("dopemux_update")
 
-_CHUNK = 1 << 20
-_MANIFEST = "manifest.json"
-_TREE = "tree"
-_FORMAT = 1
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.xxh3"
+TREE = "tree"
+FORMAT = 2
+_WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
+_SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
+
+ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """What a backup covers: everything under ``root`` but the ``excluded`` relative paths."""
-
-    root: Path
-    excluded: frozenset[str]
-
-    @classmethod
-    def for_installation(
-        cls, root: Path, *, state_dir: Path, migrations_dir: Path | None = None
-    ) -> Scope:
-        """The default scope: the root minus the state folder, ``.git`` and the migrations."""
-        root = root.resolve()
-        excluded = {".git"}
-        for inner in (state_dir, migrations_dir):
-            if inner is None:
-                continue
-            with contextlib.suppress(ValueError):
-                relative = inner.resolve().relative_to(root)
-                if relative.parts:
-                    excluded.add(relative.as_posix())
-        return cls(root, frozenset(excluded))
+class InsufficientSpaceError(BackupError, PreflightError):
+    """The disk cannot hold the backup; nothing was written."""
 
 
 class Entry(BaseModel):
-    """One folder, regular file or symlink in a snapshot."""
+    """One folder, file, symlink or SQLite database of a snapshot.
+
+    ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
+    database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    type: Literal["dir", "file", "symlink"]
+    type: Literal["dir", "file", "symlink", "sqlite"]
     mode: int = 0
     size: int = 0
     mtime_ns: int = 0
-    sha256: str = ""
+    hash: str = ""
     target: str = ""
+    wal: bool = False
+    sig: tuple[int, ...] = ()
+    parent_only: bool = False
 
 
 class Manifest(BaseModel):
+    """Everything a backup holds, and the scope it was taken with."""
+
     model_config = ConfigDict(frozen=True)
 
     format: int
@@ -82,9 +95,24 @@ class Manifest(BaseModel):
     created_at: str
     root: str
     excluded: tuple[str, ...]
+    included: tuple[str, ...] = ()
+    hash: str = HASH_NAME
     version_from: str | None = None
     version_to: str | None = None
+    previous: str | None = None
+    copied_bytes: int = 0
     entries: dict[str, Entry]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def decoded(self) -> dict[str, Entry]:
+        """Entries under their real (possibly non-UTF-8) names and link targets."""
+        out = {}
+        for stored, entry in self.entries.items():
+            real = entry
+            if entry.type == "symlink":
+                real = entry.model_copy(update={"target": decode_name(entry.target)})
+            out[decode_name(stored)] = real
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,84 +124,43 @@ class BackupInfo:
     created_at: str
     files: int
     bytes: int
+    copied_bytes: int
     version_from: str | None
     version_to: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreReport:
-    """What a restore changed to make the tree equal to the snapshot."""
-
-    backup_id: str
-    written: tuple[str, ...]
-    removed: tuple[str, ...]
-    fixed: tuple[str, ...]
+def file_signature(info: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content or metadata is written (ctime can't be set)."""
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-_RAW_NAME = "\x00b64:"  # a NUL never occurs in a file name, so this prefix is unambiguous
-
-
-def _encode_name(name: str) -> str:
-    """A JSON-safe form of a path or link target that may not be valid UTF-8."""
+def database_signature(path: Path, info: os.stat_result) -> tuple[int, ...]:
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
-    return name
+        wal = Path(f"{path}-wal").stat()
+    except FileNotFoundError:
+        return (*file_signature(info), -1, -1)
+    return (*file_signature(info), wal.st_size, wal.st_mtime_ns)
 
 
-def _decode_name(stored: str) -> str:
-    if stored.startswith(_RAW_NAME):
-        return os.fsdecode(base64.b64decode(stored[len(_RAW_NAME) :]))
-    return stored
+@dataclass
+class _Job:
+    rel: str
+    entry: TreeEntry
+    action: Literal["copy", "link", "sqlite"]
+    previous: Entry | None = None
 
 
-def _hash_and_copy(source: Path, destination: Path | None) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with contextlib.ExitStack() as stack:
-        reader = stack.enter_context(source.open("rb"))
-        writer = None
-        if destination is not None:
-            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            writer = stack.enter_context(os.fdopen(fd, "wb"))
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if writer is not None:
-                writer.write(chunk)
-        if writer is not None:
-            writer.flush()
-            os.fsync(writer.fileno())
-    return digest.hexdigest(), size
+def _new_id() -> str:
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
-def _walk(scope: Scope) -> Iterator[tuple[str, os.stat_result]]:
-    """Every path in scope (relative, ``/``-separated), parents first; symlinks not followed."""
-    stack = [""]
-    while stack:
-        relative = stack.pop()
-        folder = scope.root / relative if relative else scope.root
-        with os.scandir(folder) as entries:
-            children = sorted(entries, key=lambda e: e.name, reverse=True)
-        for child in children:
-            rel = f"{relative}/{child.name}" if relative else child.name
-            if rel in scope.excluded:
-                continue
-            info = child.stat(follow_symlinks=False)
-            yield rel, info
-            if stat.S_ISDIR(info.st_mode):
-                stack.append(rel)
-
-
-def _kind(mode: int) -> str | None:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return None
+def _check_relative(rel: str, backup_id: str) -> None:
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BackupError(
+            f"manifest names a path outside the installation: {rel!r}", backup_id=backup_id
+        )
 
 
 class BackupStore:
@@ -181,6 +168,96 @@ class BackupStore:
 
     def __init__(self, backups_dir: Path) -> None:
         self.backups_dir = backups_dir
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def path_of(self, backup_id: str) -> Path:
+        if not backup_id or "/" in backup_id or backup_id.startswith(".") or "\x00" in backup_id:
+            raise BackupError("is not a valid backup id", backup_id=backup_id)
+        return self.backups_dir / backup_id
+
+    def read_manifest(self, backup_id: str) -> Manifest:
+        """The backup's manifest, after checking it against its own checksum."""
+        folder = self.path_of(backup_id)
+        try:
+            raw = (folder / MANIFEST).read_bytes()
+            expected = (folder / MANIFEST_SUM).read_text().strip()
+        except FileNotFoundError as exc:
+            if not folder.is_dir():
+                raise BackupError("does not exist", backup_id=backup_id) from exc
+            raise BackupError(
+                f"is incomplete: {exc.filename} is missing", backup_id=backup_id
+            ) from exc
+        except OSError as exc:
+            raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+        if xxhash.xxh3_128_hexdigest(raw) != expected:
+            raise BackupError("failed verification: manifest.json is damaged", backup_id=backup_id)
+        try:
+            manifest = Manifest.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as exc:
+            raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+        for rel in manifest.decoded():
+            _check_relative(rel, backup_id)
+        return manifest
+
+    def info(self, manifest: Manifest) -> BackupInfo:
+        files = [e for e in manifest.entries.values() if e.type in ("file", "sqlite")]
+        return BackupInfo(
+            id=manifest.id,
+            path=self.backups_dir / manifest.id,
+            created_at=manifest.created_at,
+            files=len(files),
+            bytes=sum(e.size for e in files),
+            copied_bytes=manifest.copied_bytes,
+            version_from=manifest.version_from,
+            version_to=manifest.version_to,
+        )
+
+    def ids(self) -> builtins.list[str]:
+        """Ids of complete backups, oldest first (ids sort by creation time)."""
+        if not self.backups_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.backups_dir.iterdir()
+            if not p.name.startswith(".") and (p / MANIFEST_SUM).is_file()
+        )
+
+    def list(self) -> builtins.list[BackupInfo]:
+        """Every complete backup, oldest first."""
+        return [self.info(self.read_manifest(backup_id)) for backup_id in self.ids()]
+
+    def verify(self, backup_id: str, *, only: Iterable[str] | None = None) -> Manifest:
+        """Check stored files against the manifest's sizes and hashes (all, or ``only``).
+
+        Raises :class:`BackupError` naming every flipped, truncated or missing file.
+        """
+        manifest = self.read_manifest(backup_id)
+        entries = manifest.decoded()
+        tree = self.path_of(backup_id) / TREE
+        names = list(entries) if only is None else list(only)
+        stored = [rel for rel in names if entries[rel].type in ("file", "sqlite")]
+
+        def check(rel: str) -> str | None:
+            entry = entries[rel]
+            try:
+                digest, size = hash_file(tree / rel)
+            except FileNotFoundError:
+                return f"{rel} (missing)"
+            except OSError as exc:
+                return f"{rel} ({exc.strerror or exc})"
+            if size != entry.size and entry.type == "file":
+                return f"{rel} (truncated or resized: {size} bytes, expected {entry.size})"
+            if digest != entry.hash:
+                return f"{rel} (content differs from the manifest)"
+            return None
+
+        with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+            bad = [problem for problem in pool.map(check, stored) if problem]
+        if bad:
+            raise BackupError(f"failed verification: {', '.join(bad)}", backup_id=backup_id)
+        logger.info("backup.verified", backup_id=backup_id, files=len(stored))
+        return manifest
 
     # -- creating ---------------------------------------------------------------------------
 
@@ -190,232 +267,266 @@ class BackupStore:
         *,
         version_from: str | None = None,
         version_to: str | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> BackupInfo:
-        """Snapshot ``scope`` into a new backup, verify it and return it."""
+        """Snapshot ``scope`` into a new, verified backup and return it.
+
+        Raises :class:`InsufficientSpaceError` before writing anything when the disk cannot
+        hold what would be copied.
+        """
+        found = list(walk(scope))
+        previous = self._previous()
+        jobs, skipped = self._plan(scope, found, previous)
+        needed = sum(j.entry.info.st_size for j in jobs if j.action != "link")
+        self._check_space(needed)
+
+        backup_id = _new_id()
         self.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        now = datetime.now(UTC)
-        backup_id = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
         self.backups_dir.chmod(0o700)
         building = self.backups_dir / f".building-{backup_id}"
-        tree = building / _TREE
+        tree = building / TREE
         building.mkdir(mode=0o700)
         tree.mkdir(mode=0o700)
-        logger.info("backup.started", backup_id=backup_id, root=str(scope.root))
-        entries: dict[str, Entry] = {}
-        total = 0
+        logger.info("backup.started", backup_id=backup_id, root=str(scope.root), bytes=needed)
         try:
-            for rel, info in _walk(scope):
-                kind = _kind(info.st_mode)
-                mode = stat.S_IMODE(info.st_mode)
-                source = scope.root / rel
-                if kind == "dir":
-                    entries[_encode_name(rel)] = Entry(type="dir", mode=mode)
-                    (tree / rel).mkdir(mode=0o700)
-                elif kind == "symlink":
-                    target = _encode_name(str(source.readlink()))
-                    entries[_encode_name(rel)] = Entry(type="symlink", target=target)
-                elif kind == "file":
-                    digest, size = _hash_and_copy(source, tree / rel)
-                    total += size
-                    entries[_encode_name(rel)] = Entry(
-                        type="file", mode=mode, size=size, mtime_ns=info.st_mtime_ns, sha256=digest
-                    )
-                else:
-                    logger.warning(
-                        "backup.skipped", path=rel, reason="not a file, folder or symlink"
-                    )
+            entries = self._write(
+                scope,
+                tree,
+                found=found,
+                jobs=jobs,
+                previous=previous,
+                total=needed,
+                on_progress=on_progress,
+            )
             manifest = Manifest(
-                format=_FORMAT,
+                format=FORMAT,
                 id=backup_id,
-                created_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                created_at=datetime.now(UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
                 root=str(scope.root),
-                excluded=tuple(sorted(scope.excluded)),
+                excluded=scope.excluded,
+                included=scope.included,
                 version_from=version_from,
                 version_to=version_to,
+                previous=previous.id if previous else None,
+                copied_bytes=needed,
                 entries=entries,
+                skipped=tuple(skipped),
             )
-            atomic_write(building / _MANIFEST, manifest.model_dump_json().encode(), mode=0o600)
+            raw = manifest.model_dump_json().encode()
+            atomic_write(building / MANIFEST, raw, mode=0o600)
+            atomic_write(
+                building / MANIFEST_SUM, xxhash.xxh3_128_hexdigest(raw).encode(), mode=0o600
+            )
+            sync_filesystem(building)
             final = self.backups_dir / backup_id
             building.rename(final)
             fsync_dir(self.backups_dir)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(building, ignore_errors=True)
-            raise BackupError(f"could not be written: {exc}", backup_id=backup_id) from exc
-        self.verify(backup_id)
-        logger.info("backup.created", backup_id=backup_id, files=len(entries), bytes=total)
-        return self._info(manifest, final)
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def _info(self, manifest: Manifest, path: Path) -> BackupInfo:
-        files = [e for e in manifest.entries.values() if e.type == "file"]
-        return BackupInfo(
-            id=manifest.id,
-            path=path,
-            created_at=manifest.created_at,
-            files=len(files),
-            bytes=sum(e.size for e in files),
-            version_from=manifest.version_from,
-            version_to=manifest.version_to,
-        )
-
-    def _path(self, backup_id: str) -> Path:
-        if not backup_id or "/" in backup_id or backup_id.startswith("."):
-            raise BackupError("is not a valid backup id", backup_id=backup_id)
-        return self.backups_dir / backup_id
-
-    def read_manifest(self, backup_id: str) -> Manifest:
-        path = self._path(backup_id) / _MANIFEST
-        try:
-            return Manifest.model_validate(json.loads(path.read_bytes()))
-        except FileNotFoundError as exc:
-            raise BackupError("does not exist", backup_id=backup_id) from exc
-        except (OSError, ValueError, ValidationError) as exc:
-            raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
-
-    def list(self) -> list[BackupInfo]:
-        """Every complete backup, oldest first."""
-        if not self.backups_dir.is_dir():
-            return []
-        found = []
-        for path in sorted(self.backups_dir.iterdir()):
-            if path.name.startswith(".") or not (path / _MANIFEST).is_file():
-                continue
-            found.append(self._info(self.read_manifest(path.name), path))
-        return found
-
-    def verify(self, backup_id: str) -> None:
-        """Check every stored file against its size and hash; raise :class:`BackupError` if not."""
-        manifest = self.read_manifest(backup_id)
-        tree = self._path(backup_id) / _TREE
-        bad = []
-        for rel, entry in _entries(manifest).items():
-            if entry.type != "file":
-                continue
-            try:
-                digest, size = _hash_and_copy(tree / rel, None)
-            except OSError as exc:
-                bad.append(f"{rel} ({exc.strerror or exc})")
-                continue
-            if size != entry.size or digest != entry.sha256:
-                bad.append(f"{rel} (content differs from the manifest)")
-        if bad:
-            raise BackupError(f"failed verification: {', '.join(bad)}", backup_id=backup_id)
-        logger.info("backup.verified", backup_id=backup_id)
-
-    # -- restoring --------------------------------------------------------------------------
-
-    def restore(self, backup_id: str, root: Path) -> RestoreReport:
-        """Make the scope under ``root`` identical to the backup; rewrite only what differs."""
-        manifest = self.read_manifest(backup_id)
-        self.verify(backup_id)
-        scope = Scope(root.resolve(), frozenset(manifest.excluded))
-        live = dict(_walk(scope))
-        wanted = _entries(manifest)
-        removed = _remove_extras(scope.root, live, wanted)
-        tree = self._path(backup_id) / _TREE
-        written, fixed = _put_back(scope.root, tree, live, wanted)
-        fixed += _fix_folder_modes(scope.root, wanted)
-        report = RestoreReport(backup_id, tuple(written), tuple(removed), tuple(fixed))
+            if isinstance(exc, OSError):
+                raise BackupError(f"could not be written: {exc}", backup_id=backup_id) from exc
+            raise
+        self._check_written(manifest)
+        info = self.info(manifest)
         logger.info(
-            "backup.restored",
+            "backup.created",
             backup_id=backup_id,
-            written=len(written),
-            removed=len(removed),
-            fixed=len(fixed),
+            files=info.files,
+            bytes=info.bytes,
+            copied_bytes=needed,
+            previous=manifest.previous,
         )
-        return report
+        return info
 
+    def _previous(self) -> Manifest | None:
+        for backup_id in reversed(self.ids()):
+            with contextlib.suppress(BackupError):
+                return self.read_manifest(backup_id)
+        return None
 
-def _entries(manifest: Manifest) -> dict[str, Entry]:
-    """The manifest's entries with their real (possibly non-UTF-8) names and link targets."""
-    decoded = {}
-    for stored, entry in manifest.entries.items():
-        real = entry
-        if entry.type == "symlink":
-            real = entry.model_copy(update={"target": _decode_name(entry.target)})
-        decoded[_decode_name(stored)] = real
-    return decoded
+    def _plan(
+        self, scope: Scope, found: Sequence[TreeEntry], previous: Manifest | None
+    ) -> tuple[builtins.list[_Job], builtins.list[tuple[str, str]]]:
+        before = previous.decoded() if previous else {}
+        jobs: builtins.list[_Job] = []
+        skipped: builtins.list[tuple[str, str]] = []
+        databases: set[str] = set()
+        for item in found:
+            if item.kind == "file" and _sqlite.is_sqlite(scope.root / item.rel):
+                databases.add(item.rel)
+        sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
+        for item in found:
+            if item.kind in ("dir", "symlink") or item.rel in sidecars:
+                continue
+            if item.kind != "file":
+                skipped.append((encode_name(item.rel), item.kind))
+                logger.warning("backup.skipped", path=item.rel, kind=item.kind)
+                continue
+            if item.rel in databases:
+                jobs.append(_Job(item.rel, item, "sqlite"))
+                continue
+            old = before.get(item.rel)
+            info = item.info
+            if (
+                old is not None
+                and old.type == "file"
+                and old.size == info.st_size
+                and old.mtime_ns == info.st_mtime_ns
+                and old.mode == stat.S_IMODE(info.st_mode)
+            ):
+                jobs.append(_Job(item.rel, item, "link", old))
+            else:
+                jobs.append(_Job(item.rel, item, "copy"))
+        return jobs, skipped
 
+    def _check_space(self, needed: int) -> None:
+        probe = self.backups_dir
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if needed + _SPACE_MARGIN > free:
+            raise InsufficientSpaceError(
+                f"not enough free space in {probe} for a backup: it needs about"
+                f" {needed + _SPACE_MARGIN:,} bytes and {free:,} are free; free some space"
+                " or prune old backups (`dopemux-update backups prune --keep N`)"
+            )
 
-def _remove_extras(
-    root: Path, live: dict[str, os.stat_result], wanted: dict[str, Entry]
-) -> list[str]:
-    """Remove what the snapshot lacks or has as another kind, children before parents."""
-    removed = []
-    for rel in sorted(live, reverse=True):
-        entry = wanted.get(rel)
-        if entry is not None and entry.type == _kind(live[rel].st_mode):
-            continue
-        path = root / rel
-        if stat.S_ISDIR(live[rel].st_mode):
-            path.rmdir()  # its children were removed before it
-        else:
-            path.unlink()
-        del live[rel]
-        removed.append(rel)
-    return removed
+    def _write(
+        self,
+        scope: Scope,
+        tree: Path,
+        *,
+        found: Sequence[TreeEntry],
+        jobs: Sequence[_Job],
+        previous: Manifest | None,
+        total: int,
+        on_progress: ProgressCallback | None,
+    ) -> dict[str, Entry]:
+        entries: dict[str, Entry] = {}
+        holders: set[str] = set()  # folders holding something in scope
+        if scope.included:
+            for rel in [j.rel for j in jobs] + [i.rel for i in found if i.kind == "symlink"]:
+                parts = rel.split("/")
+                holders.update("/".join(parts[:n]) for n in range(1, len(parts)))
+        for item in found:  # folders and symlinks first, parents before children
+            mode = stat.S_IMODE(item.info.st_mode)
+            if item.kind == "dir":
+                if not item.in_scope and item.rel not in holders:
+                    continue
+                entries[encode_name(item.rel)] = Entry(
+                    type="dir", mode=mode, parent_only=not item.in_scope
+                )
+                (tree / item.rel).mkdir(mode=0o700)
+            elif item.kind == "symlink":
+                target = encode_name(str((scope.root / item.rel).readlink()))
+                entries[encode_name(item.rel)] = Entry(type="symlink", target=target)
+        previous_tree = self.backups_dir / previous.id / TREE if previous else None
+        done = 0
 
+        def run(job: _Job) -> Entry:
+            source, stored = scope.root / job.rel, tree / job.rel
+            info = job.entry.info
+            mode = stat.S_IMODE(info.st_mode)
+            if job.action == "link":
+                assert previous_tree is not None  # noqa: S101 - a link job has a previous backup
+                assert job.previous is not None  # noqa: S101
+                os.link(previous_tree / job.rel, stored, follow_symlinks=False)
+                if stored.stat().st_size != job.previous.size:
+                    raise BackupError(f"{job.rel}: the previous backup's copy has the wrong size")
+                return job.previous.model_copy(update={"sig": file_signature(info)})
+            if job.action == "sqlite":
+                _sqlite.capture(source, stored)
+                stored.chmod(0o600)
+                digest, size = hash_file(stored)
+                after = source.stat(follow_symlinks=False)
+                return Entry(
+                    type="sqlite",
+                    mode=mode,
+                    size=size,
+                    mtime_ns=after.st_mtime_ns,
+                    hash=digest,
+                    wal=_sqlite.is_wal(source),
+                    sig=database_signature(source, after),
+                )
+            copy_file(source, stored)
+            digest, size = hash_file(source)
+            check, _ = hash_file(stored)
+            if check != digest or size != info.st_size:
+                raise BackupError(f"{job.rel} changed while it was being backed up; try again")
+            return Entry(
+                type="file",
+                mode=mode,
+                size=size,
+                mtime_ns=info.st_mtime_ns,
+                hash=digest,
+                sig=file_signature(info),
+            )
 
-def _put_back(
-    root: Path, tree: Path, live: dict[str, os.stat_result], wanted: dict[str, Entry]
-) -> tuple[list[str], list[str]]:
-    """Create folders, files and symlinks, parents first; fix file modes and times."""
-    written: list[str] = []
-    fixed: list[str] = []
-    for rel in sorted(wanted):
-        entry, path, current = wanted[rel], root / rel, live.get(rel)
-        if entry.type == "dir":
-            if current is None:
-                path.mkdir(mode=0o700)
-                written.append(rel)
-            continue
-        if entry.type == "symlink":
-            if current is None or str(path.readlink()) != entry.target:
-                if current is not None:
-                    path.unlink()
-                path.symlink_to(entry.target)
-                written.append(rel)
-            continue
-        if current is None or not _same_content(path, current, entry):
-            _put_file(tree / rel, path)
-            written.append(rel)
-        after = path.stat(follow_symlinks=False)
-        if stat.S_IMODE(after.st_mode) != entry.mode or after.st_mtime_ns != entry.mtime_ns:
-            path.chmod(entry.mode, follow_symlinks=False)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            if not written or written[-1] != rel:
-                fixed.append(rel)
-    return written, fixed
+        with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+            futures = {pool.submit(run, job): job for job in jobs}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    job = futures[future]
+                    entries[encode_name(job.rel)] = future.result()
+                    if job.action != "link":
+                        done += job.entry.info.st_size
+                        if on_progress is not None:
+                            on_progress(done, total)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return dict(sorted(entries.items()))
 
+    def _check_written(self, manifest: Manifest) -> None:
+        """Read the new backup back: manifest checksum, and every stored file's size."""
+        written = self.read_manifest(manifest.id)
+        tree = self.path_of(manifest.id) / TREE
+        missing = []
+        for rel, entry in written.decoded().items():
+            if entry.type == "file":
+                try:
+                    size = (tree / rel).stat().st_size
+                except OSError:
+                    size = -1
+                if size != entry.size:
+                    missing.append(rel)
+        if missing:
+            raise BackupError(f"failed verification: {', '.join(missing)}", backup_id=manifest.id)
+        logger.info("backup.verified", backup_id=manifest.id, files=len(written.entries))
 
-def _fix_folder_modes(root: Path, wanted: dict[str, Entry]) -> list[str]:
-    """Folder modes last, deepest first, so a read-only folder is filled before it closes."""
-    fixed = []
-    for rel in sorted(wanted, reverse=True):
-        entry = wanted[rel]
-        if entry.type == "dir":
-            path = root / rel
-            if stat.S_IMODE(path.stat(follow_symlinks=False).st_mode) != entry.mode:
-                path.chmod(entry.mode, follow_symlinks=False)
-                fixed.append(rel)
-    return fixed
+    def restore(
+        self, backup_id: str, root: Path, *, on_progress: ProgressCallback | None = None
+    ) -> RestoreReport:
+        """Make the backed-up scope under ``root`` identical to this backup (see ``_restore``)."""
+        from ._restore import restore  # noqa: PLC0415 - _restore builds on this module
 
+        return restore(self, backup_id, root, on_progress=on_progress)
 
-def _same_content(path: Path, current: os.stat_result, entry: Entry) -> bool:
-    if current.st_size != entry.size:
-        return False
-    digest, _ = _hash_and_copy(path, None)
-    return digest == entry.sha256
+    # -- removing ---------------------------------------------------------------------------
 
+    def delete(self, backup_id: str) -> None:
+        path = self.path_of(backup_id)
+        if not path.is_dir():
+            raise BackupError("does not exist", backup_id=backup_id)
+        trash = self.backups_dir / f".deleting-{backup_id}"
+        path.rename(trash)  # no longer listed from here on, even if the removal is interrupted
+        shutil.rmtree(trash)
+        logger.info("backup.deleted", backup_id=backup_id)
 
-def _put_file(source: Path, destination: Path) -> None:
-    """Copy ``source`` over ``destination`` atomically; a symlink there is replaced."""
-    tmp = destination.with_name(f".{destination.name}.restore-{secrets.token_hex(4)}")
-    try:
-        _hash_and_copy(source, tmp)
-        tmp.replace(destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    def prune(self, keep: int, *, protect: Iterable[str] = ()) -> builtins.list[str]:
+        """Delete all but the newest ``keep`` backups, never one in ``protect``."""
+        if keep < 0:
+            raise ValueError("keep must be >= 0")
+        protected = set(protect)
+        ids = self.ids()
+        doomed = [b for b in ids[: max(0, len(ids) - keep)] if b not in protected]
+        for backup_id in doomed:
+            self.delete(backup_id)
+        for leftover in self.backups_dir.glob(".deleting-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if doomed:
+            logger.info("backup.pruned", deleted=doomed, kept=len(ids) - len(doomed))
+        return doomed

@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "sync_filesystem"]
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every file written on ``path``'s file system (``syncfs``; ``sync`` elsewhere).
+
+    One call instead of an ``fsync`` per file: a backup of thousands of files is made
+    durable at once, before it is renamed into place.
+    """
+    libc = _libc()
+    if libc is not None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def fsync_dir(path: Path) -> None:

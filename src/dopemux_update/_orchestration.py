@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import structlog
 from packaging.version import Version
 
 from . import _events as ev
-from ._backup import BackupStore, Scope
+from ._backup import BackupStore
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
 from ._exceptions import PreflightError, UpdateError
@@ -28,6 +29,7 @@ from ._runner import (
     RunnerEvent,
 )
 from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, utcnow
+from ._tree import Scope
 from ._versions import parse_version
 
 __all__ = ["OrchestrationPhase"]
@@ -91,6 +93,9 @@ class OrchestrationPhase:
         restart_phase: RestartReceiver | None = None,
         state_dir: Path | str | None = None,
         on_event: ev.EventHandler | None = None,
+        backup_include: Sequence[str] = (),
+        backup_exclude: Sequence[str] = (),
+        keep_backups: int | None = 5,
     ) -> None:
         self.project_root = Path(project_root)
         self.migrations_dir = (
@@ -107,6 +112,9 @@ class OrchestrationPhase:
             Path(state_dir) if state_dir is not None else self.project_root / DEFAULT_STATE_DIR
         )
         self.on_event = on_event
+        self.backup_include = tuple(backup_include)
+        self.backup_exclude = tuple(backup_exclude)
+        self.keep_backups = keep_backups
         self._plan: Plan | None = None
         self._executed = False
 
@@ -180,7 +188,11 @@ class OrchestrationPhase:
 
     async def _backup(self, run: _Run) -> None:
         scope = Scope.for_installation(
-            self.project_root, state_dir=self.state_dir, migrations_dir=self.migrations_dir
+            self.project_root,
+            state_dir=self.state_dir,
+            migrations_dir=self.migrations_dir,
+            include=self.backup_include,
+            exclude=self.backup_exclude,
         )
         self._emit(ev.BackupStarted(str(scope.root)))
         store = BackupStore(self.state_dir / "backups")
@@ -276,6 +288,21 @@ class OrchestrationPhase:
             logger.error("update.commit_failed", error=run.error)
             return
         logger.info("update.committed", installed_version=str(run.plan.target))
+        if self.keep_backups is not None:
+            await anyio.to_thread.run_sync(self._prune, store)
+
+    def _prune(self, store: StateStore) -> None:
+        """Keep the newest backups; never one that a run needing recovery depends on."""
+        assert self.keep_backups is not None  # noqa: S101 - checked by the caller
+        try:
+            protect = {
+                run.backup_id
+                for run in store.read().history
+                if run.outcome == "needs_recovery" and run.backup_id
+            }
+            BackupStore(self.state_dir / "backups").prune(self.keep_backups, protect=protect)
+        except (OSError, UpdateError) as exc:  # the update itself is committed: only warn
+            logger.warning("backup.prune_failed", error=str(exc))
 
     async def _roll_back(self, run: _Run, store: StateStore) -> None:
         steps = list(reversed(run.completed))

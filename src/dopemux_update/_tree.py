@@ -1,0 +1,173 @@
+"""What a backup covers, and walking it: scope rules, globs, and names that are not UTF-8."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Scope", "TreeEntry", "decode_name", "encode_name", "kind_of", "walk"]
+
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _segment_regex(segment: str) -> str:
+    out = []
+    index = 0
+    while index < len(segment):
+        char = segment[index]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = segment.find("]", index + 2)
+            if end == -1:
+                out.append(re.escape(char))
+            else:
+                body = segment[index + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+                index = end
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return "".join(out)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A glob over ``/``-separated relative paths: ``*`` and ``?`` stay inside one folder,
+    ``**`` spans folders, and a pattern without ``/`` matches a name at any depth
+    (``*.log``), as in ``.gitignore``."""
+    cleaned = pattern.strip().strip("/")
+    if not cleaned:
+        raise ValueError(f"empty glob pattern {pattern!r}")
+    segments = cleaned.split("/")
+    parts = []
+    for position, segment in enumerate(segments):
+        last = position == len(segments) - 1
+        if segment == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            parts.append(_segment_regex(segment) + ("" if last else "/"))
+    body = "".join(parts)
+    if len(segments) == 1:
+        body = "(?:[^/]+/)*" + body
+    return re.compile(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a backup covers: ``root`` minus ``excluded``, limited to ``included`` if given.
+
+    Patterns are globs over relative paths (see :func:`compile_glob`); a pattern that matches
+    a folder covers everything inside it. Excluded folders are never entered.
+    """
+
+    root: Path
+    excluded: tuple[str, ...] = ()
+    included: tuple[str, ...] = ()
+
+    @classmethod
+    def for_installation(
+        cls,
+        root: Path,
+        *,
+        state_dir: Path,
+        migrations_dir: Path | None = None,
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+    ) -> Scope:
+        """The default scope: the root minus the state folder, ``.git`` and the migrations."""
+        root = root.resolve()
+        excluded = [".git"]
+        for inner in (state_dir, migrations_dir):
+            if inner is None:
+                continue
+            with contextlib.suppress(ValueError):
+                relative = inner.resolve().relative_to(root)
+                if relative.parts:
+                    excluded.append(glob_escape(relative.as_posix()))
+        excluded.extend(exclude)
+        scope = cls(root, tuple(dict.fromkeys(excluded)), tuple(dict.fromkeys(include)))
+        scope.matchers()  # fail now on a bad pattern
+        return scope
+
+    def matchers(self) -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
+        return [compile_glob(p) for p in self.excluded], [compile_glob(p) for p in self.included]
+
+
+def glob_escape(path: str) -> str:
+    """A glob that matches exactly ``path``."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+_RAW_NAME = "\x00b64:"  # a NUL never occurs in a file name, so this prefix is unambiguous
+
+
+def encode_name(name: str) -> str:
+    """A JSON-safe form of a path or link target that may not be valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
+    return name
+
+
+def decode_name(stored: str) -> str:
+    if stored.startswith(_RAW_NAME):
+        return os.fsdecode(base64.b64decode(stored[len(_RAW_NAME) :]))
+    return stored
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One path found under a scope's root."""
+
+    rel: str
+    info: os.stat_result
+    kind: str
+    in_scope: bool  # False for a folder walked only because included paths lie inside it
+
+
+def walk(scope: Scope) -> Iterator[TreeEntry]:
+    """Every path of ``scope``, parents before children; symlinks are never followed."""
+    excluded, included = scope.matchers()
+    stack: list[tuple[str, bool]] = [("", not included)]
+    while stack:
+        relative, inside = stack.pop()
+        folder = scope.root / relative if relative else scope.root
+        with os.scandir(folder) as entries:
+            children = sorted(entries, key=lambda e: e.name, reverse=True)
+        for child in children:
+            rel = f"{relative}/{child.name}" if relative else child.name
+            if any(p.fullmatch(rel) for p in excluded):
+                continue
+            in_scope = inside or any(p.fullmatch(rel) for p in included)
+            info = child.stat(follow_symlinks=False)
+            kind = kind_of(info.st_mode)
+            if kind == "dir":
+                yield TreeEntry(rel, info, kind, in_scope)
+                stack.append((rel, in_scope))
+            elif in_scope:
+                yield TreeEntry(rel, info, kind, in_scope)
