@@ -43,6 +43,8 @@ def tree_digest(root: Path, *, exclude: tuple[str, ...] = (".dopemux/update",)) 
                 found[rel] = ("link", os.readlink(path))
             elif stat.S_ISDIR(info.st_mode):
                 found[rel] = ("dir", mode)
+            elif not stat.S_ISREG(info.st_mode):
+                found[rel] = ("special", stat.S_IFMT(info.st_mode), mode)
             else:
                 found[rel] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]

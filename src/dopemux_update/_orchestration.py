@@ -114,6 +114,10 @@ class OrchestrationPhase:
         self.on_event = on_event
         self.backup_include = tuple(backup_include)
         self.backup_exclude = tuple(backup_exclude)
+        try:
+            Scope(self.project_root, self.backup_exclude, self.backup_include).matchers()
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from exc
         self.keep_backups = keep_backups
         self._plan: Plan | None = None
         self._executed = False

@@ -59,7 +59,10 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     body = "".join(parts)
     if len(segments) == 1:
         body = "(?:[^/]+/)*" + body
-    return re.compile(body)
+    try:
+        return re.compile(body)
+    except re.error as exc:
+        raise ValueError(f"invalid glob pattern {pattern!r}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,20 +8,35 @@ validation error, nothing changed; 3 needs recovery; 4 another update holds the 
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import click
-import structlog
-from packaging.version import Version
 
 from ._backup import BackupStore
-from ._console import OutputCollector, PlainReporter, describe_plan
+from ._cli_backups import backups
+from ._cli_common import (
+    COMPOSE_FILES,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_RECOVERY,
+    EXIT_RESTART_FAILED,
+    EXIT_USAGE,
+    CommandError,
+    Context,
+    F,
+    common_options,
+    emit,
+    installed_version,
+    make_context,
+    version_option_value,
+)
+from ._console import OutputCollector, PlainReporter, describe_plan, format_bytes
 from ._discovery import scan_migrations
 from ._events import EventHandler
 from ._exceptions import PlanError, PreflightError, UpdateError
@@ -35,124 +50,9 @@ from ._restart import (
     RestartResult,
     ServiceRestartPhase,
 )
-from ._state import DEFAULT_STATE_DIR, StateStore
 from ._versions import parse_version
 
 __all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_RECOVERY", "EXIT_USAGE", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RECOVERY = 3
-EXIT_LOCKED = 4
-EXIT_RESTART_FAILED = 5
-EXIT_INTERRUPTED = 130
-
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CommandError(click.ClickException):
-    """A user-facing error that ends the command with ``exit_code``."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Context:
-    root: Path
-    migrations: Path
-    state_dir: Path
-    json: bool
-
-    @property
-    def state(self) -> StateStore:
-        return StateStore(self.state_dir)
-
-
-def _configure_logging(verbosity: int, *, json_logs: bool) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    renderer: structlog.types.Processor
-    if json_logs or not sys.stderr.isatty():
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer()
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-
-
-def common_options(function: F) -> F:
-    """``--root``, ``--migrations``, ``--json`` and ``-v``, taken after the command's name."""
-    decorators = [
-        click.option(
-            "--root",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path(),
-            show_default="the current folder",
-            help="The installation's folder.",
-        ),
-        click.option(
-            "--migrations",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=None,
-            help="The migrations folder.  [default: ROOT/migrations]",
-        ),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
-        click.option("-v", "--verbose", count=True, help="Log more to stderr (-vv for debug)."),
-    ]
-    for decorator in reversed(decorators):
-        function = decorator(function)
-    return function
-
-
-def _context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
-    _configure_logging(verbose, json_logs=as_json)
-    return Context(
-        root=root,
-        migrations=migrations if migrations is not None else root / "migrations",
-        state_dir=root / DEFAULT_STATE_DIR,
-        json=as_json,
-    )
-
-
-def _emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:
-    if ctx.json:
-        click.echo(json.dumps(payload, indent=2, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
-
-
-def _version(value: str | None, *, option: str) -> Version | None:
-    if value is None:
-        return None
-    try:
-        return parse_version(value, where=option)
-    except UpdateError as exc:
-        raise CommandError(str(exc)) from exc
-
-
-def _installed(ctx: Context, explicit: Version | None) -> Version:
-    if explicit is not None:
-        return explicit
-    recorded = ctx.state.installed_version()
-    if recorded is None:
-        raise CommandError(
-            f"no installed version is recorded in {ctx.state.path};"
-            " record it with `dopemux-update stamp VERSION` or pass --from"
-        )
-    return parse_version(recorded, where=str(ctx.state.path))
 
 
 def _plan_payload(plan: Plan) -> dict[str, Any]:
@@ -188,11 +88,14 @@ def cli() -> None:
     """Run Dopemux update migrations: validated first, backed up, rolled back exactly."""
 
 
+cli.add_command(backups)
+
+
 @cli.command()
 @common_options
 def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """Show the installed version and what is pending."""
-    ctx = _context(root, migrations, as_json, verbose)
+    ctx = make_context(root, migrations, as_json, verbose)
     state = ctx.state.read()
     installed = state.installed_version
     catalog = scan_migrations(ctx.migrations)
@@ -219,6 +122,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "problem": problem,
         "last_run": last.model_dump(mode="json") if last else None,
         "backups": len(backups),
+        "backups_bytes": sum(b.copied_bytes for b in backups),
     }
     lines = [
         f"Installation:      {ctx.root.resolve()}",
@@ -234,8 +138,9 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
             f"Last run:          {last.version_from} → {last.version_to}"
             f" {last.outcome} at {last.finished_at}"
         )
-    lines.append(f"Backups:           {len(backups)}")
-    _emit(ctx, payload, lines)
+    stored = format_bytes(sum(b.copied_bytes for b in backups))
+    lines.append(f"Backups:           {len(backups)} ({stored} stored)")
+    emit(ctx, payload, lines)
     return EXIT_OK
 
 
@@ -252,17 +157,17 @@ def plan(
     verbose: int,
 ) -> int:
     """Validate every migration between two versions and show the plan."""
-    ctx = _context(root, migrations, as_json, verbose)
-    current = _installed(ctx, _version(from_version, option="--from"))
+    ctx = make_context(root, migrations, as_json, verbose)
+    current = installed_version(ctx, version_option_value(from_version, option="--from"))
     phase = OrchestrationPhase(
         project_root=ctx.root,
         migrations_dir=ctx.migrations,
         current_version=current,
-        target_version=_version(to_version, option="--to"),
+        target_version=version_option_value(to_version, option="--to"),
         state_dir=ctx.state_dir,
     )
     the_plan = anyio.run(phase.plan)
-    _emit(ctx, {"command": "plan", **_plan_payload(the_plan)}, describe_plan(the_plan))
+    emit(ctx, {"command": "plan", **_plan_payload(the_plan)}, describe_plan(the_plan))
     return EXIT_OK
 
 
@@ -279,6 +184,15 @@ def _update_options(function: F) -> F:
             "--restart-command",
             metavar="TEMPLATE",
             help="Restart each service with this command, e.g. 'systemctl restart {service}'.",
+        ),
+        click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches."),
+        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the backup."),
+        click.option(
+            "--keep-backups",
+            type=click.IntRange(min=1),
+            default=5,
+            show_default=True,
+            help="Backups kept after a successful update.",
         ),
         common_options,
     ]
@@ -340,14 +254,17 @@ def _update(
     yes: bool,
     no_restart: bool,
     restart_command: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    keep_backups: int,
     root: Path,
     migrations: Path | None,
     as_json: bool,
     verbose: int,
 ) -> int:
-    ctx = _context(root, migrations, as_json, verbose)
-    current = _installed(ctx, _version(from_version, option="--from"))
-    target = _version(to_version, option="--to")
+    ctx = make_context(root, migrations, as_json, verbose)
+    current = installed_version(ctx, version_option_value(from_version, option="--from"))
+    target = version_option_value(to_version, option="--to")
     restarter = None if no_restart else _restarter(ctx, restart_command)
     restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
     collector = OutputCollector()
@@ -361,6 +278,9 @@ def _update(
         restart_phase=restart_phase,
         state_dir=ctx.state_dir,
         on_event=reporter,
+        backup_include=include,
+        backup_exclude=exclude,
+        keep_backups=keep_backups,
     )
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:
@@ -420,7 +340,7 @@ def _report_update(
         lines = _success_lines(result, restarted, restarter_used=restarter_used)
     else:
         lines = _failure_lines(result)
-    _emit(ctx, payload, lines)
+    emit(ctx, payload, lines)
     return code
 
 
@@ -465,11 +385,11 @@ def _failure_lines(result: UpdateResult) -> list[str]:
 @common_options
 def stamp(version: str, root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """Record VERSION as installed, without running any migration."""
-    ctx = _context(root, migrations, as_json, verbose)
-    parsed = _version(version, option="VERSION")
+    ctx = make_context(root, migrations, as_json, verbose)
+    parsed = version_option_value(version, option="VERSION")
     previous = ctx.state.installed_version()
     ctx.state.record(installed_version=str(parsed))
-    _emit(
+    emit(
         ctx,
         {"command": "stamp", "installed_version": str(parsed), "previous_version": previous},
         [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."],

@@ -1,0 +1,203 @@
+"""``dopemux-update backups list|create|verify|restore|prune``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._backup import BackupInfo, BackupStore
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    Context,
+    common_options,
+    emit,
+    make_context,
+)
+from ._console import format_bytes
+from ._exceptions import BackupError
+from ._tree import Scope
+
+__all__ = ["backups"]
+
+
+def _store(ctx: Context) -> BackupStore:
+    return BackupStore(ctx.state_dir / "backups")
+
+
+def backup_payload(info: BackupInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "created_at": info.created_at,
+        "files": info.files,
+        "bytes": info.bytes,
+        "copied_bytes": info.copied_bytes,
+        "version_from": info.version_from,
+        "version_to": info.version_to,
+        "path": str(info.path),
+    }
+
+
+def _describe(info: BackupInfo) -> str:
+    versions = info.version_from or "?"
+    if info.version_to:
+        versions += f" → {info.version_to}"
+    return (
+        f"{info.id}  {info.created_at}  {versions:<20} {info.files:>7} files"
+        f"  {format_bytes(info.bytes):>10}  ({format_bytes(info.copied_bytes)} copied)"
+    )
+
+
+@click.group()
+def backups() -> None:
+    """List, take, verify, restore and prune backups of the installation."""
+
+
+@backups.command("list")
+@common_options
+def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+    """List the backups, oldest first."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    found = _store(ctx).list()
+    lines = [_describe(info) for info in found] or ["No backups."]
+    emit(ctx, {"command": "backups list", "backups": [backup_payload(i) for i in found]}, lines)
+    return EXIT_OK
+
+
+@backups.command("create")
+@click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out what matches.")
+@common_options
+def create_backup(
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+) -> int:
+    """Take a verified backup of the installation now."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
+    try:
+        scope = Scope.for_installation(
+            ctx.root,
+            state_dir=ctx.state_dir,
+            migrations_dir=ctx.migrations,
+            include=include,
+            exclude=exclude,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    info = _store(ctx).create(scope, version_from=ctx.state.installed_version())
+    emit(
+        ctx,
+        {"command": "backups create", "backup": backup_payload(info)},
+        [f"Created backup {_describe(info)}"],
+    )
+    return EXIT_OK
+
+
+@backups.command("verify")
+@click.argument("backup_id", metavar="ID")
+@common_options
+def verify_backup(
+    backup_id: str, root: Path, migrations: Path | None, as_json: bool, verbose: int
+) -> int:
+    """Re-hash every file of backup ID against its manifest (exit 1 if any differs)."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    try:
+        manifest = _store(ctx).verify(backup_id)
+    except BackupError as exc:
+        if "does not exist" in str(exc) or "not a valid" in str(exc):
+            raise
+        emit(
+            ctx,
+            {"command": "backups verify", "id": backup_id, "ok": False, "error": str(exc)},
+            [f"Backup {backup_id} FAILED verification: {exc}"],
+        )
+        return EXIT_FAILED
+    info = _store(ctx).info(manifest)
+    emit(
+        ctx,
+        {"command": "backups verify", "id": backup_id, "ok": True, "error": None},
+        [f"Backup {backup_id} is intact: {info.files} files, {format_bytes(info.bytes)}."],
+    )
+    return EXIT_OK
+
+
+@backups.command("restore")
+@click.argument("backup_id", metavar="ID")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def restore_backup(
+    backup_id: str, yes: bool, root: Path, migrations: Path | None, as_json: bool, verbose: int
+) -> int:
+    """Make the installation identical to backup ID (and record its version as installed)."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    store = _store(ctx)
+    manifest = store.read_manifest(backup_id)
+    if not yes:
+        if as_json or not sys.stdin.isatty():
+            raise CommandError(
+                "restoring a backup overwrites the installation and there is no terminal to"
+                " ask: pass --yes to go ahead"
+            )
+        if not click.confirm(
+            f"Make {ctx.root.resolve()} identical to backup {backup_id}"
+            f" ({manifest.created_at})? Changes since then are lost.",
+            err=True,
+        ):
+            raise CommandError("cancelled; nothing was changed")
+    report = store.restore(backup_id, ctx.root)
+    version = manifest.version_from
+    if version is not None:
+        ctx.state.record(installed_version=version)
+    emit(
+        ctx,
+        {
+            "command": "backups restore",
+            "id": backup_id,
+            "written": list(report.written),
+            "removed": list(report.removed),
+            "fixed": list(report.fixed),
+            "databases": list(report.databases),
+            "installed_version": version,
+        },
+        [
+            f"Restored backup {backup_id}: {len(report.written)} written,"
+            f" {len(report.removed)} removed, {len(report.fixed)} fixed,"
+            f" {len(report.databases)} database(s) put back.",
+            f"Installed version: {version or 'unchanged (the backup records none)'}",
+        ],
+    )
+    return EXIT_OK
+
+
+@backups.command("prune")
+@click.option("--keep", type=click.IntRange(min=0), required=True, help="How many to keep.")
+@common_options
+def prune_backups(
+    keep: int, root: Path, migrations: Path | None, as_json: bool, verbose: int
+) -> int:
+    """Delete all but the newest N backups (never one a run needing recovery depends on)."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    protect = {
+        run.backup_id
+        for run in ctx.state.read().history
+        if run.outcome == "needs_recovery" and run.backup_id
+    }
+    store = _store(ctx)
+    deleted = store.prune(keep, protect=protect)
+    kept = store.ids()
+    emit(
+        ctx,
+        {"command": "backups prune", "deleted": deleted, "kept": kept},
+        [f"Deleted {len(deleted)} backup(s); {len(kept)} kept."],
+    )
+    return EXIT_OK

@@ -1,0 +1,135 @@
+"""Pieces every command of the command line shares: exit codes, options, output, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+from packaging.version import Version
+
+from ._exceptions import UpdateError
+from ._state import DEFAULT_STATE_DIR, StateStore
+from ._versions import parse_version
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RECOVERY = 3
+EXIT_LOCKED = 4
+EXIT_RESTART_FAILED = 5
+EXIT_INTERRUPTED = 130
+
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(click.ClickException):
+    """A user-facing error that ends the command with ``exit_code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a command works and how it reports."""
+
+    root: Path
+    migrations: Path
+    state_dir: Path
+    json: bool
+
+    @property
+    def state(self) -> StateStore:
+        return StateStore(self.state_dir)
+
+
+def configure_logging(verbosity: int, *, json_logs: bool) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    renderer: structlog.types.Processor
+    if json_logs or not sys.stderr.isatty():
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def common_options(function: F) -> F:
+    """``--root``, ``--migrations``, ``--json`` and ``-v``, taken after the command's name."""
+    decorators = [
+        click.option(
+            "--root",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path(),
+            show_default="the current folder",
+            help="The installation's folder.",
+        ),
+        click.option(
+            "--migrations",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="The migrations folder.  [default: ROOT/migrations]",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+        click.option("-v", "--verbose", count=True, help="Log more to stderr (-vv for debug)."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
+    configure_logging(verbose, json_logs=as_json)
+    return Context(
+        root=root,
+        migrations=migrations if migrations is not None else root / "migrations",
+        state_dir=root / DEFAULT_STATE_DIR,
+        json=as_json,
+    )
+
+
+def emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:
+    if ctx.json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def version_option_value(value: str | None, *, option: str) -> Version | None:
+    if value is None:
+        return None
+    try:
+        return parse_version(value, where=option)
+    except UpdateError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def installed_version(ctx: Context, explicit: Version | None) -> Version:
+    if explicit is not None:
+        return explicit
+    recorded = ctx.state.installed_version()
+    if recorded is None:
+        raise CommandError(
+            f"no installed version is recorded in {ctx.state.path};"
+            " record it with `dopemux-update stamp VERSION` or pass --from"
+        )
+    return parse_version(recorded, where=str(ctx.state.path))
