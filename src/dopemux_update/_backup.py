@@ -31,7 +31,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import _sqlite
-from ._copy import HASH_NAME, copy_file, hash_file
+from ._copy import HASH_NAME, copy_and_hash, hash_file
 from ._exceptions import BackupError, PreflightError
 from ._fsutil import atomic_write, fsync_dir, sync_filesystem
 from ._tree import Scope, TreeEntry, decode_name, encode_name, walk
@@ -55,7 +55,7 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.xxh3"
 TREE = "tree"
 FORMAT = 2
-_WORKERS = max(2, min(8, (os.cpu_count() or 2) * 2))
+_WORKERS = max(2, min(8, os.cpu_count() or 2))  # copying is CPU-bound: one per core
 _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
 
 ProgressCallback = Callable[[int, int], None]
@@ -150,14 +150,56 @@ class _Job:
     previous: Entry | None = None
 
 
+def _capture_one(root: Path, tree: Path, job: _Job) -> Entry:
+    """Copy one file (hashing what is written) or capture one database; runs in a worker."""
+    source, stored = root / job.rel, tree / job.rel
+    info = job.entry.info
+    mode = stat.S_IMODE(info.st_mode)
+    if job.action == "sqlite":
+        _sqlite.capture(source, stored)
+        stored.chmod(0o600)
+        digest, size = hash_file(stored)
+        after = source.stat(follow_symlinks=False)
+        return Entry(
+            type="sqlite",
+            mode=mode,
+            size=size,
+            mtime_ns=after.st_mtime_ns,
+            hash=digest,
+            wal=_sqlite.is_wal(source),
+            sig=database_signature(source, after),
+        )
+    digest, size = copy_and_hash(source, stored)
+    after = source.stat(follow_symlinks=False)
+    if file_signature(after) != file_signature(info) or size != info.st_size:
+        raise BackupError(f"{job.rel} changed while it was being backed up; try again")
+    return Entry(
+        type="file",
+        mode=mode,
+        size=size,
+        mtime_ns=info.st_mtime_ns,
+        hash=digest,
+        sig=file_signature(info),
+    )
+
+
 def _new_id() -> str:
     now = datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
+def _unchanged(old: Entry, info: os.stat_result) -> bool:
+    """Same size, mtime and mode as when ``old`` was stored: its copy can be shared."""
+    return (
+        old.size == info.st_size
+        and old.mtime_ns == info.st_mtime_ns
+        and old.mode == stat.S_IMODE(info.st_mode)
+    )
+
+
 def _check_relative(rel: str, backup_id: str) -> None:
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    wrapped = f"/{rel}/"
+    if not rel or rel.startswith("/") or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise BackupError(
             f"manifest names a path outside the installation: {rel!r}", backup_id=backup_id
         )
@@ -353,8 +395,14 @@ class BackupStore:
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
         databases: set[str] = set()
+        root = os.fspath(scope.root)
         for item in found:
-            if item.kind == "file" and _sqlite.is_sqlite(scope.root / item.rel):
+            if item.kind != "file":
+                continue
+            old = before.get(item.rel)
+            if old is not None and old.type == "file" and _unchanged(old, item.info):
+                continue  # a plain file that has not changed cannot have become a database
+            if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
                 databases.add(item.rel)
         sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
         for item in found:
@@ -364,18 +412,21 @@ class BackupStore:
                 skipped.append((encode_name(item.rel), item.kind))
                 logger.warning("backup.skipped", path=item.rel, kind=item.kind)
                 continue
-            if item.rel in databases:
-                jobs.append(_Job(item.rel, item, "sqlite"))
-                continue
             old = before.get(item.rel)
             info = item.info
-            if (
-                old is not None
-                and old.type == "file"
-                and old.size == info.st_size
-                and old.mtime_ns == info.st_mtime_ns
-                and old.mode == stat.S_IMODE(info.st_mode)
-            ):
+            if item.rel in databases:
+                path = scope.root / item.rel
+                if (
+                    old is not None
+                    and old.type == "sqlite"
+                    and old.sig == database_signature(path, info)
+                    and old.mode == stat.S_IMODE(info.st_mode)
+                ):
+                    jobs.append(_Job(item.rel, item, "link", old))
+                else:
+                    jobs.append(_Job(item.rel, item, "sqlite"))
+                continue
+            if old is not None and old.type == "file" and _unchanged(old, info):
                 jobs.append(_Job(item.rel, item, "link", old))
             else:
                 jobs.append(_Job(item.rel, item, "copy"))
@@ -422,73 +473,55 @@ class BackupStore:
             elif item.kind == "symlink":
                 target = encode_name(str((scope.root / item.rel).readlink()))
                 entries[encode_name(item.rel)] = Entry(type="symlink", target=target)
-        previous_tree = self.backups_dir / previous.id / TREE if previous else None
-        done = 0
-
-        def run(job: _Job) -> Entry:
-            source, stored = scope.root / job.rel, tree / job.rel
-            info = job.entry.info
-            mode = stat.S_IMODE(info.st_mode)
-            if job.action == "link":
-                assert previous_tree is not None  # noqa: S101 - a link job has a previous backup
-                assert job.previous is not None  # noqa: S101
-                os.link(previous_tree / job.rel, stored, follow_symlinks=False)
-                if stored.stat().st_size != job.previous.size:
-                    raise BackupError(f"{job.rel}: the previous backup's copy has the wrong size")
-                return job.previous.model_copy(update={"sig": file_signature(info)})
-            if job.action == "sqlite":
-                _sqlite.capture(source, stored)
-                stored.chmod(0o600)
-                digest, size = hash_file(stored)
-                after = source.stat(follow_symlinks=False)
-                return Entry(
-                    type="sqlite",
-                    mode=mode,
-                    size=size,
-                    mtime_ns=after.st_mtime_ns,
-                    hash=digest,
-                    wal=_sqlite.is_wal(source),
-                    sig=database_signature(source, after),
-                )
-            copy_file(source, stored)
-            digest, size = hash_file(source)
-            check, _ = hash_file(stored)
-            if check != digest or size != info.st_size:
-                raise BackupError(f"{job.rel} changed while it was being backed up; try again")
-            return Entry(
-                type="file",
-                mode=mode,
-                size=size,
-                mtime_ns=info.st_mtime_ns,
-                hash=digest,
-                sig=file_signature(info),
+        if previous is not None:
+            entries.update(
+                self._link_unchanged(tree, previous, [j for j in jobs if j.action == "link"])
             )
-
+        copies = [j for j in jobs if j.action != "link"]
+        done = 0
         with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-            futures = {pool.submit(run, job): job for job in jobs}
+            futures = {pool.submit(_capture_one, scope.root, tree, job): job for job in copies}
             try:
                 for future in concurrent.futures.as_completed(futures):
                     job = futures[future]
                     entries[encode_name(job.rel)] = future.result()
-                    if job.action != "link":
-                        done += job.entry.info.st_size
-                        if on_progress is not None:
-                            on_progress(done, total)
+                    done += job.entry.info.st_size
+                    if on_progress is not None:
+                        on_progress(done, total)
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
         return dict(sorted(entries.items()))
 
+    def _link_unchanged(
+        self, tree: Path, previous: Manifest, jobs: Sequence[_Job]
+    ) -> dict[str, Entry]:
+        """Hard-link files unchanged since ``previous`` to its immutable copies: no data moves.
+
+        Done inline, not in the pool: a link is one system call, cheaper than a hand-off.
+        """
+        source_tree = os.fspath(self.backups_dir / previous.id / TREE)
+        target_tree = os.fspath(tree)
+        entries = {}
+        for job in jobs:
+            old = job.previous
+            assert old is not None  # noqa: S101 - a link job carries the previous entry
+            os.link(f"{source_tree}/{job.rel}", f"{target_tree}/{job.rel}", follow_symlinks=False)
+            if old.type == "file":
+                old = old.model_copy(update={"sig": file_signature(job.entry.info)})
+            entries[encode_name(job.rel)] = old
+        return entries
+
     def _check_written(self, manifest: Manifest) -> None:
         """Read the new backup back: manifest checksum, and every stored file's size."""
         written = self.read_manifest(manifest.id)
-        tree = self.path_of(manifest.id) / TREE
+        tree = os.fspath(self.path_of(manifest.id) / TREE)
         missing = []
         for rel, entry in written.decoded().items():
-            if entry.type == "file":
+            if entry.type in ("file", "sqlite"):
                 try:
-                    size = (tree / rel).stat().st_size
+                    size = os.stat(f"{tree}/{rel}").st_size  # noqa: PTH116 - hot loop
                 except OSError:
                     size = -1
                 if size != entry.size:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import xxhash
 
-__all__ = ["HASH_NAME", "copy_file", "hash_file"]
+from ._fsutil import start_writeback
+
+__all__ = ["HASH_NAME", "copy_and_hash", "copy_file", "hash_file"]
 
 HASH_NAME = "xxh3_128"
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10  # fits the CPU caches: measured faster than 1 or 4 MiB here
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
 _NO_REFLINK_DEVICES: set[int] = set()
 _UNSUPPORTED = {
@@ -42,6 +44,58 @@ def hash_file(path: Path) -> tuple[str, int]:
             digest.update(view[:read])
             size += read
     return digest.hexdigest(), size
+
+
+def _try_reflink(source: int, target: int, info: os.stat_result) -> bool:
+    if info.st_dev in _NO_REFLINK_DEVICES or not info.st_size:
+        return False
+    try:
+        fcntl.ioctl(target, _FICLONE, source)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        _NO_REFLINK_DEVICES.add(info.st_dev)
+        return False
+    return True
+
+
+def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tuple[str, int]:
+    """Copy ``source`` to a new file and return the hash and size of the bytes written.
+
+    One pass: each chunk is hashed as it is written, so the hash describes exactly what the
+    copy holds. A reflink when the file system has them (then the clone is hashed). The
+    kernel is asked to start writing the copy back at once, so that the sync that makes a
+    backup durable finds little left to do.
+    """
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            if _try_reflink(src, dst, os.fstat(src)):
+                result = hash_file(destination)
+            else:
+                digest = xxhash.xxh3_128()
+                size = 0
+                buffer = bytearray(_CHUNK)
+                view = memoryview(buffer)
+                while read := os.readv(src, [buffer]):
+                    chunk = view[:read]
+                    digest.update(chunk)
+                    written = 0
+                    while written < read:
+                        written += os.write(dst, chunk[written:])
+                    size += read
+                result = (digest.hexdigest(), size)
+            start_writeback(dst)
+        except BaseException:
+            os.close(dst)
+            with contextlib.suppress(OSError):
+                destination.unlink()
+            raise
+        os.close(dst)
+    finally:
+        os.close(src)
+    return result
 
 
 def _kernel_copy(source: int, target: int, size: int) -> None:
@@ -74,16 +128,7 @@ def copy_file(source: Path, destination: Path, *, mode: int = 0o600, fsync: bool
         dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             info = os.fstat(src)
-            cloned = False
-            if info.st_dev not in _NO_REFLINK_DEVICES and info.st_size:
-                try:
-                    fcntl.ioctl(dst, _FICLONE, src)
-                    cloned = True
-                except OSError as exc:
-                    if exc.errno not in _UNSUPPORTED:
-                        raise
-                    _NO_REFLINK_DEVICES.add(info.st_dev)
-            if not cloned:
+            if not _try_reflink(src, dst, info):
                 _kernel_copy(src, dst, info.st_size)
             if fsync:
                 os.fsync(dst)
