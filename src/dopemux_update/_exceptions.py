@@ -7,6 +7,8 @@ Every exception the library raises derives from :class:`UpdateError`::
     │   ├── MigrationValidationError   bad folders, files, functions or MIGRATION_INFO
     │   ├── PlanError                  no path, or competing paths, between two versions
     │   └── VersionError               a version string that is not PEP 440
+    │   ├── RecoveryNeededError        an earlier run was interrupted: recover first
+    │   └── LockError                  another updater holds the installation's lock
     ├── StateError                 the recorded state under .dopemux/update/ is unreadable
     ├── BackupError                taking, reading or restoring a backup failed
     └── RestartError               a service restart failed (after a committed update)
@@ -65,6 +67,14 @@ class PlanError(PreflightError):
         self.available = available
         listing = ", ".join(available) if available else "none"
         super().__init__(f"{message}; available transitions: {listing}")
+
+
+class LockError(PreflightError):
+    """Another update holds the installation's lock (or the lock cannot be used)."""
+
+
+class RecoveryNeededError(PreflightError):
+    """An earlier run was interrupted; ``dopemux-update recover`` must run first."""
 
 
 class StateError(UpdateError):

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from ._capture import capture_thread
+from ._faults import crash_point
 from ._models import MigrationFunction
 
 __all__ = [
@@ -112,8 +112,13 @@ class CallSequence:
     """Calls functions in order in one worker thread, stopping at a failure if asked to.
 
     ``outcomes`` grows, in order, as calls end; it is accurate even when ``run()`` was
-    interrupted. ``on_started``/``on_finished`` run in the worker thread (for logging);
-    observers get :data:`RunnerEvent` items in the event loop's thread.
+    interrupted. ``on_started``/``on_finished`` run in the worker thread (for logging and the
+    journal); observers get :data:`RunnerEvent` items in the event loop's thread.
+
+    With a ``timeout``, a call running longer fails ("timed out"), no further call starts, and
+    the sequence waits ``grace`` seconds more for the thread to end. A thread can't be killed:
+    if it is still running then, it is *abandoned* (``abandoned`` is True), and the caller must
+    not touch the tree while this process lives.
     """
 
     def __init__(
@@ -125,16 +130,32 @@ class CallSequence:
         on_started: ThreadHook | None = None,
         on_finished: FinishedHook | None = None,
         on_output: Callable[[Call, str, str], None] | None = None,
+        timeout: float | None = None,
+        grace: float = 10.0,
+        estimates: Sequence[float] = (),
+        on_slow: Callable[[Call, float], None] | None = None,
     ) -> None:
         self.calls = tuple(calls)
         self.project_root = project_root
         self.stop_on_failure = stop_on_failure
         self.outcomes: list[CallOutcome] = []
+        self.timed_out: int | None = None
+        self.abandoned = False
         self._on_started = on_started
         self._on_finished = on_finished
         self._on_output = on_output
+        self._timeout = timeout
+        self._grace = grace
+        self._estimates = tuple(estimates)
+        self._on_slow = on_slow
+        self._slow_reported: set[int] = set()
         self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._current: tuple[int, float] | None = None
+        self._timed_out_at: float | None = None
         self._events: collections.deque[RunnerEvent] = collections.deque()
+        self._thread_scope: anyio.CancelScope | None = None
+        self._error: BaseException | None = None
 
     def request_stop(self) -> None:
         """Start no further call; the one running, if any, runs to its end."""
@@ -145,19 +166,9 @@ class CallSequence:
         while self._events:
             deliver(self._events.popleft())
 
-    def _stopped(self) -> bool:
-        if self._stop.is_set():
-            return True
-        try:
-            # Synchronous: sees a cancellation of the waiting task at once, without a hop.
-            anyio.from_thread.check_cancelled()
-        except BaseException:  # noqa: BLE001 - the backend's cancellation exception
-            return True
-        return False
-
     def _run_all(self) -> None:
         for index, call in enumerate(self.calls):
-            if self._stopped():
+            if self._stop.is_set():
                 return
             if self._on_started is not None:
                 self._on_started(call)
@@ -168,7 +179,19 @@ class CallSequence:
                     self._on_output(call, stream, text)
                 self._events.append(CallOutput(index, stream, text))
 
+            with self._mutex:
+                self._current = (index, time.monotonic())
             outcome = call_function(call.function, self.project_root, line)
+            with self._mutex:
+                self._current = None
+                if self.timed_out == index:
+                    outcome = CallOutcome(
+                        ok=False,
+                        seconds=outcome.seconds,
+                        error=f"timed out after {self._timeout:g}s",
+                        traceback=outcome.traceback,
+                    )
+            crash_point("runner.call_returned")
             self.outcomes.append(outcome)
             if self._on_finished is not None:
                 self._on_finished(call, outcome)
@@ -176,21 +199,67 @@ class CallSequence:
             if not outcome.ok and self.stop_on_failure:
                 return
 
-    async def _pump(self, deliver: Callable[[RunnerEvent], None]) -> None:
+    def _check_clock(self) -> None:
+        now = time.monotonic()
+        with self._mutex:
+            current = self._current
+            if current is not None:
+                index, started = current
+                elapsed = now - started
+                estimate = self._estimates[index] if index < len(self._estimates) else 0
+                if estimate and elapsed > 3 * estimate and index not in self._slow_reported:
+                    self._slow_reported.add(index)
+                    if self._on_slow is not None:
+                        self._on_slow(self.calls[index], elapsed)
+                if self._timeout is not None and elapsed > self._timeout and self.timed_out is None:
+                    self.timed_out = index
+                    self._timed_out_at = now
+                    self._stop.set()
+            running = current is not None
+        if (
+            running
+            and self._timed_out_at is not None
+            and now - self._timed_out_at > self._grace
+            and self._thread_scope is not None
+        ):
+            self.abandoned = True
+            self._thread_scope.cancel()
+
+    async def _in_thread(self, done: anyio.Event) -> None:
         try:
-            while True:
-                await anyio.sleep(_POLL_SECONDS)
-                self.flush(deliver)
+            # Shielded: a cancellation from outside never abandons a running migration; only
+            # the grace period after a timeout does, by cancelling this scope.
+            with anyio.CancelScope(shield=True) as self._thread_scope:
+                await anyio.to_thread.run_sync(self._run_all, abandon_on_cancel=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised by run(), outside the task group
+            self._error = exc
         finally:
-            self.request_stop()  # cancelled from outside: stop after the running call
+            done.set()
+
+    async def _watch(self, done: anyio.Event, deliver: Callable[[RunnerEvent], None]) -> None:
+        while not done.is_set():
+            with anyio.move_on_after(_POLL_SECONDS):
+                await done.wait()
+            self.flush(deliver)
+            self._check_clock()
 
     async def run(self, deliver: Callable[[RunnerEvent], None]) -> list[CallOutcome]:
-        """Run the calls; deliver events while waiting; return the outcomes."""
+        """Run the calls; deliver events while waiting; return the outcomes.
+
+        Cancelled from outside, it stops before the next call, waits (shielded) for the
+        running one, then re-raises.
+        """
+        done = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._pump, deliver)
+            tg.start_soon(self._in_thread, done)
             try:
-                await anyio.to_thread.run_sync(self._run_all, abandon_on_cancel=False)
-            finally:
-                tg.cancel_scope.cancel()
+                await self._watch(done, deliver)
+            except anyio.get_cancelled_exc_class():
+                self.request_stop()
+                with anyio.CancelScope(shield=True):
+                    await self._watch(done, deliver)
+                raise
         self.flush(deliver)
+        if self._error is not None:
+            raise self._error
         return self.outcomes

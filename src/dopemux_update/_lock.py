@@ -1,0 +1,91 @@
+"""One updater per installation: a ``flock`` on ``<state>/lock`` that dies with its process.
+
+The kernel releases the lock when the holding process ends, however it ends, so a crash never
+leaves a stale lock. The holder writes who it is (pid, host, start time, command) into the
+file, so that a second updater can say who is in the way. A symlink at the lock's path is
+refused. The lock is re-entrant within one context (the command line holds it, and the
+orchestration it runs takes it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ._exceptions import LockError
+
+__all__ = ["holding_lock"]
+
+# Locks this context already holds: the command line takes the lock and the orchestration
+# it runs takes it again. A context variable, not a process-wide table, so that two updates
+# started side by side in one process still exclude each other.
+_held: contextvars.ContextVar[frozenset[tuple[int, int]]] = contextvars.ContextVar(
+    "dopemux_update_locks", default=frozenset()
+)
+
+
+def _describe_holder(fd: int, path: Path) -> str:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        info = json.loads(raw or b"{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return f"another process holds {path}"
+    return (
+        f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
+        f" ({info.get('command')})"
+    )
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(f"{path} is a symlink; refusing to use it as the update lock") from exc
+        raise LockError(f"cannot open the update lock {path}: {exc.strerror}") from exc
+
+
+@contextlib.contextmanager
+def holding_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the installation's update lock for the duration; fail at once if it is taken."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "lock"
+    fd = _open(path)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    if key in _held.get():
+        os.close(fd)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        holder = _describe_holder(fd, path)
+        os.close(fd)
+        raise LockError(f"another update is running on this installation: {holder}") from exc
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) or sys.executable,
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    token = _held.set(_held.get() | {key})
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the flock
