@@ -19,10 +19,12 @@ from ._events import RollbackStarted as RollbackStarted
 from ._events import RollbackStep as RollbackStep
 from ._events import UpdateFinished as UpdateFinished
 from ._exceptions import BackupError as BackupError
+from ._exceptions import LockError as LockError
 from ._exceptions import MigrationValidationError as MigrationValidationError
 from ._exceptions import PlanError as PlanError
 from ._exceptions import PreflightError as PreflightError
 from ._exceptions import Problem as Problem
+from ._exceptions import RecoveryNeededError as RecoveryNeededError
 from ._exceptions import RestartError as RestartError
 from ._exceptions import StateError as StateError
 from ._exceptions import UpdateError as UpdateError
@@ -44,6 +46,8 @@ from ._planning import Route as Route
 from ._planning import build_plan as build_plan
 from ._planning import find_route as find_route
 from ._planning import newest_reachable as newest_reachable
+from ._recovery import RecoveryResult as RecoveryResult
+from ._recovery import recover as recover
 from ._restart import CommandRestarter as CommandRestarter
 from ._restart import DockerComposeRestarter as DockerComposeRestarter
 from ._restart import Restarter as Restarter
@@ -68,6 +72,7 @@ __all__ = [
     "Event",
     "EventHandler",
     "InsufficientSpaceError",
+    "LockError",
     "Migration",
     "MigrationFinished",
     "MigrationInfo",
@@ -82,6 +87,8 @@ __all__ = [
     "PlanReady",
     "PreflightError",
     "Problem",
+    "RecoveryNeededError",
+    "RecoveryResult",
     "RestartError",
     "RestartReceiver",
     "RestartResult",
@@ -109,5 +116,6 @@ __all__ = [
     "find_route",
     "load_transitions",
     "newest_reachable",
+    "recover",
     "scan_migrations",
 ]

@@ -18,8 +18,11 @@ from ._cli_common import (
     emit,
     make_context,
 )
+from ._cli_recover import recover_first
 from ._console import format_bytes
 from ._exceptions import BackupError
+from ._journal import Journal
+from ._lock import holding_lock
 from ._tree import Scope
 
 __all__ = ["backups"]
@@ -94,7 +97,8 @@ def create_backup(
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    info = _store(ctx).create(scope, version_from=ctx.state.installed_version())
+    with holding_lock(ctx.state_dir):
+        info = _store(ctx).create(scope, version_from=ctx.state.installed_version())
     emit(
         ctx,
         {"command": "backups create", "backup": backup_payload(info)},
@@ -154,10 +158,12 @@ def restore_backup(
             err=True,
         ):
             raise CommandError("cancelled; nothing was changed")
-    report = store.restore(backup_id, ctx.root)
-    version = manifest.version_from
-    if version is not None:
-        ctx.state.record(installed_version=version)
+    with holding_lock(ctx.state_dir):
+        recover_first(ctx)  # an interrupted run is settled before the tree is replaced
+        report = store.restore(backup_id, ctx.root)
+        version = manifest.version_from
+        if version is not None:
+            ctx.state.record(installed_version=version)
     emit(
         ctx,
         {
@@ -187,14 +193,18 @@ def prune_backups(
 ) -> int:
     """Delete all but the newest N backups (never one a run needing recovery depends on)."""
     ctx = make_context(root, migrations, as_json, verbose)
-    protect = {
-        run.backup_id
-        for run in ctx.state.read().history
-        if run.outcome == "needs_recovery" and run.backup_id
-    }
-    store = _store(ctx)
-    deleted = store.prune(keep, protect=protect)
-    kept = store.ids()
+    with holding_lock(ctx.state_dir):
+        protect = {
+            run.backup_id
+            for run in ctx.state.read().history
+            if run.outcome == "needs_recovery" and run.backup_id
+        }
+        interrupted = Journal(ctx.state_dir).read()
+        if interrupted and interrupted[0].get("backup_id"):
+            protect.add(interrupted[0]["backup_id"])  # an unfinished run's backup stays
+        store = _store(ctx)
+        deleted = store.prune(keep, protect=protect)
+        kept = store.ids()
     emit(
         ctx,
         {"command": "backups prune", "deleted": deleted, "kept": kept},

@@ -30,7 +30,7 @@ JOURNAL = "journal.jsonl"
 
 def _line(record: Record) -> bytes:
     body = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    return f'{body}\t{xxhash.xxh3_64_hexdigest(body.encode())}\n'.encode()
+    return f"{body}\t{xxhash.xxh3_64_hexdigest(body.encode())}\n".encode()
 
 
 def _parse(line: bytes) -> Record | None:

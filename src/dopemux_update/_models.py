@@ -183,3 +183,4 @@ class UpdateResult:
     restored: bool = False
     installed_version: str | None = None
     durations: tuple[tuple[str, float], ...] = ()
+    abandoned: bool = False

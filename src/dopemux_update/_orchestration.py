@@ -1,7 +1,13 @@
-"""The orchestration phase: preflight, backup, run, and roll back exactly on failure."""
+"""The orchestration phase: preflight, backup, run, and roll back exactly on failure.
+
+Every step is announced in the write-ahead journal before it happens (see ``_journal``), so
+that a crash at any point leaves enough on disk for ``_recovery`` to finish the commit or to
+put the tree back: never anything in between.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +21,10 @@ from . import _events as ev
 from ._backup import BackupStore
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
-from ._exceptions import PreflightError, UpdateError
+from ._exceptions import PreflightError, RecoveryNeededError, UpdateError
+from ._faults import crash_point
+from ._journal import Journal, Record
+from ._lock import holding_lock
 from ._models import Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
@@ -32,7 +41,7 @@ from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, u
 from ._tree import Scope
 from ._versions import parse_version
 
-__all__ = ["OrchestrationPhase"]
+__all__ = ["OrchestrationPhase", "prepare_plan"]
 
 logger = structlog.get_logger("dopemux_update")
 
@@ -59,7 +68,10 @@ class _Run:
     """Mutable bookkeeping of one ``execute()``."""
 
     plan: Plan
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     started_at: str = field(default_factory=utcnow)
+    journal: Journal | None = None
+    pending: list[Record] = field(default_factory=list)  # journal records to write next
     completed: list[Step] = field(default_factory=list)
     records: list[MigrationRecord] = field(default_factory=list)
     durations: list[tuple[str, float]] = field(default_factory=list)
@@ -68,17 +80,26 @@ class _Run:
     failed_id: str | None = None
     error: str | None = None
     needs_recovery: bool = False
+    abandoned: bool = False
     restored: bool = False
+
+    def journal_now(self, *records: Record) -> None:
+        """Write what is pending plus ``records``, durably (in the calling thread)."""
+        assert self.journal is not None  # noqa: S101 - set before the first migration
+        batch, self.pending = [*self.pending, *records], []
+        self.journal.append(batch)
 
 
 class OrchestrationPhase:
     """Runs the migrations between two versions of an installation.
 
-    ``await execute()`` validates every migration on the plan before anything is written
-    (raising a :class:`~dopemux_update.PreflightError` if any is wrong), takes a backup, runs
-    each migration function in a worker thread, and on failure runs the completed migrations'
-    undo in reverse and restores the backup. Only on success is the target version recorded
-    and the union of ``requires_restart`` handed to ``restart_phase``.
+    ``await execute()`` takes the installation's lock, validates every migration on the plan
+    before anything is written (raising a :class:`~dopemux_update.PreflightError` if any is
+    wrong), takes a backup, runs each migration function in a worker thread, and on failure
+    runs the completed migrations' undo in reverse and restores the backup. Only on success
+    is the target version recorded and the union of ``requires_restart`` handed to
+    ``restart_phase``. ``timeout`` limits each migration (seconds); a migration still running
+    ``grace`` seconds after its timeout is abandoned and the run left for ``recover``.
     """
 
     name = "orchestration"
@@ -96,6 +117,8 @@ class OrchestrationPhase:
         backup_include: Sequence[str] = (),
         backup_exclude: Sequence[str] = (),
         keep_backups: int | None = 5,
+        timeout: float | None = None,
+        grace: float = 10.0,
     ) -> None:
         self.project_root = Path(project_root)
         self.migrations_dir = (
@@ -118,7 +141,11 @@ class OrchestrationPhase:
             Scope(self.project_root, self.backup_exclude, self.backup_include).matchers()
         except ValueError as exc:
             raise PreflightError(str(exc)) from exc
+        if timeout is not None and timeout <= 0:
+            raise PreflightError("the timeout must be a positive number of seconds")
         self.keep_backups = keep_backups
+        self.timeout = timeout
+        self.grace = grace
         self._plan: Plan | None = None
         self._executed = False
 
@@ -143,8 +170,27 @@ class OrchestrationPhase:
         """Run the plan once; see the class documentation."""
         if self._executed:
             raise UpdateError("this OrchestrationPhase has already run; create a new one")
-        plan = await self.plan()
+        if not self.project_root.is_dir():
+            raise PreflightError(f"{self.project_root}: installation folder does not exist")
+        plan = await self.plan()  # validation reads only: nothing is written if it fails
         self._executed = True
+        if plan.is_empty:
+            return self._finish(_Run(plan), ok=True)
+        with holding_lock(self.state_dir):
+            journal = Journal(self.state_dir)
+            if journal.exists():
+                raise RecoveryNeededError(
+                    f"an earlier run on {self.project_root} was interrupted"
+                    f" ({journal.path} exists); run `dopemux-update recover` first"
+                )
+            try:
+                return await self._execute(plan, journal)
+            finally:
+                journal.close()
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def _execute(self, plan: Plan, journal: Journal) -> UpdateResult:
         self._emit(ev.PlanReady(plan))
         logger.info(
             "update.planned",
@@ -154,14 +200,17 @@ class OrchestrationPhase:
             migrations=len(plan.steps),
         )
         run = _Run(plan)
-        if plan.is_empty:
-            return self._finish(run, ok=True)
         store = StateStore(self.state_dir)
         if plan.backup_required:
             await self._backup(run)
+        run.journal = journal
+        await anyio.to_thread.run_sync(journal.start, self._started_record(run))
         with routing_installed():
             try:
                 await self._run_steps(run)
+                if run.abandoned:
+                    await self._abandon(run, store)
+                    return self._finish(run, ok=False)
                 if run.failed_id is None:
                     await self._commit(run, store)
             except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
@@ -180,7 +229,23 @@ class OrchestrationPhase:
                 return self._finish(run, ok=False)
         return self._finish(run, ok=True)
 
-    # -- steps ------------------------------------------------------------------------------
+    def _started_record(self, run: _Run) -> Record:
+        plan = run.plan
+        return {
+            "kind": "run_started",
+            "run_id": run.run_id,
+            "started_at": run.started_at,
+            "version_from": str(plan.current),
+            "version_to": str(plan.target),
+            "direction": plan.direction.value,
+            "backup_id": run.backup_id,
+            "steps": [
+                {"id": s.id, "checksum": s.migration.checksum, "path": str(s.migration.path)}
+                for s in plan.steps
+            ],
+            "restart_services": list(plan.restart_services),
+            "migrations_dir": str(self.migrations_dir),
+        }
 
     def _emit(self, event: ev.Event) -> None:
         if self.on_event is None:
@@ -211,13 +276,18 @@ class OrchestrationPhase:
     async def _run_steps(self, run: _Run) -> None:
         steps = run.plan.steps
         total = len(steps)
-
+        index_of = {step.id: index for index, step in enumerate(steps)}
         log = logger.bind()  # bound once per run, not once per event: cheap per migration
 
         def started(call: Call) -> None:
+            # Durable before the migration starts; carries the previous one's outcome too.
+            run.journal_now({"kind": "step_begun", "index": index_of[call.id], "id": call.id})
             log.info("migration.started", migration_id=call.id)
 
         def finished(call: Call, outcome: CallOutcome) -> None:
+            run.pending.append(
+                {"kind": "step_done", "index": index_of[call.id], "id": call.id, "ok": outcome.ok}
+            )
             if outcome.ok:
                 log.info("migration.applied", migration_id=call.id, seconds=outcome.seconds)
             else:
@@ -227,6 +297,10 @@ class OrchestrationPhase:
                     error=outcome.error,
                     traceback=outcome.traceback,
                 )
+
+        def slow(call: Call, elapsed: float) -> None:
+            estimate = steps[index_of[call.id]].migration.info.estimated_duration_seconds
+            log.warning("migration.slow", migration_id=call.id, elapsed=elapsed, estimate=estimate)
 
         def deliver(event: RunnerEvent) -> None:
             step = steps[event.index]
@@ -258,6 +332,10 @@ class OrchestrationPhase:
             on_started=started,
             on_finished=finished,
             on_output=_log_output,
+            timeout=self.timeout,
+            grace=self.grace,
+            estimates=[s.migration.info.estimated_duration_seconds for s in steps],
+            on_slow=slow,
         )
         try:
             await sequence.run(deliver)
@@ -278,14 +356,28 @@ class OrchestrationPhase:
                     run.completed.append(step)
                 else:
                     run.failed_id, run.error = step.id, outcome.error
+            if sequence.abandoned and sequence.timed_out is not None:
+                stuck = steps[sequence.timed_out]
+                run.abandoned = True
+                run.failed_id = stuck.id
+                run.error = (
+                    f"timed out after {self.timeout:g}s and still running {self.grace:g}s later;"
+                    " the migration's thread could not be stopped"
+                )
             sequence.flush(deliver)
 
     async def _commit(self, run: _Run, store: StateStore) -> None:
         record = self._record(run, "applied")
+
+        def commit() -> None:
+            run.journal_now({"kind": "committed"})  # the commit point
+            store.record(installed_version=str(run.plan.target), run=record)
+            crash_point("commit.state_written")
+            assert run.journal is not None  # noqa: S101
+            run.journal.retire()
+
         try:
-            await anyio.to_thread.run_sync(
-                lambda: store.record(installed_version=str(run.plan.target), run=record)
-            )
+            await anyio.to_thread.run_sync(commit)
         except (OSError, UpdateError) as exc:
             run.failed_id = "(commit)"
             run.error = f"could not record the installed version: {exc}"
@@ -308,12 +400,31 @@ class OrchestrationPhase:
         except (OSError, UpdateError) as exc:  # the update itself is committed: only warn
             logger.warning("backup.prune_failed", error=str(exc))
 
+    async def _abandon(self, run: _Run, store: StateStore) -> None:
+        """A migration thread is still running: touch nothing, leave the run for ``recover``."""
+        run.needs_recovery = True
+        logger.error("update.abandoned", migration_id=run.failed_id, error=run.error)
+
+        def leave() -> None:
+            run.journal_now({"kind": "needs_recovery", "reason": run.error})
+            store.record(installed_version=None, run=self._record(run, "needs_recovery"))
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(leave)
+
     async def _roll_back(self, run: _Run, store: StateStore) -> None:
         steps = list(reversed(run.completed))
         self._emit(ev.RollbackStarted(run.failed_id or "", len(steps)))
         logger.warning("rollback.started", failed=run.failed_id, steps=len(steps))
+        if run.journal is not None:
+            await anyio.to_thread.run_sync(
+                run.journal_now, {"kind": "rollback_started", "failed": run.failed_id}
+            )
 
         def finished(call: Call, outcome: CallOutcome) -> None:
+            if run.journal is not None:
+                run.journal_now({"kind": "rollback_step", "id": call.id, "ok": outcome.ok})
+            crash_point("rollback.step")
             logger.info(
                 "rollback.step",
                 migration_id=call.id,
@@ -336,29 +447,50 @@ class OrchestrationPhase:
             stop_on_failure=False,
             on_finished=finished,
             on_output=_log_output,
+            timeout=self.timeout,
+            grace=self.grace,
         )
-        await sequence.run(deliver)
-        for step, outcome in zip(steps, sequence.outcomes, strict=True):
+        try:
+            await sequence.run(deliver)
+        except (OSError, UpdateError) as exc:  # the journal could not be written
+            logger.error("rollback.journal_failed", error=str(exc))
+            run.needs_recovery = True
+        if sequence.abandoned:
+            run.needs_recovery = True
+            run.abandoned = True
+        for step, outcome in zip(steps, sequence.outcomes, strict=False):
             if outcome.ok:
                 run.rolled_back.append(step.id)
             else:
                 run.needs_recovery = True
-        if run.backup_id is not None:
+        if run.abandoned:
+            logger.error("rollback.abandoned", reason="an undo is still running")
+        elif run.backup_id is not None:
             await self._restore(run)
         elif run.completed:
             logger.warning("rollback.no_backup", reason="no migration on the plan asked for one")
-        verdict = "needs_recovery" if run.needs_recovery else "rolled_back"
-        try:
-            await anyio.to_thread.run_sync(
-                lambda: store.record(installed_version=None, run=self._record(run, verdict))
-            )
-        except (OSError, UpdateError) as exc:
-            logger.error("state.write_failed", error=str(exc))
+        await self._close_failed_run(run, store)
         logger.warning(
             "rollback.finished",
             rolled_back=list(run.rolled_back),
             needs_recovery=run.needs_recovery,
         )
+
+    async def _close_failed_run(self, run: _Run, store: StateStore) -> None:
+        verdict = "needs_recovery" if run.needs_recovery else "rolled_back"
+
+        def close() -> None:
+            if run.journal is not None and run.needs_recovery:
+                run.journal_now({"kind": "needs_recovery", "reason": run.error})
+            store.record(installed_version=None, run=self._record(run, verdict))
+            if run.journal is not None and not run.needs_recovery:
+                run.journal.retire()  # the run is over and its outcome recorded
+
+        try:
+            await anyio.to_thread.run_sync(close)
+        except (OSError, UpdateError) as exc:
+            run.needs_recovery = True
+            logger.error("state.write_failed", error=str(exc))
 
     async def _restore(self, run: _Run) -> None:
         backup_id = run.backup_id
@@ -376,6 +508,7 @@ class OrchestrationPhase:
 
     def _record(self, run: _Run, outcome: str) -> RunRecord:
         return RunRecord(
+            run_id=run.run_id,
             started_at=run.started_at,
             finished_at=utcnow(),
             version_from=str(run.plan.current),
@@ -407,6 +540,7 @@ class OrchestrationPhase:
             restored=run.restored,
             installed_version=str(plan.target if ok else plan.current),
             durations=tuple(run.durations),
+            abandoned=run.abandoned,
         )
         self._emit(ev.UpdateFinished(result))
         logger.info(

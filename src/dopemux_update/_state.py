@@ -44,6 +44,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    run_id: str | None = None
     started_at: str
     finished_at: str
     version_from: str

@@ -8,6 +8,7 @@ validation error, nothing changed; 3 needs recovery; 4 another update holds the 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,10 +37,13 @@ from ._cli_common import (
     make_context,
     version_option_value,
 )
+from ._cli_recover import recover_command, recover_first, run_interruptibly
 from ._console import OutputCollector, PlainReporter, describe_plan, format_bytes
 from ._discovery import scan_migrations
 from ._events import EventHandler
-from ._exceptions import PlanError, PreflightError, UpdateError
+from ._exceptions import LockError, PlanError, PreflightError, UpdateError
+from ._journal import Journal
+from ._lock import holding_lock
 from ._models import Direction, Plan, UpdateResult
 from ._orchestration import OrchestrationPhase
 from ._planning import find_route, newest_reachable
@@ -89,6 +93,7 @@ def cli() -> None:
 
 
 cli.add_command(backups)
+cli.add_command(recover_command)
 
 
 @cli.command()
@@ -188,6 +193,12 @@ def _update_options(function: F) -> F:
         click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches."),
         click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the backup."),
         click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            help="Fail a migration that runs longer than this.",
+        ),
+        click.option(
             "--keep-backups",
             type=click.IntRange(min=1),
             default=5,
@@ -257,19 +268,23 @@ def _update(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     keep_backups: int,
+    timeout: float | None,
     root: Path,
     migrations: Path | None,
     as_json: bool,
     verbose: int,
 ) -> int:
     ctx = make_context(root, migrations, as_json, verbose)
+    recovered = None
+    if Journal(ctx.state_dir).exists():
+        with holding_lock(ctx.state_dir):
+            recovered = recover_first(ctx)
     current = installed_version(ctx, version_option_value(from_version, option="--from"))
     target = version_option_value(to_version, option="--to")
     restarter = None if no_restart else _restarter(ctx, restart_command)
     restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
     collector = OutputCollector()
     reporter: EventHandler = collector if ctx.json else PlainReporter(sys.stdout, collector)
-
     phase = OrchestrationPhase(
         project_root=ctx.root,
         migrations_dir=ctx.migrations,
@@ -281,26 +296,66 @@ def _update(
         backup_include=include,
         backup_exclude=exclude,
         keep_backups=keep_backups,
+        timeout=timeout,
     )
+    # Validation first, reading only: a bad migration changes nothing, not even the lock file.
+    the_plan = anyio.run(phase.plan)
+    if the_plan.steps or the_plan.hops:
+        if the_plan.direction is not expected:
+            other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
+            raise CommandError(
+                f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
+                f" the installed {the_plan.current}: use `dopemux-update {other}`"
+            )
+        _confirm(ctx, the_plan, yes)
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:
-        the_plan = await phase.plan()
-        if the_plan.steps or the_plan.hops:
-            if the_plan.direction is not expected:
-                other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
-                raise CommandError(
-                    f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
-                    f" the installed {the_plan.current}: use `dopemux-update {other}`"
-                )
-            _confirm(ctx, the_plan, yes)
         result = await phase.execute()
         restarted = None
         if result.ok and restart_phase is not None and restart_phase.services:
             restarted = await restart_phase.execute()
         return result, restarted
 
-    result, restarted = anyio.run(run)
-    return _report_update(ctx, result, restarted, collector, restarter_used=restarter is not None)
+    outcome = anyio.run(run_interruptibly, run)
+    if outcome is None:
+        return _report_interrupted(ctx, collector)
+    result, restarted = outcome
+    code = _report_update(
+        ctx, result, restarted, collector, restarter_used=restarter is not None, recovered=recovered
+    )
+    if result.abandoned:
+        # A migration's thread is still running and can't be stopped; leaving through the
+        # normal exit would wait for it. The journal tells `recover` what to do.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _report_interrupted(ctx: Context, collector: OutputCollector) -> int:
+    history = ctx.state.read().history
+    last = history[-1] if history else None
+    stuck = last is not None and last.outcome == "needs_recovery"
+    code = EXIT_RECOVERY if stuck else EXIT_INTERRUPTED
+    message = (
+        "Interrupted; the rollback did not complete: the installation NEEDS RECOVERY"
+        " (run `dopemux-update recover`)."
+        if stuck
+        else "Interrupted; the update was rolled back and the installation is as before."
+    )
+    emit(
+        ctx,
+        {
+            "ok": False,
+            "exit_code": code,
+            "interrupted": True,
+            "needs_recovery": stuck,
+            "error": message,
+            "output": collector.lines,
+        },
+        [message],
+    )
+    return code
 
 
 def _report_update(
@@ -310,6 +365,7 @@ def _report_update(
     collector: OutputCollector,
     *,
     restarter_used: bool,
+    recovered: dict[str, Any] | None = None,
 ) -> int:
     if result.ok:
         code = EXIT_RESTART_FAILED if restarted is not None and not restarted.ok else EXIT_OK
@@ -335,6 +391,8 @@ def _report_update(
         "restart_failed": [{"service": name, "error": error} for name, error in failed],
         "durations": {name: round(seconds, 6) for name, seconds in result.durations},
         "output": collector.lines,
+        "recovered": recovered,
+        "abandoned": result.abandoned,
     }
     if result.ok:
         lines = _success_lines(result, restarted, restarter_used=restarter_used)
@@ -387,8 +445,10 @@ def stamp(version: str, root: Path, migrations: Path | None, as_json: bool, verb
     """Record VERSION as installed, without running any migration."""
     ctx = make_context(root, migrations, as_json, verbose)
     parsed = version_option_value(version, option="VERSION")
-    previous = ctx.state.installed_version()
-    ctx.state.record(installed_version=str(parsed))
+    with holding_lock(ctx.state_dir):
+        recover_first(ctx)
+        previous = ctx.state.installed_version()
+        ctx.state.record(installed_version=str(parsed))
     emit(
         ctx,
         {"command": "stamp", "installed_version": str(parsed), "previous_version": previous},
@@ -421,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE
+    except LockError as exc:
+        return _error(str(exc), EXIT_LOCKED, args)
     except PreflightError as exc:
         return _error(f"{exc}\nNothing was changed.", EXIT_USAGE, args)
     except UpdateError as exc:

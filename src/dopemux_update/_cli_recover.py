@@ -1,0 +1,123 @@
+"""``dopemux-update recover``, recovery before other commands, and Ctrl-C handling."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+import structlog
+
+from ._cli_common import (
+    EXIT_OK,
+    EXIT_RECOVERY,
+    CommandError,
+    Context,
+    common_options,
+    emit,
+    make_context,
+)
+from ._journal import Journal
+from ._lock import holding_lock
+from ._recovery import RecoveryResult, recover_sync
+
+__all__ = ["recover_command", "recover_first", "run_interruptibly"]
+
+T = TypeVar("T")
+logger = structlog.get_logger("dopemux_update")
+
+
+def _payload(result: RecoveryResult) -> dict[str, Any]:
+    return {
+        "action": result.action,
+        "run_id": result.run_id,
+        "version_from": result.version_from,
+        "version_to": result.version_to,
+        "installed_version": result.installed_version,
+        "backup_id": result.backup_id,
+        "restart_services": list(result.restart_services),
+        "error": result.error,
+    }
+
+
+def _describe(result: RecoveryResult) -> str:
+    run = f"the interrupted run {result.version_from} → {result.version_to}"
+    if result.action == "restored":
+        return (
+            f"Recovered {run}: the installation was restored from backup {result.backup_id};"
+            f" installed version {result.installed_version}."
+        )
+    if result.action == "committed":
+        services = ", ".join(result.restart_services) or "none"
+        return (
+            f"Recovered {run}: it had committed; the installed version is now"
+            f" {result.installed_version}. Services to restart: {services}."
+        )
+    if result.action == "failed":
+        return f"Recovery of {run} FAILED: {result.error}"
+    return "Nothing to recover."
+
+
+def recover_first(ctx: Context) -> dict[str, Any] | None:
+    """Before a command changes anything: finish or undo an interrupted run (lock held)."""
+    if not Journal(ctx.state_dir).exists():
+        return None
+    result = recover_sync(ctx.root, state_dir=ctx.state_dir)
+    if not ctx.json:
+        click.echo(_describe(result))
+    if not result.ok:
+        raise CommandError(_describe(result), EXIT_RECOVERY)
+    return _payload(result)
+
+
+async def run_interruptibly(work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``work``; Ctrl-C (or SIGTERM) cancels it once, which rolls back; a second one
+    during the rollback is only reported. Returns None when interrupted."""
+    interrupted = False
+    results: list[T] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.CancelScope() as scope:
+
+                async def watch() -> None:
+                    nonlocal interrupted
+                    async for signum in signals:
+                        if not interrupted:
+                            interrupted = True
+                            logger.warning("update.interrupt", signal=signal.Signals(signum).name)
+                            click.echo("Interrupted: rolling back, please wait...", err=True)
+                            scope.cancel()
+                        else:
+                            click.echo("Still rolling back; it will not be cut short.", err=True)
+
+                tg.start_soon(watch)
+                try:
+                    results.append(await work())
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
+                    errors.append(exc)
+            tg.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    return results[0] if results else None
+
+
+@click.command("recover")
+@common_options
+def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+    """Finish or undo an interrupted run (exit 0 when there is nothing to do)."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
+    with holding_lock(ctx.state_dir):
+        result = recover_sync(ctx.root, state_dir=ctx.state_dir)
+    code = EXIT_OK if result.ok else EXIT_RECOVERY
+    emit(
+        ctx,
+        {"command": "recover", "ok": result.ok, "exit_code": code, **_payload(result)},
+        [_describe(result)],
+    )
+    return code
