@@ -83,11 +83,16 @@ class _Run:
     abandoned: bool = False
     restored: bool = False
 
-    def journal_now(self, *records: Record) -> None:
-        """Write what is pending plus ``records``, durably (in the calling thread)."""
+    def journal_now(self, *records: Record, sync: bool = True) -> None:
+        """Write what is pending plus ``records`` (in the calling thread)."""
         assert self.journal is not None  # noqa: S101 - set before the first migration
         batch, self.pending = [*self.pending, *records], []
-        self.journal.append(batch)
+        self.journal.append(batch, sync=sync)
+
+    @property
+    def sync_steps(self) -> bool:
+        """Per-migration records need syncing only when recovery would depend on them."""
+        return self.backup_id is None
 
 
 class OrchestrationPhase:
@@ -281,7 +286,10 @@ class OrchestrationPhase:
 
         def started(call: Call) -> None:
             # Durable before the migration starts; carries the previous one's outcome too.
-            run.journal_now({"kind": "step_begun", "index": index_of[call.id], "id": call.id})
+            run.journal_now(
+                {"kind": "step_begun", "index": index_of[call.id], "id": call.id},
+                sync=run.sync_steps,
+            )
             log.info("migration.started", migration_id=call.id)
 
         def finished(call: Call, outcome: CallOutcome) -> None:
@@ -423,7 +431,10 @@ class OrchestrationPhase:
 
         def finished(call: Call, outcome: CallOutcome) -> None:
             if run.journal is not None:
-                run.journal_now({"kind": "rollback_step", "id": call.id, "ok": outcome.ok})
+                run.journal_now(
+                    {"kind": "rollback_step", "id": call.id, "ok": outcome.ok},
+                    sync=run.sync_steps,
+                )
             crash_point("rollback.step")
             logger.info(
                 "rollback.step",
