@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import _sqlite
 from ._copy import HASH_NAME, copy_and_hash, hash_file
 from ._exceptions import BackupError, PreflightError
+from ._faults import crash_point
 from ._fsutil import atomic_write, fsync_dir, sync_filesystem
 from ._tree import Scope, TreeEntry, decode_name, encode_name, walk
 
@@ -362,6 +363,7 @@ class BackupStore:
                 building / MANIFEST_SUM, xxhash.xxh3_128_hexdigest(raw).encode(), mode=0o600
             )
             sync_filesystem(building)
+            crash_point("backup.before_rename")
             final = self.backups_dir / backup_id
             building.rename(final)
             fsync_dir(self.backups_dir)
@@ -485,6 +487,7 @@ class BackupStore:
                 for future in concurrent.futures.as_completed(futures):
                     job = futures[future]
                     entries[encode_name(job.rel)] = future.result()
+                    crash_point("backup.file")
                     done += job.entry.info.st_size
                     if on_progress is not None:
                         on_progress(done, total)

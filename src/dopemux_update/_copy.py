@@ -15,6 +15,7 @@ from pathlib import Path
 
 import xxhash
 
+from ._faults import check_write
 from ._fsutil import start_writeback
 
 __all__ = ["HASH_NAME", "copy_and_hash", "copy_file", "hash_file"]
@@ -79,6 +80,7 @@ def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tupl
                 buffer = bytearray(_CHUNK)
                 view = memoryview(buffer)
                 while read := os.readv(src, [buffer]):
+                    check_write()
                     chunk = view[:read]
                     digest.update(chunk)
                     written = 0

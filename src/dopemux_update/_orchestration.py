@@ -218,6 +218,13 @@ class OrchestrationPhase:
                     return self._finish(run, ok=False)
                 if run.failed_id is None:
                     await self._commit(run, store)
+            except (OSError, UpdateError) as exc:  # the journal or state could not be written
+                run.failed_id = run.failed_id or "(update)"
+                run.error = f"the update could not continue: {exc}"
+                logger.error("update.io_failed", error=run.error, completed=len(run.completed))
+                with anyio.CancelScope(shield=True):
+                    await self._roll_back(run, store)
+                return self._finish(run, ok=False)
             except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
                 with anyio.CancelScope(shield=True):
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())

@@ -22,6 +22,7 @@ import structlog
 from . import _sqlite
 from ._backup import TREE, BackupStore, Entry, ProgressCallback, database_signature, file_signature
 from ._copy import copy_file, hash_file
+from ._faults import check_write, crash_point
 from ._fsutil import sync_filesystem
 from ._tree import Scope, TreeEntry, walk
 
@@ -113,6 +114,7 @@ def _put_file(source: Path, destination: Path, entry: Entry) -> None:
     """Copy ``source`` over ``destination`` atomically; a symlink there is replaced."""
     tmp = destination.with_name(f".{destination.name}.restore-{secrets.token_hex(4)}")
     try:
+        check_write()
         copy_file(source, tmp, mode=0o600)
         os.chmod(tmp, entry.mode)  # noqa: PTH101 - a fresh private file, not the live path
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -149,6 +151,7 @@ def _apply(  # noqa: PLR0917 - one private helper of restore()
         path.symlink_to(wanted[rel].target)
     for rel in plan.write:
         _put_file(tree / rel, root / rel, wanted[rel])
+        crash_point("restore.file")
         progress(rel)
     for rel in plan.databases:
         entry, path = wanted[rel], root / rel
