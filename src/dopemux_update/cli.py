@@ -199,6 +199,14 @@ def _update_options(function: F) -> F:
             help="Fail a migration that runs longer than this.",
         ),
         click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="After a timeout, how long to wait for the migration's thread to end.",
+        ),
+        click.option(
             "--keep-backups",
             type=click.IntRange(min=1),
             default=5,
@@ -269,6 +277,7 @@ def _update(
     exclude: tuple[str, ...],
     keep_backups: int,
     timeout: float | None,
+    grace: float,
     root: Path,
     migrations: Path | None,
     as_json: bool,
@@ -297,6 +306,7 @@ def _update(
         backup_exclude=exclude,
         keep_backups=keep_backups,
         timeout=timeout,
+        grace=grace,
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
     the_plan = anyio.run(phase.plan)
