@@ -236,3 +236,25 @@ def test_json_stays_one_object_when_migrations_print_at_import_and_run(
     code, result = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
     assert code == 0
     assert result["output"] == [{"id": "v1.0_to_v1.1/1_a", "stream": "stdout", "line": "running"}]
+
+
+def test_status_warns_when_an_applied_migration_file_changed(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = migrations.add("v1.0_to_v1.1", "1_a.py")
+    gone = migrations.add("v1.0_to_v1.1", "2_b.py")
+    assert (
+        main(["upgrade", "--from", "1.0", "--no-restart", *common(installation, migrations)]) == 0
+    )
+    capsys.readouterr()
+    _, clean = run_json(capsys, "status", *common(installation, migrations))
+    assert clean["drift"] == []
+    changed.write_text(changed.read_text() + "\n# edited after release\n")
+    gone.unlink()
+    _, status = run_json(capsys, "status", *common(installation, migrations))
+    assert [(d["id"], d["reason"]) for d in status["drift"]] == [
+        ("v1.0_to_v1.1/1_a", "the file changed since it was applied"),
+        ("v1.0_to_v1.1/2_b", "the file is gone"),
+    ]
+    assert main(["status", *common(installation, migrations)]) == 0
+    assert "WARNING: v1.0_to_v1.1/1_a was applied but the file changed" in capsys.readouterr().out

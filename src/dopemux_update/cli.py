@@ -40,6 +40,7 @@ from ._cli_common import (
 from ._cli_recover import recover_command, recover_first, run_interruptibly
 from ._console import OutputCollector, PlainReporter, describe_plan, format_bytes
 from ._discovery import scan_migrations
+from ._drift import find_drift
 from ._events import EventHandler
 from ._exceptions import LockError, PlanError, PreflightError, UpdateError
 from ._journal import Journal
@@ -117,6 +118,8 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
             problem = str(exc)
     last = state.history[-1] if state.history else None
     backups = BackupStore(ctx.state_dir / "backups").list()
+    drift = find_drift(state.history, ctx.migrations)
+    interrupted = Journal(ctx.state_dir).exists()
     payload = {
         "command": "status",
         "root": str(ctx.root),
@@ -128,6 +131,8 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "last_run": last.model_dump(mode="json") if last else None,
         "backups": len(backups),
         "backups_bytes": sum(b.copied_bytes for b in backups),
+        "needs_recovery": interrupted,
+        "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
     }
     lines = [
         f"Installation:      {ctx.root.resolve()}",
@@ -145,6 +150,12 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         )
     stored = format_bytes(sum(b.copied_bytes for b in backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
+    if interrupted:
+        lines.append(
+            "WARNING: an update was interrupted and the installation NEEDS RECOVERY:"
+            " run `dopemux-update recover`."
+        )
+    lines.extend(f"WARNING: {d.id} was applied but {d.reason} ({d.path})" for d in drift)
     emit(ctx, payload, lines)
     return EXIT_OK
 
