@@ -405,3 +405,33 @@ async def test_a_phase_runs_once_and_imports_each_file_once(
     assert counter.read_text() == "i"
     with pytest.raises(UpdateError, match="already run"):
         await orchestration.execute()
+
+
+@pytest.mark.parametrize(
+    "moment", ["BackupCreated", "MigrationStarted", "MigrationFinished", "MigrationOutput"]
+)
+async def test_cancellation_at_several_moments_leaves_the_tree_as_before(
+    installation: Path, migrations: MigrationWriter, moment: str
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="print('one')\n(project_root / 'a').write_text('a')\nreturn True",
+    )
+    migrations.add(
+        "v1.0_to_v1.1",
+        "2_b.py",
+        forward="print('two')\n(project_root / 'config' / 'app.yaml').write_text('b')\nreturn True",
+    )
+    before = tree_digest(installation)
+    with anyio.CancelScope() as scope:
+
+        def cancel_at(event: object) -> None:
+            if type(event).__name__ == moment:
+                scope.cancel()
+
+        await phase(installation, migrations, "1.0", on_event=cancel_at).execute()
+    assert scope.cancelled_caught
+    assert tree_digest(installation) == before
+    assert installed(installation) is None
+    assert not (installation / ".dopemux/update/journal.jsonl").exists()

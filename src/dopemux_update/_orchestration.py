@@ -208,10 +208,10 @@ class OrchestrationPhase:
         store = StateStore(self.state_dir)
         if plan.backup_required:
             await self._backup(run)
-        run.journal = journal
-        await anyio.to_thread.run_sync(journal.start, self._started_record(run))
         with routing_installed():
             try:
+                await anyio.to_thread.run_sync(journal.start, self._started_record(run))
+                run.journal = journal
                 await self._run_steps(run)
                 if run.abandoned:
                     await self._abandon(run, store)
@@ -219,6 +219,7 @@ class OrchestrationPhase:
                 if run.failed_id is None:
                     await self._commit(run, store)
             except (OSError, UpdateError) as exc:  # the journal or state could not be written
+                self._adopt_journal(run, journal)
                 run.failed_id = run.failed_id or "(update)"
                 run.error = f"the update could not continue: {exc}"
                 logger.error("update.io_failed", error=run.error, completed=len(run.completed))
@@ -226,6 +227,7 @@ class OrchestrationPhase:
                     await self._roll_back(run, store)
                 return self._finish(run, ok=False)
             except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
+                self._adopt_journal(run, journal)
                 with anyio.CancelScope(shield=True):
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
                     run.failed_id = run.failed_id or ("(cancelled)" if cancelled else "(error)")
@@ -240,6 +242,12 @@ class OrchestrationPhase:
                     await self._roll_back(run, store)
                 return self._finish(run, ok=False)
         return self._finish(run, ok=True)
+
+    @staticmethod
+    def _adopt_journal(run: _Run, journal: Journal) -> None:
+        """Interrupted just as the journal was created: the rollback must still retire it."""
+        if run.journal is None and journal.exists():
+            run.journal = journal
 
     def _started_record(self, run: _Run) -> Record:
         plan = run.plan
