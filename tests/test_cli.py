@@ -258,3 +258,30 @@ def test_status_warns_when_an_applied_migration_file_changed(
     ]
     assert main(["status", *common(installation, migrations)]) == 0
     assert "WARNING: v1.0_to_v1.1/1_a was applied but the file changed" in capsys.readouterr().out
+
+
+def test_each_run_writes_a_json_lines_log_named_in_the_result(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", forward="print('hello from a')\nreturn True")
+    migrations.add("v1.0_to_v1.1", "2_b.py", forward="raise ValueError('broken b')")
+    code, result = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
+    assert code == 1
+    log = Path(str(result["log"]))
+    assert log.parent == installation / ".dopemux" / "update" / "logs"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = {e["event"] for e in events}
+    assert {"migration.started", "migration.output", "migration.failed", "rollback.step"} <= kinds
+    output = next(e for e in events if e["event"] == "migration.output")
+    assert (output["migration_id"], output["line"]) == ("v1.0_to_v1.1/1_a", "hello from a")
+    failed = next(e for e in events if e["event"] == "migration.failed")
+    assert "ValueError: broken b" in failed["traceback"]
+
+
+def test_a_refused_run_leaves_no_log(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restarts": []})
+    code, _ = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
+    assert code == 2
+    assert not (installation / ".dopemux" / "update").exists()

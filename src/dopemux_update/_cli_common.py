@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 import structlog
@@ -53,23 +56,101 @@ class Context:
         return StateStore(self.state_dir)
 
 
-def configure_logging(verbosity: int, *, json_logs: bool) -> None:
+class RunLog:
+    """Every structlog event of one command, as JSON lines, in ``<state>/logs/``.
+
+    Written whatever the console's verbosity: migration output, tracebacks, debug events.
+    Events are held in memory until :meth:`start`, which the command calls once validation
+    has passed, so that a refused command leaves nothing behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: TextIO | None = None
+        self._buffer: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self._handle is not None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._handle = self.path.open("a", encoding="utf-8")
+            self._handle.writelines(self._buffer)
+            self._handle.flush()
+            self._buffer.clear()
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+        line = json.dumps(dict(event_dict), default=repr) + "\n"
+        with self._lock:
+            if self._handle is None:
+                self._buffer.append(line)
+            else:
+                self._handle.write(line)
+                self._handle.flush()
+        return event_dict
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+
+
+def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    def drop_quiet(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        if _LEVELS.get(method, logging.INFO) < threshold:
+            raise structlog.DropEvent
+        return event_dict
+
+    return drop_quiet
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None = None) -> None:
+    """Console logs on stderr at the chosen verbosity; with ``run_log``, every event too."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     renderer: structlog.types.Processor
     if json_logs or not sys.stderr.isatty():
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer()
+    processors: list[structlog.types.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if run_log is not None:
+        processors.append(run_log)
+    processors += [_console_filter(level), renderer]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if run_log is not None else level
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def open_run_log(ctx: Context, command: str, verbose: int) -> RunLog:
+    """Start this command's run log and send every log event to it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_log = RunLog(ctx.state_dir / "logs" / f"{stamp}-{command}-{os.getpid()}.jsonl")
+    configure_logging(verbose, json_logs=ctx.json, run_log=run_log)
+    return run_log
 
 
 def common_options(function: F) -> F:

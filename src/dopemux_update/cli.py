@@ -31,10 +31,12 @@ from ._cli_common import (
     CommandError,
     Context,
     F,
+    RunLog,
     common_options,
     emit,
     installed_version,
     make_context,
+    open_run_log,
     version_option_value,
 )
 from ._cli_recover import recover_command, recover_first, run_interruptibly
@@ -295,8 +297,50 @@ def _update(
     verbose: int,
 ) -> int:
     ctx = make_context(root, migrations, as_json, verbose)
+    run_log = open_run_log(ctx, expected.value, verbose)
+    try:
+        return _update_logged(
+            ctx,
+            run_log,
+            expected,
+            to_version,
+            from_version=from_version,
+            yes=yes,
+            no_restart=no_restart,
+            restart_command=restart_command,
+            include=include,
+            exclude=exclude,
+            keep_backups=keep_backups,
+            timeout=timeout,
+            grace=grace,
+        )
+    except UpdateError:
+        if run_log.started:
+            click.echo(f"Log: {run_log.path}", err=True)
+        raise
+    finally:
+        run_log.close()
+
+
+def _update_logged(
+    ctx: Context,
+    run_log: RunLog,
+    expected: Direction,
+    to_version: str | None,
+    *,
+    from_version: str | None,
+    yes: bool,
+    no_restart: bool,
+    restart_command: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    keep_backups: int,
+    timeout: float | None,
+    grace: float,
+) -> int:
     recovered = None
     if Journal(ctx.state_dir).exists():
+        run_log.start()
         with holding_lock(ctx.state_dir):
             recovered = recover_first(ctx)
     current = installed_version(ctx, version_option_value(from_version, option="--from"))
@@ -329,6 +373,7 @@ def _update(
                 f" the installed {the_plan.current}: use `dopemux-update {other}`"
             )
         _confirm(ctx, the_plan, yes)
+        run_log.start()  # validation passed: from here on the run leaves a log
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:
         result = await phase.execute()
@@ -338,11 +383,18 @@ def _update(
         return result, restarted
 
     outcome = anyio.run(run_interruptibly, run)
+    log_path = run_log.path if run_log.started else None
     if outcome is None:
-        return _report_interrupted(ctx, collector)
+        return _report_interrupted(ctx, collector, log_path)
     result, restarted = outcome
     code = _report_update(
-        ctx, result, restarted, collector, restarter_used=restarter is not None, recovered=recovered
+        ctx,
+        result,
+        restarted,
+        collector,
+        restarter_used=restarter is not None,
+        recovered=recovered,
+        log_path=log_path,
     )
     if result.abandoned:
         # A migration's thread is still running and can't be stopped; leaving through the
@@ -353,7 +405,7 @@ def _update(
     return code
 
 
-def _report_interrupted(ctx: Context, collector: OutputCollector) -> int:
+def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path | None) -> int:
     history = ctx.state.read().history
     last = history[-1] if history else None
     stuck = last is not None and last.outcome == "needs_recovery"
@@ -371,10 +423,11 @@ def _report_interrupted(ctx: Context, collector: OutputCollector) -> int:
             "exit_code": code,
             "interrupted": True,
             "needs_recovery": stuck,
+            "log": str(log_path) if log_path else None,
             "error": message,
             "output": collector.lines,
         },
-        [message],
+        [message, *([f"Log: {log_path}"] if log_path else [])],
     )
     return code
 
@@ -387,6 +440,7 @@ def _report_update(
     *,
     restarter_used: bool,
     recovered: dict[str, Any] | None = None,
+    log_path: Path | None = None,
 ) -> int:
     if result.ok:
         code = EXIT_RESTART_FAILED if restarted is not None and not restarted.ok else EXIT_OK
@@ -414,11 +468,14 @@ def _report_update(
         "output": collector.lines,
         "recovered": recovered,
         "abandoned": result.abandoned,
+        "log": str(log_path) if log_path else None,
     }
     if result.ok:
         lines = _success_lines(result, restarted, restarter_used=restarter_used)
     else:
         lines = _failure_lines(result)
+    if log_path is not None:
+        lines.append(f"Log: {log_path}")
     emit(ctx, payload, lines)
     return code
 
