@@ -31,7 +31,7 @@ from ._versions import cached_version, parse_transition_name
 
 __all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
 
-_FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)\.py$")
+FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)\.py$")
 _IGNORED_FOLDERS = frozenset({"examples", "__pycache__"})
 _INFO_KEYS = tuple(MigrationInfo.model_fields)
 _module_counter = itertools.count(1)
@@ -102,7 +102,7 @@ def _load_folder(transition: Transition) -> tuple[tuple[Migration, ...], list[Pr
     for path in sorted(transition.path.iterdir()):
         if _is_ignored(path.name) or not path.is_file() or path.suffix != ".py":
             continue
-        match = _FILE_NAME.match(path.name)
+        match = FILE_NAME.match(path.name)
         if match is None:
             problems.append(
                 Problem(

@@ -57,6 +57,7 @@ from ._restart import (
     RestartResult,
     ServiceRestartPhase,
 )
+from ._scaffold import new_migration
 from ._versions import parse_version
 
 __all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_RECOVERY", "EXIT_USAGE", "main"]
@@ -531,6 +532,32 @@ def stamp(version: str, root: Path, migrations: Path | None, as_json: bool, verb
         ctx,
         {"command": "stamp", "installed_version": str(parsed), "previous_version": previous},
         [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."],
+    )
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--from", "from_version", required=True, help="The version it migrates from.")
+@click.option("--to", "to_version", required=True, help="The version it migrates to.")
+@click.argument("name")
+@common_options
+def new(
+    from_version: str,
+    to_version: str,
+    name: str,
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+) -> int:
+    """Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    path = new_migration(ctx.migrations, from_version, to_version, name)
+    migration_id = f"{path.parent.name}/{path.stem}"
+    emit(
+        ctx,
+        {"command": "new", "path": str(path), "id": migration_id},
+        [f"Created {path}", "Edit both functions and MIGRATION_INFO, then `dopemux-update plan`."],
     )
     return EXIT_OK
 
