@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,42 +280,28 @@ def _confirm(ctx: Context, plan: Plan, yes: bool) -> None:
         raise CommandError("cancelled; nothing was changed", EXIT_USAGE)
 
 
-def _update(
-    expected: Direction,
-    to_version: str | None,
-    *,
-    from_version: str | None,
-    yes: bool,
-    no_restart: bool,
-    restart_command: str | None,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    keep_backups: int,
-    timeout: float | None,
-    grace: float,
-    root: Path,
-    migrations: Path | None,
-    as_json: bool,
-    verbose: int,
-) -> int:
-    ctx = make_context(root, migrations, as_json, verbose)
-    run_log = open_run_log(ctx, expected.value, verbose)
+@dataclass(frozen=True)
+class UpdateOptions:
+    """The options ``upgrade`` and ``downgrade`` share, as click passes them."""
+
+    to_version: str | None
+    from_version: str | None
+    yes: bool
+    no_restart: bool
+    restart_command: str | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    keep_backups: int
+    timeout: float | None
+    grace: float
+
+
+def _update(expected: Direction, to_version: str | None, **options: Any) -> int:
+    common = {key: options.pop(key) for key in ("root", "migrations", "as_json", "verbose")}
+    ctx = make_context(**common)
+    run_log = open_run_log(ctx, expected.value, common["verbose"])
     try:
-        return _update_logged(
-            ctx,
-            run_log,
-            expected,
-            to_version,
-            from_version=from_version,
-            yes=yes,
-            no_restart=no_restart,
-            restart_command=restart_command,
-            include=include,
-            exclude=exclude,
-            keep_backups=keep_backups,
-            timeout=timeout,
-            grace=grace,
-        )
+        return _update_logged(ctx, run_log, expected, UpdateOptions(to_version, **options))
     except UpdateError:
         if run_log.started:
             click.echo(f"Log: {run_log.path}", err=True)
@@ -323,30 +310,15 @@ def _update(
         run_log.close()
 
 
-def _update_logged(
-    ctx: Context,
-    run_log: RunLog,
-    expected: Direction,
-    to_version: str | None,
-    *,
-    from_version: str | None,
-    yes: bool,
-    no_restart: bool,
-    restart_command: str | None,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    keep_backups: int,
-    timeout: float | None,
-    grace: float,
-) -> int:
+def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: UpdateOptions) -> int:
     recovered = None
     if Journal(ctx.state_dir).exists():
         run_log.start()
         with holding_lock(ctx.state_dir):
             recovered = recover_first(ctx)
-    current = installed_version(ctx, version_option_value(from_version, option="--from"))
-    target = version_option_value(to_version, option="--to")
-    restarter = None if no_restart else _restarter(ctx, restart_command)
+    current = installed_version(ctx, version_option_value(opts.from_version, option="--from"))
+    target = version_option_value(opts.to_version, option="--to")
+    restarter = None if opts.no_restart else _restarter(ctx, opts.restart_command)
     restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
     collector = OutputCollector()
     reporter: EventHandler = collector if ctx.json else PlainReporter(sys.stdout, collector)
@@ -358,11 +330,11 @@ def _update_logged(
         restart_phase=restart_phase,
         state_dir=ctx.state_dir,
         on_event=reporter,
-        backup_include=include,
-        backup_exclude=exclude,
-        keep_backups=keep_backups,
-        timeout=timeout,
-        grace=grace,
+        backup_include=opts.include,
+        backup_exclude=opts.exclude,
+        keep_backups=opts.keep_backups,
+        timeout=opts.timeout,
+        grace=opts.grace,
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
     the_plan = anyio.run(phase.plan)
@@ -373,7 +345,7 @@ def _update_logged(
                 f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
                 f" the installed {the_plan.current}: use `dopemux-update {other}`"
             )
-        _confirm(ctx, the_plan, yes)
+        _confirm(ctx, the_plan, opts.yes)
         run_log.start()  # validation passed: from here on the run leaves a log
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:
