@@ -132,6 +132,18 @@ def _remove(path: Path, item: TreeEntry) -> None:
         path.unlink()
 
 
+def _open_parents(root: Path, paths: list[str]) -> None:
+    """Let the owner write into the folders the restore changes (a migration, or the
+    snapshot itself, may have made them read-only); their modes are put back at the end."""
+    parents = {os.path.dirname(rel) for rel in paths}  # noqa: PTH120 - relative strings
+    for parent in sorted(parents):
+        folder = root / parent if parent else root
+        with contextlib.suppress(FileNotFoundError):
+            info = folder.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode) and not info.st_mode & stat.S_IWUSR:
+                folder.chmod(stat.S_IMODE(info.st_mode) | stat.S_IRWXU, follow_symlinks=False)
+
+
 def _apply(  # noqa: PLR0917 - one private helper of restore()
     plan: _Plan,
     root: Path,
@@ -140,6 +152,7 @@ def _apply(  # noqa: PLR0917 - one private helper of restore()
     live: dict[str, TreeEntry],
     progress: Callable[[str], None],
 ) -> None:
+    _open_parents(root, [*plan.remove, *plan.mkdir, *plan.links, *plan.write, *plan.databases])
     for rel in plan.remove:
         _remove(root / rel, live[rel])
     for rel in plan.mkdir:
