@@ -7,8 +7,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -225,4 +223,3 @@ def test_restore_is_idempotent(installation: Path) -> None:
     store.restore(info.id, installation)
     store.restore(info.id, installation)
     assert tree_digest(installation) == before
-
