@@ -33,6 +33,18 @@ def digest(root: Path) -> dict[str, Any]:
     return found
 
 
+def add_partial_failure(migrations: MigrationWriter, ending: str) -> None:
+    """A last migration that rewrites four files, then fails (``ending``)."""
+    migrations.add(
+        "v1.1_to_v1.2",
+        "2_fails.py",
+        forward=(
+            "for i in range(4):\n"
+            "    (project_root / 'data' / f'f{i}.txt').write_text('partial')\n" + ending
+        ),
+    )
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dopemux_update", *args],
@@ -172,15 +184,7 @@ def test_a_crash_during_a_rollback_recovers_to_before(
     setup: dict[str, Any], migrations: MigrationWriter, point: str
 ) -> None:
     # It fails half-way through its own writes: only the restore can undo those.
-    migrations.add(
-        "v1.1_to_v1.2",
-        "2_fails.py",
-        forward=(
-            "for i in range(4):\n"
-            "    (project_root / 'data' / f'f{i}.txt').write_text('partial')\n"
-            "raise RuntimeError('late failure')"
-        ),
-    )
+    add_partial_failure(migrations, "raise RuntimeError('late failure')")
     root = setup["root"]
     args = ["upgrade", "--root", str(root), "--migrations", str(migrations.root), "--no-restart"]
     crashed = cli(*args, env={"DOPEMUX_UPDATE_CRASH_AT": point})
@@ -244,15 +248,7 @@ def test_a_write_failing_with_enospc_during_the_backup_changes_nothing(
 def test_a_write_failing_during_the_restore_needs_recovery_then_recovers(
     setup: dict[str, Any], migrations: MigrationWriter
 ) -> None:
-    migrations.add(
-        "v1.1_to_v1.2",
-        "2_fails.py",
-        forward=(
-            "for i in range(4):\n"
-            "    (project_root / 'data' / f'f{i}.txt').write_text('partial')\n"
-            "return False"
-        ),
-    )
+    add_partial_failure(migrations, "return False")
     root = setup["root"]
     args = ["upgrade", "--root", str(root), "--migrations", str(migrations.root), "--no-restart"]
     # Guarded writes, in order: 10 files into the backup, the journal's first record, 4 step

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
@@ -60,35 +61,15 @@ def _try_reflink(source: int, target: int, info: os.stat_result) -> bool:
     return True
 
 
-def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tuple[str, int]:
-    """Copy ``source`` to a new file and return the hash and size of the bytes written.
-
-    One pass: each chunk is hashed as it is written, so the hash describes exactly what the
-    copy holds. A reflink when the file system has them (then the clone is hashed). The
-    kernel is asked to start writing the copy back at once, so that the sync that makes a
-    backup durable finds little left to do.
-    """
+@contextlib.contextmanager
+def _open_pair(source: Path, destination: Path, mode: int) -> Iterator[tuple[int, int]]:
+    """The source, and a new destination (never following symlinks), removed if anything
+    fails before the block ends."""
     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
-            if _try_reflink(src, dst, os.fstat(src)):
-                result = hash_file(destination)
-            else:
-                digest = xxhash.xxh3_128()
-                size = 0
-                buffer = bytearray(_CHUNK)
-                view = memoryview(buffer)
-                while read := os.readv(src, [buffer]):
-                    check_write()
-                    chunk = view[:read]
-                    digest.update(chunk)
-                    written = 0
-                    while written < read:
-                        written += os.write(dst, chunk[written:])
-                    size += read
-                result = (digest.hexdigest(), size)
-            start_writeback(dst)
+            yield src, dst
         except BaseException:
             os.close(dst)
             with contextlib.suppress(OSError):
@@ -97,6 +78,34 @@ def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tupl
         os.close(dst)
     finally:
         os.close(src)
+
+
+def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tuple[str, int]:
+    """Copy ``source`` to a new file and return the hash and size of the bytes written.
+
+    One pass: each chunk is hashed as it is written, so the hash describes exactly what the
+    copy holds. A reflink when the file system has them (then the clone is hashed). The
+    kernel is asked to start writing the copy back at once, so that the sync that makes a
+    backup durable finds little left to do.
+    """
+    with _open_pair(source, destination, mode) as (src, dst):
+        if _try_reflink(src, dst, os.fstat(src)):
+            result = hash_file(destination)
+        else:
+            digest = xxhash.xxh3_128()
+            size = 0
+            buffer = bytearray(_CHUNK)
+            view = memoryview(buffer)
+            while read := os.readv(src, [buffer]):
+                check_write()
+                chunk = view[:read]
+                digest.update(chunk)
+                written = 0
+                while written < read:
+                    written += os.write(dst, chunk[written:])
+                size += read
+            result = (digest.hexdigest(), size)
+        start_writeback(dst)
     return result
 
 
@@ -125,20 +134,9 @@ def copy_file(source: Path, destination: Path, *, mode: int = 0o600, fsync: bool
     A reflink (``FICLONE``) when the file system has them, else ``copy_file_range``/``sendfile``.
     A file that changes while it is copied is caught by comparing hashes afterwards.
     """
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        try:
-            info = os.fstat(src)
-            if not _try_reflink(src, dst, info):
-                _kernel_copy(src, dst, info.st_size)
-            if fsync:
-                os.fsync(dst)
-        except BaseException:
-            os.close(dst)
-            with contextlib.suppress(OSError):
-                destination.unlink()
-            raise
-        os.close(dst)
-    finally:
-        os.close(src)
+    with _open_pair(source, destination, mode) as (src, dst):
+        info = os.fstat(src)
+        if not _try_reflink(src, dst, info):
+            _kernel_copy(src, dst, info.st_size)
+        if fsync:
+            os.fsync(dst)
