@@ -270,13 +270,24 @@ class BackupStore:
         """Every complete backup, oldest first."""
         return [self.info(self.read_manifest(backup_id)) for backup_id in self.ids()]
 
-    def verify(self, backup_id: str, *, only: Iterable[str] | None = None) -> Manifest:
+    def verify(
+        self,
+        backup_id: str,
+        *,
+        only: Iterable[str] | None = None,
+        manifest: Manifest | None = None,
+        entries: dict[str, Entry] | None = None,
+    ) -> Manifest:
         """Check stored files against the manifest's sizes and hashes (all, or ``only``).
 
-        Raises :class:`BackupError` naming every flipped, truncated or missing file.
+        ``manifest`` and its ``entries`` (decoded), when the caller already read them, save
+        reading and checking the manifest again. Raises :class:`BackupError` naming every
+        flipped, truncated or missing file.
         """
-        manifest = self.read_manifest(backup_id)
-        entries = manifest.decoded()
+        if manifest is None:
+            manifest = self.read_manifest(backup_id)
+        if entries is None:
+            entries = manifest.decoded()
         tree = self.path_of(backup_id) / TREE
         names = list(entries) if only is None else list(only)
         stored = [rel for rel in names if entries[rel].type in ("file", "sqlite")]

@@ -197,7 +197,7 @@ def restore(
     scope = Scope(root.resolve(), manifest.excluded, manifest.included)
     live = {item.rel: item for item in walk(scope)}
     plan = _plan(scope.root, wanted, live)
-    store.verify(backup_id, only=plan.write + plan.databases)
+    store.verify(backup_id, only=plan.write + plan.databases, manifest=manifest, entries=wanted)
     tree = store.path_of(backup_id) / TREE
     total = sum(wanted[rel].size for rel in plan.write + plan.databases)
     done = 0

@@ -13,8 +13,6 @@ from pathlib import Path
 
 __all__ = ["Scope", "TreeEntry", "decode_name", "encode_name", "kind_of", "walk"]
 
-SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
-
 
 def _segment_regex(segment: str) -> str:
     out = []

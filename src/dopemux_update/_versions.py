@@ -8,7 +8,7 @@ from packaging.version import InvalidVersion, Version
 
 from ._exceptions import VersionError
 
-__all__ = ["cached_version", "format_transition", "parse_transition_name", "parse_version"]
+__all__ = ["cached_version", "parse_transition_name", "parse_version"]
 
 _SEPARATOR = "_to_v"
 
@@ -47,8 +47,3 @@ def parse_transition_name(name: str) -> tuple[Version, Version]:
             " (downgrades run the same folder backward)"
         )
     return version_from, version_to
-
-
-def format_transition(version_from: Version, version_to: Version) -> str:
-    """The canonical display form of a transition: ``v0.1.0_to_v0.2.0``."""
-    return f"v{version_from}_to_v{version_to}"
