@@ -21,8 +21,10 @@ from dopemux_update import (
     PlanError,
     PreflightError,
     ServiceRestartPhase,
+    StateError,
     UpdateError,
     UpdatePipeline,
+    recover,
 )
 
 pytestmark = pytest.mark.anyio
@@ -435,3 +437,9 @@ async def test_cancellation_at_several_moments_leaves_the_tree_as_before(
     assert tree_digest(installation) == before
     assert installed(installation) is None
     assert not (installation / ".dopemux/update/journal.jsonl").exists()
+
+
+async def test_recover_on_a_missing_installation_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="does not exist"):
+        await recover(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()

@@ -17,13 +17,16 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
+
 from ._exceptions import LockError
 
-__all__ = ["holding_lock"]
+__all__ = ["holding_lock", "holding_lock_async"]
 
 # Locks this context already holds: the command line takes the lock and the orchestration
 # it runs takes it again. A context variable, not a process-wide table, so that two updates
@@ -56,9 +59,8 @@ def _open(path: Path) -> int:
         raise LockError(f"cannot open the update lock {path}: {exc.strerror}") from exc
 
 
-@contextlib.contextmanager
-def holding_lock(state_dir: Path) -> Iterator[None]:
-    """Hold the installation's update lock for the duration; fail at once if it is taken."""
+def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
+    """Open and lock ``<state>/lock``; None if this context already holds it. Blocking I/O."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
     fd = _open(path)
@@ -66,8 +68,7 @@ def holding_lock(state_dir: Path) -> Iterator[None]:
     key = (info.st_dev, info.st_ino)
     if key in _held.get():
         os.close(fd)
-        yield
-        return
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -82,10 +83,42 @@ def holding_lock(state_dir: Path) -> Iterator[None]:
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
+    return fd, key
+
+
+def _release(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def holding_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the installation's update lock for the duration; fail at once if it is taken."""
+    acquired = _acquire(state_dir)
+    if acquired is None:
+        yield
+        return
+    fd, key = acquired
     token = _held.set(_held.get() | {key})
     try:
         yield
     finally:
         _held.reset(token)
-        os.ftruncate(fd, 0)
-        os.close(fd)  # closing the descriptor releases the flock
+        _release(fd)
+
+
+@contextlib.asynccontextmanager
+async def holding_lock_async(state_dir: Path) -> AsyncIterator[None]:
+    """:func:`holding_lock` for async code: its file-system work runs in a worker thread."""
+    acquired = await anyio.to_thread.run_sync(_acquire, state_dir)
+    if acquired is None:
+        yield
+        return
+    fd, key = acquired
+    token = _held.set(_held.get() | {key})
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_release, fd)

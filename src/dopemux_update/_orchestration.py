@@ -24,7 +24,7 @@ from ._discovery import load_transitions, scan_migrations
 from ._exceptions import PreflightError, RecoveryNeededError, UpdateError
 from ._faults import crash_point
 from ._journal import Journal, Record
-from ._lock import holding_lock
+from ._lock import holding_lock_async
 from ._models import Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
@@ -163,27 +163,27 @@ class OrchestrationPhase:
         imported (and its top-level code run) once per phase.
         """
         if self._plan is None:
-            if not self.project_root.is_dir():
-                raise PreflightError(f"{self.project_root}: installation folder does not exist")
+
+            def prepare() -> Plan:
+                if not self.project_root.is_dir():
+                    raise PreflightError(f"{self.project_root}: installation folder does not exist")
+                return prepare_plan(self.migrations_dir, self.current_version, self.target_version)
+
             with routing_installed():
-                self._plan = await anyio.to_thread.run_sync(
-                    prepare_plan, self.migrations_dir, self.current_version, self.target_version
-                )
+                self._plan = await anyio.to_thread.run_sync(prepare)
         return self._plan
 
     async def execute(self) -> UpdateResult:
         """Run the plan once; see the class documentation."""
         if self._executed:
             raise UpdateError("this OrchestrationPhase has already run; create a new one")
-        if not self.project_root.is_dir():
-            raise PreflightError(f"{self.project_root}: installation folder does not exist")
         plan = await self.plan()  # validation reads only: nothing is written if it fails
         self._executed = True
         if plan.is_empty:
             return self._finish(_Run(plan), ok=True)
-        with holding_lock(self.state_dir):
+        async with holding_lock_async(self.state_dir):
             journal = Journal(self.state_dir)
-            if journal.exists():
+            if await anyio.to_thread.run_sync(journal.exists):
                 raise RecoveryNeededError(
                     f"an earlier run on {self.project_root} was interrupted"
                     f" ({journal.path} exists); run `dopemux-update recover` first"
@@ -191,7 +191,7 @@ class OrchestrationPhase:
             try:
                 return await self._execute(plan, journal)
             finally:
-                journal.close()
+                journal.close()  # a close(2): nothing to flush, never blocks
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from ._backup import BackupStore
 from ._exceptions import BackupError, StateError
 from ._faults import crash_point
 from ._journal import Journal, Record
-from ._lock import holding_lock
+from ._lock import holding_lock_async
 from ._state import DEFAULT_STATE_DIR, RunRecord, StateStore, utcnow
 
 __all__ = ["RecoveryResult", "recover", "recover_sync"]
@@ -159,12 +159,13 @@ async def recover(
     root = Path(project_root)
     folder = Path(state_dir) if state_dir is not None else root / DEFAULT_STATE_DIR
 
-    def run() -> RecoveryResult:
+    def check_root() -> None:
         if not root.is_dir():
             raise StateError("installation folder does not exist", path=root)
-        return recover_sync(root, state_dir=folder)
 
+    await anyio.to_thread.run_sync(check_root)  # before the lock, which would create folders
     result = RecoveryResult("none")
-    with holding_lock(folder), anyio.CancelScope(shield=True):  # half a recovery helps nobody
-        result = await anyio.to_thread.run_sync(run)
-    return result  # noqa: RET504 - mypy cannot see that the shielded scope re-raises
+    async with holding_lock_async(folder):
+        with anyio.CancelScope(shield=True):  # half a recovery helps nobody
+            result = await anyio.to_thread.run_sync(lambda: recover_sync(root, state_dir=folder))
+    return result
