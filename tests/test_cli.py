@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from conftest import EXAMPLE_MIGRATIONS, MigrationWriter, tree_digest
 from dopemux_update.cli import main
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main([*argv, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out)
@@ -145,6 +146,23 @@ def test_plan_shows_the_plan_as_json(
     assert plan["estimated_seconds"] == 10
 
 
+def upgrade_restarting(
+    capsys: pytest.CaptureFixture[str],
+    installation: Path,
+    migrations: MigrationWriter,
+    template: str,
+) -> tuple[int, dict[str, Any]]:
+    return run_json(
+        capsys,
+        "upgrade",
+        "--from",
+        "1.0",
+        "--restart-command",
+        template,
+        *common(installation, migrations),
+    )
+
+
 def test_restart_command_runs_per_service_after_success(
     installation: Path,
     migrations: MigrationWriter,
@@ -155,15 +173,7 @@ def test_restart_command_runs_per_service_after_success(
     log = tmp_path / "restarts.log"
     script = f"import sys; open({str(log)!r}, 'a').write(sys.argv[1] + '\\n')"
     template = f'{sys.executable} -c "{script}" {{service}}'
-    code, result = run_json(
-        capsys,
-        "upgrade",
-        "--from",
-        "1.0",
-        "--restart-command",
-        template,
-        *common(installation, migrations),
-    )
+    code, result = upgrade_restarting(capsys, installation, migrations, template)
     assert code == 0
     assert result["restarted"] == ["alpha", "beta"]
     assert log.read_text() == "alpha\nbeta\n"
@@ -175,15 +185,7 @@ def test_a_failing_restart_exits_5_after_the_commit(
     migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha"]})
     script = "import sys; print('cannot restart', sys.argv[1]); sys.exit(7)"
     template = f'{sys.executable} -c "{script}" {{service}}'
-    code, result = run_json(
-        capsys,
-        "upgrade",
-        "--from",
-        "1.0",
-        "--restart-command",
-        template,
-        *common(installation, migrations),
-    )
+    code, result = upgrade_restarting(capsys, installation, migrations, template)
     assert code == 5
     assert result["installed_version"] == "1.1"
     failed = result["restart_failed"]
