@@ -73,7 +73,12 @@ def recover_first(ctx: Context) -> dict[str, Any] | None:
     return _payload(result)
 
 
-async def run_interruptibly(work: Callable[[], Awaitable[T]]) -> T | None:
+async def run_interruptibly(
+    work: Callable[[], Awaitable[T]],
+    *,
+    notice: str = "Interrupted: rolling back, please wait...",
+    again: str = "Still rolling back; it will not be cut short.",
+) -> T | None:
     """Run ``work``; Ctrl-C (or SIGTERM) cancels it once, which rolls back; a second one
     during the rollback is only reported. Returns None when interrupted."""
     interrupted = False
@@ -89,10 +94,10 @@ async def run_interruptibly(work: Callable[[], Awaitable[T]]) -> T | None:
                         if not interrupted:
                             interrupted = True
                             logger.warning("update.interrupt", signal=signal.Signals(signum).name)
-                            click.echo("Interrupted: rolling back, please wait...", err=True)
+                            click.echo(notice, err=True)
                             scope.cancel()
                         else:
-                            click.echo("Still rolling back; it will not be cut short.", err=True)
+                            click.echo(again, err=True)
 
                 tg.start_soon(watch)
                 try:

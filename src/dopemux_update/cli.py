@@ -41,6 +41,7 @@ from ._cli_common import (
     version_option_value,
 )
 from ._cli_recover import recover_command, recover_first, run_interruptibly
+from ._cli_verify import verify_command
 from ._console import OutputCollector, PlainReporter, describe_plan, format_bytes
 from ._discovery import scan_migrations
 from ._drift import find_drift
@@ -99,6 +100,7 @@ def cli() -> None:
 
 cli.add_command(backups)
 cli.add_command(recover_command)
+cli.add_command(verify_command)
 
 
 @cli.command()

@@ -1,0 +1,148 @@
+"""``dopemux-update verify``: rehearse the plan on a sandbox copy of the installation."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RECOVERY,
+    CommandError,
+    Context,
+    common_options,
+    emit,
+    installed_version,
+    make_context,
+    version_option_value,
+)
+from ._cli_recover import run_interruptibly
+from ._journal import Journal
+from ._lock import holding_lock
+from ._rehearsal import RehearsalCall, RehearsalReport, rehearse
+
+__all__ = ["verify_command"]
+
+
+def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
+    return {
+        "command": "verify",
+        "ok": report.ok,
+        "exit_code": code,
+        "version_from": report.version_from,
+        "version_to": report.version_to,
+        "direction": report.direction.value,
+        "migrations": list(report.migrations),
+        "stage": report.stage,
+        "culprit": report.culprit,
+        "isolated": report.isolated,
+        "error": report.error,
+        "differences": report.differences.to_json(),
+        "calls": [
+            {
+                "stage": call.stage,
+                "id": call.id,
+                "function": call.function,
+                "ok": call.ok,
+                "seconds": round(call.seconds, 6),
+                "error": call.error,
+                "output": [line for _, line in call.output],
+            }
+            for call in report.calls
+        ],
+        "sandbox": str(report.sandbox) if report.sandbox else None,
+        "seconds": round(report.seconds, 6),
+    }
+
+
+def _show_call(call: RehearsalCall) -> None:
+    """Called from the rehearsal's worker thread, one line per migration call."""
+    state = f"ok ({call.seconds:.2f}s)" if call.ok else f"FAILED: {call.error}"
+    click.echo(f"  {call.stage:<11} {call.id}  {state}")
+
+
+@click.command("verify")
+@click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
+@click.option("--from", "from_version", help="Current version.  [default: the recorded one]")
+@click.option("--include", multiple=True, metavar="GLOB", help="Copy only what matches.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the copy.")
+@click.option(
+    "--sandbox-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to make the sandbox.  [default: the system's temporary folder]",
+)
+@click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox to inspect it afterwards.")
+@common_options
+def verify_command(
+    to_version: str | None,
+    from_version: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    sandbox_dir: Path | None,
+    keep_sandbox: bool,
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+) -> int:
+    """Rehearse the plan on a sandbox copy: forward, backward (the copy must come back
+    identical), forward again. The installation is never changed. Exit 0 when clean."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
+    if Journal(ctx.state_dir).exists():
+        raise CommandError(
+            "an update of this installation was interrupted and needs recovery: run"
+            " `dopemux-update recover` first, then verify",
+            EXIT_RECOVERY,
+        )
+    current = installed_version(ctx, version_option_value(from_version, option="--from"))
+    work = functools.partial(
+        rehearse,
+        project_root=ctx.root,
+        migrations_dir=ctx.migrations,
+        current_version=current,
+        target_version=version_option_value(to_version, option="--to"),
+        state_dir=ctx.state_dir,
+        include=include,
+        exclude=exclude,
+        sandbox_dir=sandbox_dir,
+        keep_sandbox=keep_sandbox,
+        on_call=None if ctx.json else _show_call,
+    )
+    if not ctx.json:
+        click.echo(f"Rehearsing on a sandbox copy of {ctx.root.resolve()} ...")
+    # Held throughout, so that the copy is not taken halfway through someone's update.
+    with holding_lock(ctx.state_dir):
+        report = anyio.run(
+            functools.partial(
+                run_interruptibly,
+                work,
+                notice="Interrupted: stopping the rehearsal and removing its sandbox...",
+                again="Still stopping; the installation itself was never touched.",
+            )
+        )
+    if report is None:
+        return _interrupted(ctx)
+    code = EXIT_OK if report.ok else EXIT_FAILED
+    lines = report.describe()
+    if not report.migrations:
+        lines = [f"Nothing to rehearse: no migration between {report.version_from} and itself."]
+    emit(ctx, _payload(report, code), lines)
+    return code
+
+
+def _interrupted(ctx: Context) -> int:
+    message = "Interrupted; the rehearsal was stopped. The installation was never touched."
+    emit(
+        ctx,
+        {"command": "verify", "ok": False, "exit_code": EXIT_INTERRUPTED, "error": message},
+        [message],
+    )
+    return EXIT_INTERRUPTED

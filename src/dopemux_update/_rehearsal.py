@@ -1,0 +1,378 @@
+"""Rehearsals: run a plan on a sandbox copy, forward, backward and forward again, and check
+that backward really brings the tree back.
+
+The installation is copied twice into a private folder: an *original* that nothing touches,
+and a *sandbox* the migrations run on. The rehearsal has three passes over the sandbox:
+
+1. **apply**: each step of the plan in order (``migrate_forward`` for an upgrade);
+2. **revert**: the undo of each step in reverse order; the sandbox must then hold exactly what
+   it held before (files, modes, symlinks; SQLite by tables, columns and rows);
+3. **apply again**: the plan once more, which must succeed.
+
+When the sandbox does not come back identical, the migrations are stepped through one at a
+time on a fresh copy of the original (apply, revert, compare, apply again) to find the one
+responsible and what it leaves behind. The live installation is only ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import structlog
+from packaging.version import Version
+
+from ._capture import routing_installed
+from ._exceptions import PreflightError, UpdateError
+from ._models import Direction, Step
+from ._orchestration import prepare_plan
+from ._runner import call_function
+from ._sandbox import copy_tree, remove_tree, temporary_folder
+from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
+from ._state import DEFAULT_STATE_DIR
+from ._tree import Scope
+from ._versions import parse_version
+
+__all__ = ["RehearsalCall", "RehearsalReport", "rehearse", "rehearse_steps"]
+
+logger = structlog.get_logger("dopemux_update")
+
+APPLY, REVERT, COMPARE, APPLY_AGAIN = "apply", "revert", "compare", "apply again"
+
+
+@dataclass(frozen=True, slots=True)
+class RehearsalCall:
+    """One migration function called during a rehearsal, and how it went."""
+
+    stage: str  # "apply", "revert" or "apply again"
+    id: str
+    function: str  # "migrate_forward" or "migrate_backward"
+    ok: bool
+    seconds: float
+    error: str | None = None
+    traceback: str | None = None
+    output: tuple[tuple[str, str], ...] = ()  # (stream, line)
+
+
+@dataclass(frozen=True, slots=True)
+class RehearsalReport:
+    """What a rehearsal found.
+
+    ``ok`` when all three passes succeeded and the revert left the sandbox identical.
+    Otherwise ``stage`` says which check failed (``"apply"``, ``"revert"``, ``"compare"`` or
+    ``"apply again"``), ``culprit`` names the migration responsible (None when the difference
+    appears only with the migrations combined), ``error`` says what happened, and
+    ``differences`` lists what the revert left different from the original.
+    """
+
+    ok: bool
+    migrations: tuple[str, ...]
+    direction: Direction = Direction.UPGRADE
+    version_from: str | None = None
+    version_to: str | None = None
+    stage: str | None = None
+    culprit: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    differences: TreeDiff = field(default_factory=TreeDiff)
+    isolated: bool = False  # the culprit was confirmed on its own, with a fresh copy
+    calls: tuple[RehearsalCall, ...] = ()
+    sandbox: Path | None = None  # kept for inspection, when asked to
+    seconds: float = 0.0
+
+    def describe(self) -> list[str]:
+        """The outcome as lines for people."""
+        count = len(self.migrations)
+        noun = f"{count} migration{'s' if count != 1 else ''}"
+        if self.ok:
+            return [
+                f"Rehearsal clean: {noun} applied, reverted to an identical tree,"
+                f" and applied again ({self.seconds:.2f}s)."
+            ]
+        lines = [f"Rehearsal FAILED at the {self.stage} stage: {self.error}"]
+        if self.culprit is not None:
+            lines.append(f"Responsible: {self.culprit}")
+        if not self.differences.is_empty:
+            lines.append("What the revert left different from the original:")
+            lines.extend(f"  {line}" for line in self.differences.describe())
+        failed = next((c for c in reversed(self.calls) if not c.ok), None)
+        if failed is not None and failed.output:
+            lines.append(f"Output of {failed.id} ({failed.function}):")
+            lines.extend(f"  | {line}" for _, line in failed.output)
+        if self.sandbox is not None:
+            lines.append(f"Sandbox kept at {self.sandbox}")
+        return lines
+
+
+class RehearsalStopped(UpdateError):  # noqa: N818 - a request, not a failure
+    """The rehearsal was asked to stop (it is being cancelled); its sandbox is removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    ok: bool
+    stage: str | None = None
+    culprit: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    differences: TreeDiff = field(default_factory=TreeDiff)
+    isolated: bool = False
+
+
+CallObserver = Callable[[RehearsalCall], None]
+
+
+class _Rehearsal:
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        scope: Scope,
+        folder: Path,
+        *,
+        stop: threading.Event | None,
+        on_call: CallObserver | None,
+    ) -> None:
+        self.steps = tuple(steps)
+        self.scope = scope
+        self.original = folder / "original"
+        self.sandbox = folder / "sandbox"
+        self.stop = stop
+        self.on_call = on_call
+        self.calls: list[RehearsalCall] = []
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise RehearsalStopped
+
+    def _call(self, stage: str, step: Step) -> RehearsalCall:
+        self._check_stop()
+        undo = stage == REVERT
+        function = step.undo if undo else step.function
+        forward = (step.direction is Direction.UPGRADE) != undo
+        output: list[tuple[str, str]] = []
+
+        def line(stream: str, text: str) -> None:
+            output.append((stream, text))
+            logger.info("verify.output", id=step.id, stage=stage, stream=stream, line=text)
+
+        outcome = call_function(function, self.sandbox, line)
+        call = RehearsalCall(
+            stage=stage,
+            id=step.id,
+            function="migrate_forward" if forward else "migrate_backward",
+            ok=outcome.ok,
+            seconds=outcome.seconds,
+            error=outcome.error,
+            traceback=outcome.traceback,
+            output=tuple(output),
+        )
+        self.calls.append(call)
+        logger.debug("verify.call", id=step.id, stage=stage, ok=call.ok, error=call.error)
+        if self.on_call is not None:
+            self.on_call(call)
+        return call
+
+    def _pass(self, stage: str, steps: Sequence[Step]) -> RehearsalCall | None:
+        """Run one pass; the failed call, if one failed."""
+        for step in steps:
+            call = self._call(stage, step)
+            if not call.ok:
+                return call
+        return None
+
+    def _fresh_sandbox(self) -> None:
+        self._check_stop()
+        remove_tree(self.sandbox)
+        copy_tree(Scope(self.original), self.sandbox)
+
+    def _snapshot(self) -> TreeSnapshot:
+        """What the sandbox holds, within the same include/exclude rules as the copy."""
+        self._check_stop()
+        return take_snapshot(dataclasses.replace(self.scope, root=self.sandbox))
+
+    def run(self) -> _Finding:
+        copy_tree(self.scope, self.original)
+        self._fresh_sandbox()
+        base = self._snapshot()
+        failed = self._pass(APPLY, self.steps)
+        if failed is not None:
+            return self._failure(APPLY, failed)
+        failed = self._pass(REVERT, tuple(reversed(self.steps)))
+        if failed is not None:
+            return self._failure(REVERT, failed)
+        difference = diff_snapshots(base, self._snapshot())
+        if not difference.is_empty:
+            return self._isolate(difference)
+        failed = self._pass(APPLY_AGAIN, self.steps)
+        if failed is not None:
+            return self._failure(APPLY_AGAIN, failed)
+        return _Finding(ok=True)
+
+    @staticmethod
+    def _failure(stage: str, call: RehearsalCall, differences: TreeDiff | None = None) -> _Finding:
+        return _Finding(
+            ok=False,
+            stage=stage,
+            culprit=call.id,
+            error=f"{call.id}: {call.function} {call.error}",
+            traceback=call.traceback,
+            differences=differences or TreeDiff(),
+        )
+
+    def _isolate(self, whole: TreeDiff) -> _Finding:
+        """Step through the migrations one by one on a fresh copy to find the culprit."""
+        logger.info("verify.isolating", migrations=len(self.steps))
+        self._fresh_sandbox()
+        for step in self.steps:
+            before = self._snapshot()
+            for stage in (APPLY, REVERT):
+                call = self._call(stage, step)
+                if not call.ok:
+                    return self._failure(stage, call, differences=whole)
+            difference = diff_snapshots(before, self._snapshot())
+            if not difference.is_empty:
+                return _Finding(
+                    ok=False,
+                    stage=COMPARE,
+                    culprit=step.id,
+                    error=(
+                        f"{step.id}: its revert does not bring the tree back"
+                        f" ({len(difference.describe())} difference(s))"
+                    ),
+                    differences=difference,
+                    isolated=True,
+                )
+            call = self._call(APPLY_AGAIN, step)
+            if not call.ok:
+                return self._failure(APPLY_AGAIN, call, differences=whole)
+        return _Finding(
+            ok=False,
+            stage=COMPARE,
+            error=(
+                "reverting the whole plan does not bring the tree back, although each migration"
+                " reverts cleanly on its own: the migrations interfere with each other"
+            ),
+            differences=whole,
+        )
+
+
+def rehearse_steps(
+    steps: Sequence[Step],
+    scope: Scope,
+    *,
+    sandbox_dir: Path | None = None,
+    keep_sandbox: bool = False,
+    stop: threading.Event | None = None,
+    on_call: CallObserver | None = None,
+) -> RehearsalReport:
+    """Rehearse ``steps`` on a copy of what ``scope`` covers, in this thread.
+
+    The copy lives in a new folder under ``sandbox_dir`` (default: the system's temporary
+    folder), removed afterwards unless ``keep_sandbox``. What the migrations print is
+    captured (see ``RehearsalReport.calls``). Raises :class:`RehearsalStopped` between two
+    calls once ``stop`` is set.
+    """
+    started = time.perf_counter()
+    ids = tuple(step.id for step in steps)
+    direction = steps[0].direction if steps else Direction.UPGRADE
+    if not steps:
+        return RehearsalReport(ok=True, migrations=ids, direction=direction)
+    logger.info("verify.started", migrations=len(steps), root=str(scope.root))
+    with routing_installed(), temporary_folder(sandbox_dir, keep=keep_sandbox) as folder:
+        rehearsal = _Rehearsal(steps, scope, folder, stop=stop, on_call=on_call)
+        found = rehearsal.run()
+    report = RehearsalReport(
+        ok=found.ok,
+        migrations=ids,
+        direction=direction,
+        stage=found.stage,
+        culprit=found.culprit,
+        error=found.error,
+        traceback=found.traceback,
+        differences=found.differences,
+        isolated=found.isolated,
+        calls=tuple(rehearsal.calls),
+        sandbox=folder if keep_sandbox else None,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("verify.finished", ok=report.ok, stage=report.stage, culprit=report.culprit)
+    return report
+
+
+async def rehearse(
+    *,
+    project_root: Path,
+    migrations_dir: Path,
+    current_version: Version | str,
+    target_version: Version | str | None = None,
+    state_dir: Path | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    sandbox_dir: Path | None = None,
+    keep_sandbox: bool = False,
+    on_call: CallObserver | None = None,
+) -> RehearsalReport:
+    """Rehearse the plan from ``current_version`` to ``target_version`` (default: the newest
+    reachable) on a sandbox copy of ``project_root``; never changes the installation.
+
+    The copy covers what a backup would (the root minus its state folder, ``.git`` and the
+    migrations, narrowed by ``include``/``exclude``). A problem with the migrations raises a
+    :class:`~dopemux_update.PreflightError` before anything is copied. Cancelling stops the
+    rehearsal before its next migration call and removes the sandbox.
+    """
+    root = Path(project_root)
+    state = Path(state_dir) if state_dir is not None else root / DEFAULT_STATE_DIR
+    current = parse_version(current_version, where="the current version")
+    target = None if target_version is None else parse_version(target_version, where="--to")
+
+    def prepare() -> tuple[Sequence[Step], Scope, str, str]:
+        if not root.is_dir():
+            raise PreflightError(f"{root}: installation folder does not exist")
+        plan = prepare_plan(Path(migrations_dir), current, target)
+        scope = Scope.for_installation(
+            root,
+            state_dir=state,
+            migrations_dir=Path(migrations_dir),
+            include=include,
+            exclude=exclude,
+        )
+        return plan.steps, scope, str(plan.current), str(plan.target)
+
+    with routing_installed():
+        steps, scope, version_from, version_to = await anyio.to_thread.run_sync(prepare)
+    stop = threading.Event()
+
+    def work() -> RehearsalReport:
+        return rehearse_steps(
+            steps,
+            scope,
+            sandbox_dir=sandbox_dir,
+            keep_sandbox=keep_sandbox,
+            stop=stop,
+            on_call=on_call,
+        )
+
+    async def stop_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_when_cancelled)
+        try:
+            # Not abandoned on cancellation: the thread stops at its next call and removes
+            # its sandbox; the cancellation is delivered when it has.
+            report = await anyio.to_thread.run_sync(work)
+        except RehearsalStopped:
+            await anyio.lowlevel.checkpoint()
+            raise
+        tg.cancel_scope.cancel()
+    return dataclasses.replace(report, version_from=version_from, version_to=version_to)

@@ -1,0 +1,379 @@
+"""`dopemux-update verify`: rehearsals on a sandbox copy that never touch the installation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import EXAMPLE_MIGRATIONS, MigrationWriter, tree_digest
+from dopemux_update import MigrationValidationError
+from dopemux_update._journal import Journal
+from dopemux_update._lock import holding_lock
+from dopemux_update._rehearsal import rehearse
+from dopemux_update.cli import main
+
+V1 = "v0.1.0_to_v0.2.0"
+LEAVES_A_FILE = """
+(project_root / 'leftover.txt').write_text('I stay behind')
+return True
+"""
+
+
+def verify(root: Path, migrations: Path, *extra: str) -> int:
+    return main(["verify", "--root", str(root), "--migrations", str(migrations), *extra])
+
+
+def three_migrations(migrations: MigrationWriter, *, middle_backward: str = "return True") -> None:
+    migrations.add(
+        V1,
+        "001_first.py",
+        forward="(project_root / 'first.txt').write_text('1')\nreturn True",
+        backward="(project_root / 'first.txt').unlink()\nreturn True",
+    )
+    migrations.add(
+        V1,
+        "002_middle.py",
+        forward=(
+            "p = project_root / 'config' / 'app.yaml'\n"
+            "p.write_text(p.read_text() + 'middle: true\\n')\n"
+            "(project_root / 'leftover.txt').write_text('made by forward')\n"
+            "return True"
+        ),
+        backward=(
+            "p = project_root / 'config' / 'app.yaml'\n"
+            "p.write_text(p.read_text().replace('middle: true\\n', ''))\n" + middle_backward
+        ),
+    )
+    migrations.add(V1, "003_last.py")
+
+
+def test_a_clean_plan_rehearses_clean_and_touches_nothing(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    three_migrations(
+        migrations, middle_backward="(project_root / 'leftover.txt').unlink()\nreturn True"
+    )
+    before = tree_digest(installation)
+    assert verify(installation, migrations.root, "--from", "0.1.0", "--json") == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["ok"] is True
+    assert payload["migrations"] == [f"{V1}/001_first", f"{V1}/002_middle", f"{V1}/003_last"]
+    stages = [(c["stage"], c["id"].rsplit("/", 1)[1]) for c in payload["calls"]]
+    assert stages == [
+        ("apply", "001_first"),
+        ("apply", "002_middle"),
+        ("apply", "003_last"),
+        ("revert", "003_last"),
+        ("revert", "002_middle"),
+        ("revert", "001_first"),
+        ("apply again", "001_first"),
+        ("apply again", "002_middle"),
+        ("apply again", "003_last"),
+    ]
+    assert tree_digest(installation) == before
+    assert migrations.calls_made()  # the migrations really ran (on the sandbox)
+
+
+def test_a_backward_that_leaves_a_file_behind_is_found_and_named(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    three_migrations(migrations)  # 002's backward forgets leftover.txt
+    before = tree_digest(installation)
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 1
+    out = capsys.readouterr().out
+    assert "Rehearsal FAILED at the compare stage" in out
+    assert f"Responsible: {V1}/002_middle" in out
+    assert "added:   leftover.txt" in out
+    assert tree_digest(installation) == before
+
+
+def test_the_report_in_json_names_culprit_and_differences(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    three_migrations(migrations)
+    assert verify(installation, migrations.root, "--from", "0.1.0", "--json") == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["exit_code"] == 1
+    assert (payload["stage"], payload["culprit"], payload["isolated"]) == (
+        "compare",
+        f"{V1}/002_middle",
+        True,
+    )
+    assert payload["differences"]["added"] == ["leftover.txt"]
+
+
+def test_a_failing_backward_is_reported_with_its_output(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_ok.py")
+    migrations.add(V1, "002_bad.py", backward="print('  → cannot undo this')\nreturn False")
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 1
+    out = capsys.readouterr().out
+    assert f"FAILED at the revert stage: {V1}/002_bad: migrate_backward returned False" in out
+    assert "| " + "  → cannot undo this" in out
+
+
+def test_a_forward_that_cannot_run_twice_fails_the_apply_again_stage(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran-once"  # outside the installation: not undone by a revert
+    migrations.add(
+        V1,
+        "001_once.py",
+        forward=(
+            f"m = Path({str(marker)!r})\n"
+            "if m.exists():\n"
+            "    raise RuntimeError('already migrated once')\n"
+            "m.write_text('')\nreturn True"
+        ),
+    )
+    report = anyio.run(
+        lambda: rehearse(
+            project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
+        )
+    )
+    assert (report.ok, report.stage, report.culprit) == (False, "apply again", f"{V1}/001_once")
+    assert report.error is not None
+    assert "raised RuntimeError: already migrated once" in report.error
+
+
+def test_interference_between_migrations_is_reported_without_a_culprit(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    """Each reverts cleanly on its own, but not together: no single migration is blamed."""
+    count = tmp_path / "forward-count"
+    migrations.add(
+        V1,
+        "001_counts.py",
+        forward=(
+            f"c = Path({str(count)!r})\n"
+            "c.write_text(str(int(c.read_text() or 0) + 1) if c.exists() else '1')\nreturn True"
+        ),
+    )
+    migrations.add(
+        V1,
+        "002_depends.py",
+        backward=(
+            f"if Path({str(count)!r}).read_text() == '1':\n"
+            "    (project_root / 'stray.txt').write_text('')\n"
+            "return True"
+        ),
+    )
+    report = anyio.run(
+        lambda: rehearse(
+            project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
+        )
+    )
+    assert (report.ok, report.stage, report.culprit) == (False, "compare", None)
+    assert report.differences.added == ("stray.txt",)
+    assert report.error is not None
+    assert "interfere" in report.error
+
+
+def test_sqlite_differences_name_tables_and_rows(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = installation / ".dopemux" / "app.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("INSERT INTO decisions VALUES (1, 'use sqlite'), (2, 'use yaml')")
+    migrations.add(
+        V1,
+        "001_reword.py",
+        forward=(
+            "import sqlite3\n"
+            "c = sqlite3.connect(project_root / '.dopemux' / 'app.db')\n"
+            "with c:\n"
+            '    c.execute("UPDATE decisions SET text = upper(text)")\n'
+            "c.close()\nreturn True"
+        ),
+        backward=(
+            "import sqlite3\n"
+            "c = sqlite3.connect(project_root / '.dopemux' / 'app.db')\n"
+            "with c:\n"
+            '    c.execute("UPDATE decisions SET text = lower(text) WHERE id = 1")\n'
+            "c.close()\nreturn True"
+        ),
+    )
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 1
+    out = capsys.readouterr().out
+    assert "changed: .dopemux/app.db, decisions: 1 row changed (id=2)" in out
+
+
+def test_a_wal_database_held_open_is_rehearsed_with_its_unflushed_rows(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    db = installation / ".dopemux" / "live.db"
+    with closing(sqlite3.connect(db)) as holder:
+        holder.execute("PRAGMA journal_mode=WAL").fetchall()
+        holder.execute("PRAGMA wal_autocheckpoint=0")
+        with holder:
+            holder.execute("CREATE TABLE t (v)")
+            holder.execute("INSERT INTO t VALUES (1), (2), (3)")
+        migrations.add(
+            V1,
+            "001_count.py",
+            forward=(
+                "import sqlite3\n"
+                "c = sqlite3.connect(project_root / '.dopemux' / 'live.db')\n"
+                "n = c.execute('SELECT count(*) FROM t').fetchone()[0]\n"
+                "mode = c.execute('PRAGMA journal_mode').fetchone()[0]\n"
+                "c.close()\n"
+                "return n == 3 and mode == 'wal'"
+            ),
+        )
+        report = anyio.run(
+            lambda: rehearse(
+                project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
+            )
+        )
+    assert report.ok, report.describe()
+
+
+def test_keep_sandbox_leaves_it_for_inspection(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    three_migrations(migrations)
+    report = anyio.run(
+        lambda: rehearse(
+            project_root=installation,
+            migrations_dir=migrations.root,
+            current_version="0.1.0",
+            sandbox_dir=tmp_path / "sandboxes",
+            keep_sandbox=True,
+        )
+    )
+    assert report.sandbox is not None
+    assert (report.sandbox / "sandbox" / "config" / "app.yaml").is_file()
+    assert (report.sandbox / "original" / "secret.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_sandbox_is_removed_afterwards(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    three_migrations(migrations)
+    sandboxes = tmp_path / "sandboxes"
+    assert (
+        verify(installation, migrations.root, "--from", "0.1.0", "--sandbox-dir", str(sandboxes))
+        == 1
+    )
+    assert list(sandboxes.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_cancelling_stops_before_the_next_call_and_removes_the_sandbox(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path, gate: object
+) -> None:
+    migrations.add(
+        V1,
+        "001_waits.py",
+        forward=("import dopemux_test_gate as g\ng.started.set()\ng.release.wait(10)\nreturn True"),
+    )
+    migrations.add(V1, "002_never.py")
+    sandboxes = tmp_path / "sandboxes"
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_started() -> None:
+            await anyio.to_thread.run_sync(gate.started.wait, 10)  # type: ignore[attr-defined]
+            scope.cancel()
+            gate.release.set()  # type: ignore[attr-defined]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_started)
+            await rehearse(
+                project_root=installation,
+                migrations_dir=migrations.root,
+                current_version="0.1.0",
+                sandbox_dir=sandboxes,
+            )
+    assert scope.cancelled_caught
+    assert list(sandboxes.iterdir()) == []
+    assert migrations.calls_made() == [f"forward {V1}/001_waits"]
+
+
+def test_a_bad_migration_is_a_usage_error_naming_the_file(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_typo.py", info={"requires_restarts": ["x"]})
+    before = tree_digest(installation)
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 2
+    err = capsys.readouterr().err
+    assert "001_typo.py" in err
+    assert tree_digest(installation) == before
+    with pytest.raises(MigrationValidationError):
+        anyio.run(
+            lambda: rehearse(
+                project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
+            )
+        )
+
+
+def test_an_interrupted_update_must_be_recovered_first(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_ok.py")
+    journal = Journal(installation / ".dopemux" / "update")
+    journal.path.parent.mkdir(parents=True)
+    journal.path.write_text("{}\n")
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 3
+    assert "recover" in capsys.readouterr().err
+
+
+def test_verify_refuses_while_another_process_holds_the_lock(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(V1, "001_ok.py")
+    state_dir = installation / ".dopemux" / "update"
+    state_dir.mkdir(parents=True)
+    with holding_lock(state_dir):
+        # Another process (the one running `verify`) must be refused at once.
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dopemux_update",
+                "verify",
+                "--root",
+                str(installation),
+                "--migrations",
+                str(migrations.root),
+                "--from",
+                "0.1.0",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert result.returncode == 4, result.stderr
+
+
+def test_the_shipped_examples_rehearse_clean_in_a_subprocess(example_copy: Path) -> None:
+    before = tree_digest(example_copy)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dopemux_update",
+            "verify",
+            "--root",
+            str(example_copy),
+            "--migrations",
+            str(EXAMPLE_MIGRATIONS),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is True
+    assert payload["version_to"] == "0.2.0"
+    assert tree_digest(example_copy) == before
