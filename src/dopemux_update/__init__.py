@@ -19,6 +19,7 @@ from ._events import RollbackStarted as RollbackStarted
 from ._events import RollbackStep as RollbackStep
 from ._events import UpdateFinished as UpdateFinished
 from ._exceptions import BackupError as BackupError
+from ._exceptions import EditError as EditError
 from ._exceptions import LockError as LockError
 from ._exceptions import MigrationValidationError as MigrationValidationError
 from ._exceptions import PlanError as PlanError
@@ -69,6 +70,7 @@ __all__ = [
     "CommandRestarter",
     "Direction",
     "DockerComposeRestarter",
+    "EditError",
     "Event",
     "EventHandler",
     "InsufficientSpaceError",

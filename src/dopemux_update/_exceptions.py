@@ -6,12 +6,13 @@ Every exception the library raises derives from :class:`UpdateError`::
     ├── PreflightError             nothing was changed; the update cannot start
     │   ├── MigrationValidationError   bad folders, files, functions or MIGRATION_INFO
     │   ├── PlanError                  no path, or competing paths, between two versions
-    │   └── VersionError               a version string that is not PEP 440
+    │   ├── VersionError               a version string that is not PEP 440
     │   ├── RecoveryNeededError        an earlier run was interrupted: recover first
     │   └── LockError                  another updater holds the installation's lock
     ├── StateError                 the recorded state under .dopemux/update/ is unreadable
     ├── BackupError                taking, reading or restoring a backup failed
-    └── RestartError               a service restart failed (after a committed update)
+    ├── RestartError               a service restart failed (after a committed update)
+    └── EditError                  a dopemux_update.edit helper could not change a file safely
 """
 
 from __future__ import annotations
@@ -100,3 +101,16 @@ class RestartError(UpdateError):
         self.service = service
         self.output = output
         super().__init__(f"restarting {service!r} failed: {message}")
+
+
+class EditError(UpdateError):
+    """A helper of :mod:`dopemux_update.edit` could not change a file or database safely.
+
+    ``path`` is the file or database concerned (None for an in-memory document edit) and
+    ``reason`` says what went wrong; the OS, parser or SQLite error is the ``__cause__``.
+    """
+
+    def __init__(self, reason: str, *, path: Path | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
