@@ -377,3 +377,47 @@ def test_the_shipped_examples_rehearse_clean_in_a_subprocess(example_copy: Path)
     assert payload["ok"] is True
     assert payload["version_to"] == "0.2.0"
     assert tree_digest(example_copy) == before
+
+
+NAIVE_YAML = """
+import json
+p = project_root / 'config' / 'app.yaml'
+# What yaml.safe_load + yaml.dump does to a file: values kept, comments gone.
+pairs = [line.split(': ', 1) for line in p.read_text().splitlines() if line and line[0] != '#']
+doc = dict(pairs)
+{change}
+p.write_text(''.join(f'{{k}}: {{v}}\\n' for k, v in doc.items()))
+return True
+"""
+
+HELPER_YAML = """
+from dopemux_update import edit
+with edit.edit_yaml(project_root / 'config' / 'app.yaml') as doc:
+    {change}
+return True
+"""
+
+
+def test_a_naive_yaml_rewrite_that_loses_a_comment_fails_verify_and_the_helper_passes(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(
+        V1,
+        "001_naive.py",
+        forward=NAIVE_YAML.format(change="doc['workers'] = '4'"),
+        backward=NAIVE_YAML.format(change="doc.pop('workers', None)"),
+    )
+    assert "# keep me" in (installation / "config" / "app.yaml").read_text()
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 1
+    out = capsys.readouterr().out
+    assert "changed: config/app.yaml (content)" in out
+    assert f"Responsible: {V1}/001_naive" in out
+
+    (migrations.root / V1 / "001_naive.py").unlink()
+    migrations.add(
+        V1,
+        "001_helper.py",
+        forward=HELPER_YAML.format(change="doc['workers'] = 4"),
+        backward=HELPER_YAML.format(change="doc.pop('workers', None)"),
+    )
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 0
