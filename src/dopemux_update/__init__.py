@@ -49,12 +49,16 @@ from ._planning import find_route as find_route
 from ._planning import newest_reachable as newest_reachable
 from ._recovery import RecoveryResult as RecoveryResult
 from ._recovery import recover as recover
+from ._rehearsal import RehearsalCall as RehearsalCall
+from ._rehearsal import RehearsalReport as RehearsalReport
+from ._rehearsal import rehearse as rehearse
 from ._restart import CommandRestarter as CommandRestarter
 from ._restart import DockerComposeRestarter as DockerComposeRestarter
 from ._restart import Restarter as Restarter
 from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
 from ._restore import RestoreReport as RestoreReport
+from ._snapshot import TreeDiff as TreeDiff
 from ._state import RunRecord as RunRecord
 from ._state import State as State
 from ._state import StateStore as StateStore
@@ -91,6 +95,8 @@ __all__ = [
     "Problem",
     "RecoveryNeededError",
     "RecoveryResult",
+    "RehearsalCall",
+    "RehearsalReport",
     "RestartError",
     "RestartReceiver",
     "RestartResult",
@@ -108,6 +114,7 @@ __all__ = [
     "StateStore",
     "Step",
     "Transition",
+    "TreeDiff",
     "UpdateError",
     "UpdateFinished",
     "UpdatePhase",
@@ -119,5 +126,6 @@ __all__ = [
     "load_transitions",
     "newest_reachable",
     "recover",
+    "rehearse",
     "scan_migrations",
 ]

@@ -8,13 +8,19 @@ import anyio
 
 from dopemux_update import (
     CommandRestarter,
+    EditError,
     Event,
     MigrationOutput,
     OrchestrationPhase,
+    RehearsalReport,
     ServiceRestartPhase,
+    TreeDiff,
     UpdatePipeline,
     UpdateResult,
+    edit,
+    rehearse,
 )
+from dopemux_update.testing import assert_reversible, assert_same_tree, run_forward
 
 
 def on_event(event: Event) -> None:
@@ -42,6 +48,40 @@ async def update(root: Path) -> UpdateResult:
     _services: tuple[str, ...] = outcome.restart_services
     _recovery: bool = outcome.needs_recovery
     return outcome
+
+
+async def rehearsal(root: Path) -> bool:
+    report: RehearsalReport = await rehearse(
+        project_root=root, migrations_dir=root / "migrations", current_version="0.1.0"
+    )
+    _culprit: str | None = report.culprit
+    _differences: TreeDiff = report.differences
+    _lines: list[str] = report.describe()
+    return report.ok
+
+
+def a_migration(project_root: Path) -> bool:
+    try:
+        with edit.edit_yaml(project_root / "config" / "app.yaml") as doc:
+            edit.set_in(doc, "broker.timeout_seconds", 30, comment="added by 0.2.0")
+        with edit.edit_json(project_root / "settings.json") as settings:
+            settings["theme"] = "dark"
+        edit.write_text(project_root / "NOTES.txt", "upgraded\n")
+        added: bool = edit.add_column(
+            project_root / ".dopemux" / "conport.db", "decisions", "priority", "INTEGER"
+        )
+    except EditError as exc:
+        print(exc.path, exc.reason)
+        return False
+    return added
+
+
+def an_authors_test(fixture: Path, copy: Path) -> None:
+    report: RehearsalReport = assert_reversible("migrations/v0.1.0_to_v0.2.0", fixture)
+    _ok: bool = report.ok
+    printed: list[str] = run_forward("migrations/v0.1.0_to_v0.2.0/001_x.py", copy)
+    _first: str = printed[0]
+    assert_same_tree(fixture, copy)
 
 
 if __name__ == "__main__":
