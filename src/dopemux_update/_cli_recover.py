@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import click
 import structlog
 
@@ -93,9 +94,12 @@ async def run_interruptibly(
                     async for signum in signals:
                         if not interrupted:
                             interrupted = True
+                            scope.cancel()
+                            # Let the cancelled work run first: the runner then stops before
+                            # its next migration, before anyone reads the notice below.
+                            await anyio.lowlevel.checkpoint()
                             logger.warning("update.interrupt", signal=signal.Signals(signum).name)
                             click.echo(notice, err=True)
-                            scope.cancel()
                         else:
                             click.echo(again, err=True)
 
