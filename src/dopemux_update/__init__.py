@@ -7,6 +7,7 @@ from ._discovery import Catalog as Catalog
 from ._discovery import load_transitions as load_transitions
 from ._discovery import scan_migrations as scan_migrations
 from ._events import BackupCreated as BackupCreated
+from ._events import BackupProgress as BackupProgress
 from ._events import BackupStarted as BackupStarted
 from ._events import Event as Event
 from ._events import EventHandler as EventHandler
@@ -15,6 +16,8 @@ from ._events import MigrationOutput as MigrationOutput
 from ._events import MigrationStarted as MigrationStarted
 from ._events import PlanReady as PlanReady
 from ._events import RestoreFinished as RestoreFinished
+from ._events import RestoreProgress as RestoreProgress
+from ._events import RestoreStarted as RestoreStarted
 from ._events import RollbackStarted as RollbackStarted
 from ._events import RollbackStep as RollbackStep
 from ._events import UpdateFinished as UpdateFinished
@@ -68,6 +71,7 @@ __all__ = [
     "BackupCreated",
     "BackupError",
     "BackupInfo",
+    "BackupProgress",
     "BackupStarted",
     "BackupStore",
     "Catalog",
@@ -102,7 +106,9 @@ __all__ = [
     "RestartResult",
     "Restarter",
     "RestoreFinished",
+    "RestoreProgress",
     "RestoreReport",
+    "RestoreStarted",
     "RollbackStarted",
     "RollbackStep",
     "Route",

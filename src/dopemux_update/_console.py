@@ -1,17 +1,55 @@
-"""Plain, line-by-line rendering of an update for the command line.
+"""How the command line shows an update: plain lines, or live progress on a terminal.
 
-Works the same on a terminal and in a pipe; the operator-experience work adds live progress.
+``display_mode`` picks one: ``json`` (nothing but the final JSON object on stdout), ``live``
+(rich progress and tables, ``_progress``, on a terminal) or ``plain`` (one line per event,
+for pipes, CI and dumb terminals). ``DOPEMUX_UPDATE_PROGRESS=plain|live`` overrides the
+choice (``live`` then draws even into a pipe). rich is imported only in live mode: a plain or
+JSON run does not pay for it.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from types import TracebackType
+from typing import Literal, Protocol, TextIO
+
+import click
 
 from . import _events as ev
 from ._models import Plan
+from ._summary import Summary, format_seconds, plain_summary
 
-__all__ = ["OutputCollector", "PlainReporter", "describe_plan", "format_bytes"]
+__all__ = [
+    "Display",
+    "OutputCollector",
+    "PlainReporter",
+    "describe_plan",
+    "display_mode",
+    "format_bytes",
+    "format_seconds",
+    "open_display",
+    "show_plan",
+]
+
+PROGRESS_ENV = "DOPEMUX_UPDATE_PROGRESS"
+Mode = Literal["json", "plain", "live"]
+
+
+def display_mode(as_json: bool, stream: TextIO | None = None) -> Mode:
+    """``json`` with ``--json``; else the override, else ``live`` on a capable terminal."""
+    if as_json:
+        return "json"
+    forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if forced in ("plain", "live"):
+        return "plain" if forced == "plain" else "live"
+    if os.environ.get("TERM", "") in ("dumb", "unknown"):
+        return "plain"
+    out = sys.stdout if stream is None else stream
+    isatty = getattr(out, "isatty", None)
+    return "live" if isatty is not None and isatty() else "plain"
 
 
 def format_bytes(size: int) -> str:
@@ -23,45 +61,104 @@ def format_bytes(size: int) -> str:
     return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
 
 
-def describe_plan(plan: Plan) -> list[str]:
-    """The plan as plain lines: route, migrations, breaking changes, restarts, estimate."""
-    if plan.is_empty:
-        return [f"Nothing to do: the installation is at {plan.current}."]
-    hops = ", ".join(hop.name for hop in plan.hops)
-    lines = [
-        f"Plan: {plan.direction.value} {plan.current} → {plan.target}"
-        f" ({len(plan.hops)} hop{'s' if len(plan.hops) != 1 else ''}: {hops})",
-    ]
+def plan_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str, str]]:
+    """``(#, id, description, estimate, breaking, restarts, backup)`` per migration."""
+    rows = []
     for index, step in enumerate(plan.steps, start=1):
         info = step.migration.info
-        flags = []
-        if info.breaking_changes:
-            flags.append("BREAKING")
-        if info.requires_restart:
-            flags.append("restarts " + ", ".join(info.requires_restart))
-        suffix = f"  [{'; '.join(flags)}]" if flags else ""
-        lines.append(f"  {index:>3}. {step.id}: {info.description}{suffix}")
-    lines.append(
-        f"  {len(plan.steps)} migration{'s' if len(plan.steps) != 1 else ''},"
-        f" estimated {plan.estimated_seconds:g}s;"
-        f" backup: {'yes' if plan.backup_required else 'not needed'}"
+        rows.append(
+            (
+                str(index),
+                step.id,
+                info.description,
+                f"{info.estimated_duration_seconds:g}s",
+                "yes" if info.breaking_changes else "no",
+                ", ".join(info.requires_restart) or "-",
+                "yes" if info.backup_required else "no",
+            )
+        )
+    return rows
+
+
+def plan_heading(plan: Plan) -> str:
+    hops = ", ".join(hop.name for hop in plan.hops)
+    count = len(plan.hops)
+    return (
+        f"Plan: {plan.direction.value} {plan.current} → {plan.target}"
+        f" ({count} hop{'s' if count != 1 else ''}: {hops})"
     )
+
+
+def plan_footer(plan: Plan) -> list[str]:
+    count = len(plan.steps)
+    lines = [
+        f"{count} migration{'s' if count != 1 else ''}, estimated {plan.estimated_seconds:g}s;"
+        f" backup: {'yes' if plan.backup_required else 'not needed'}"
+    ]
     if plan.breaking_changes:
-        lines.append("  Breaking changes: " + ", ".join(plan.breaking_changes))
+        lines.append("Breaking changes: " + ", ".join(plan.breaking_changes))
     if plan.restart_services:
-        lines.append("  Services to restart afterwards: " + ", ".join(plan.restart_services))
+        lines.append("Services to restart afterwards: " + ", ".join(plan.restart_services))
     return lines
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan as plain lines: route, a table of the migrations, breaking changes, restarts,
+    estimate. The description comes last, so that the short columns stay aligned."""
+    if plan.is_empty:
+        return [f"Nothing to do: the installation is at {plan.current}."]
+    header = ("#", "id", "description", "estimate", "breaking", "restarts", "backup")
+    rows = plan_rows(plan)
+    order = (0, 1, 3, 4, 5, 6, 2)
+    table = [tuple(row[i] for i in order) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(order))]
+    right = {0, 2}  # numbers align right
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return ("  " + "  ".join(cells)).rstrip()
+
+    return [plan_heading(plan), *map(line, table), *("  " + text for text in plan_footer(plan))]
+
+
+def show_plan(plan: Plan, mode: Mode) -> None:
+    """Print the plan: a rich table in live mode, plain lines otherwise (not in JSON mode)."""
+    if mode == "json":
+        return
+    if mode == "live" and not plan.is_empty:
+        from ._progress import make_console, plan_renderable  # noqa: PLC0415 - rich is slow
+
+        make_console().print(plan_renderable(plan))
+        return
+    for text in describe_plan(plan):
+        click.echo(text)
 
 
 @dataclass
 class OutputCollector:
-    """Keeps every line the migrations printed, tagged with the migration's id."""
+    """Keeps every line the migrations printed, tagged with the migration's id, and what the
+    summary needs besides the result: the plan, and each undo's outcome and duration."""
 
     lines: list[dict[str, str]] = field(default_factory=list)
+    plan: Plan | None = None
+    undo: dict[str, tuple[bool, float]] = field(default_factory=dict)
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.MigrationOutput):
             self.lines.append({"id": event.id, "stream": event.stream, "line": event.line})
+        elif isinstance(event, ev.PlanReady):
+            self.plan = event.plan
+        elif isinstance(event, ev.RollbackStep):
+            self.undo[event.id] = (event.ok, event.seconds)
+
+
+def verified_words(verified: bool | None) -> str:
+    if verified is None:
+        return ""
+    return "; verified identical" if verified else "; NOT verified identical (see the log)"
 
 
 @dataclass
@@ -100,8 +197,84 @@ class PlainReporter:
         elif isinstance(event, ev.RollbackStep):
             state = "undone" if event.ok else f"UNDO FAILED: {event.error}"
             self._say(f"  rollback {event.id}: {state}")
+        elif isinstance(event, ev.RestoreStarted):
+            self._say(f"Restoring the installation from backup {event.backup_id}...")
         elif isinstance(event, ev.RestoreFinished):
             if event.ok:
-                self._say(f"Installation restored from backup {event.backup_id}")
+                verified = verified_words(event.verified)
+                self._say(f"Installation restored from backup {event.backup_id}{verified}")
             else:
                 self._say(f"RESTORE FROM BACKUP {event.backup_id} FAILED: {event.error}")
+
+
+class Display(Protocol):
+    """Receives the run's events, frames the run (``with``), and shows the final summary."""
+
+    collector: OutputCollector
+
+    def __call__(self, event: ev.Event) -> None: ...
+
+    def __enter__(self) -> Display: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    def restarting(self, services: Sequence[str]) -> None:
+        """The migrations are committed; these services are being restarted now."""
+
+    def show_summary(self, summary: Summary) -> None: ...
+
+
+class _Quiet:
+    """``--json``: collect the output for the JSON object; show nothing."""
+
+    def __init__(self, collector: OutputCollector) -> None:
+        self.collector = collector
+
+    def __call__(self, event: ev.Event) -> None:
+        self.collector(event)
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def restarting(self, services: Sequence[str]) -> None:
+        pass
+
+    def show_summary(self, summary: Summary) -> None:
+        pass
+
+
+class _Plain(_Quiet):
+    """One line per event on stdout, then the summary as plain lines."""
+
+    def __init__(self, collector: OutputCollector) -> None:
+        super().__init__(collector)
+        self._reporter = PlainReporter(sys.stdout, collector)
+
+    def __call__(self, event: ev.Event) -> None:
+        self._reporter(event)
+
+    def restarting(self, services: Sequence[str]) -> None:
+        click.echo("Restarting: " + ", ".join(services) + "...")
+
+    def show_summary(self, summary: Summary) -> None:
+        for text in plain_summary(summary):
+            click.echo(text)
+
+
+def open_display(mode: Mode, collector: OutputCollector) -> Display:
+    """The display for ``mode``; a live one draws only between ``__enter__`` and ``__exit__``."""
+    if mode == "json":
+        return _Quiet(collector)
+    if mode == "plain":
+        return _Plain(collector)
+    from ._progress import LiveDisplay  # noqa: PLC0415 - rich is slow to import
+
+    return LiveDisplay(collector)

@@ -13,6 +13,7 @@ from ._models import Direction, Plan, UpdateResult
 
 __all__ = [
     "BackupCreated",
+    "BackupProgress",
     "BackupStarted",
     "Event",
     "EventHandler",
@@ -21,6 +22,8 @@ __all__ = [
     "MigrationStarted",
     "PlanReady",
     "RestoreFinished",
+    "RestoreProgress",
+    "RestoreStarted",
     "RollbackStarted",
     "RollbackStep",
     "UpdateFinished",
@@ -35,6 +38,18 @@ class PlanReady:
 @dataclass(frozen=True, slots=True)
 class BackupStarted:
     root: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupProgress:
+    """Bytes copied into the backup so far, of ``total_bytes`` to copy (at most ~10 a second).
+
+    Files unchanged since the previous backup are hard-linked, not copied, and count for
+    nothing: ``total_bytes`` may be 0.
+    """
+
+    done_bytes: int
+    total_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +101,30 @@ class RollbackStep:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreStarted:
+    backup_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """Bytes written back so far, of ``total_bytes`` that differ (at most ~10 a second)."""
+
+    backup_id: str
+    done_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class RestoreFinished:
+    """The restore after a rollback ended.
+
+    ``verified`` means what ``UpdateResult.verified_identical`` means.
+    """
+
     backup_id: str
     ok: bool
     error: str | None
+    verified: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +135,15 @@ class UpdateFinished:
 Event = (
     PlanReady
     | BackupStarted
+    | BackupProgress
     | BackupCreated
     | MigrationStarted
     | MigrationOutput
     | MigrationFinished
     | RollbackStarted
     | RollbackStep
+    | RestoreStarted
+    | RestoreProgress
     | RestoreFinished
     | UpdateFinished
 )

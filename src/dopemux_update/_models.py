@@ -167,6 +167,16 @@ class UpdateResult:
 
     ``applied`` lists the migrations whose step succeeded, in the order they ran;
     ``rolled_back`` those undone after a failure, in the order their undo ran.
+
+    ``verified_identical`` says whether, after a failed run's restore, the tree was checked
+    and found identical to the backup taken before the run: True when a second walk of the
+    backup's scope found every path it holds, and nothing else, with the same kind, mode,
+    symlink target, file size, mtime and content (files the restore did not touch are
+    recognised, as the restore itself does, by inode, size, mtime and ctime; every other file
+    is re-hashed; a database that changed is compared by its SQL content). False when a
+    restore was attempted and that could not be confirmed (the restore failed, the check
+    found a difference or could not run). None when there was nothing to check: the run
+    succeeded, no backup was taken, or the rollback stopped before restoring.
     """
 
     ok: bool
@@ -184,3 +194,4 @@ class UpdateResult:
     installed_version: str | None = None
     durations: tuple[tuple[str, float], ...] = ()
     abandoned: bool = False
+    verified_identical: bool | None = None

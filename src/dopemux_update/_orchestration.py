@@ -8,9 +8,10 @@ put the tree back: never anything in between.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -18,11 +19,12 @@ import structlog
 from packaging.version import Version
 
 from . import _events as ev
-from ._backup import BackupStore
+from ._backup import BackupStore, ProgressCallback
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
 from ._exceptions import PreflightError, RecoveryNeededError, UpdateError
 from ._faults import crash_point
+from ._identical import differences
 from ._journal import Journal, Record
 from ._lock import holding_lock_async
 from ._models import Plan, Step, UpdateResult
@@ -44,6 +46,9 @@ from ._versions import parse_version
 __all__ = ["OrchestrationPhase", "prepare_plan"]
 
 logger = structlog.get_logger("dopemux_update")
+
+T = TypeVar("T")
+_PROGRESS_SECONDS = 0.1  # backup and restore progress: at most ten events a second
 
 
 def prepare_plan(migrations_dir: Path, current: Version, target: Version | None) -> Plan:
@@ -82,6 +87,7 @@ class _Run:
     needs_recovery: bool = False
     abandoned: bool = False
     restored: bool = False
+    verified_identical: bool | None = None
 
     def journal_now(self, *records: Record, sync: bool = True) -> None:
         """Write what is pending plus ``records`` (in the calling thread)."""
@@ -93,6 +99,25 @@ class _Run:
     def sync_steps(self) -> bool:
         """Per-migration records need syncing only when recovery would depend on them."""
         return self.backup_id is None
+
+
+class _Latest:
+    """The newest ``(done, total)`` a worker thread reported; the event loop reads it."""
+
+    def __init__(self) -> None:
+        self.value: tuple[int, int] | None = None
+        self._sent: tuple[int, int] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.value = (done, total)  # one reference store: safe across threads
+
+    def take(self) -> tuple[int, int] | None:
+        """The value, if it changed since the last take."""
+        value = self.value
+        if value is None or value == self._sent:
+            return None
+        self._sent = value
+        return value
 
 
 class OrchestrationPhase:
@@ -285,13 +310,56 @@ class OrchestrationPhase:
         )
         self._emit(ev.BackupStarted(str(scope.root)))
         store = BackupStore(self.state_dir / "backups")
-        info = await anyio.to_thread.run_sync(
-            lambda: store.create(
-                scope, version_from=str(run.plan.current), version_to=str(run.plan.target)
-            )
+        info = await self._with_progress(
+            lambda report: store.create(
+                scope,
+                version_from=str(run.plan.current),
+                version_to=str(run.plan.target),
+                on_progress=report,
+            ),
+            ev.BackupProgress,
         )
         run.backup_id = info.id
         self._emit(ev.BackupCreated(info.id, info.files, info.bytes))
+
+    async def _with_progress(
+        self,
+        work: Callable[[ProgressCallback | None], T],
+        event: Callable[[int, int], ev.Event],
+    ) -> T:
+        """``work(report)`` in a worker thread; what it reports goes to observers as
+        ``event(done, total)``, from the event loop, at most every ``_PROGRESS_SECONDS``.
+
+        The thread only stores its latest figures (as ``CallSequence`` queues its events): it
+        never waits for the loop. Like ``anyio.to_thread.run_sync``, a cancellation waits for
+        the thread to end.
+        """
+        if self.on_event is None:
+            return await anyio.to_thread.run_sync(work, None)
+        latest = _Latest()
+        results: list[T] = []
+        errors: list[Exception] = []
+        done = anyio.Event()
+
+        async def in_thread() -> None:
+            try:
+                results.append(await anyio.to_thread.run_sync(work, latest))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                errors.append(exc)
+            finally:
+                done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(in_thread)
+            while not done.is_set():
+                with anyio.move_on_after(_PROGRESS_SECONDS):
+                    await done.wait()
+                value = latest.take()
+                if value is not None:
+                    self._emit(event(*value))
+        if errors:
+            raise errors[0]
+        return results[0]
 
     async def _run_steps(self, run: _Run) -> None:
         steps = run.plan.steps
@@ -522,15 +590,38 @@ class OrchestrationPhase:
         backup_id = run.backup_id
         assert backup_id is not None  # noqa: S101 - checked by the caller
         store = BackupStore(self.state_dir / "backups")
+        self._emit(ev.RestoreStarted(backup_id))
         try:
-            await anyio.to_thread.run_sync(store.restore, backup_id, self.project_root)
+            await self._with_progress(
+                lambda report: store.restore(backup_id, self.project_root, on_progress=report),
+                lambda done, total: ev.RestoreProgress(backup_id, done, total),
+            )
         except (OSError, UpdateError) as exc:
             run.needs_recovery = True
-            self._emit(ev.RestoreFinished(backup_id, False, str(exc)))
+            run.verified_identical = False
+            self._emit(ev.RestoreFinished(backup_id, False, str(exc), verified=False))
             logger.error("restore.failed", backup_id=backup_id, error=str(exc))
             return
         run.restored = True
-        self._emit(ev.RestoreFinished(backup_id, True, None))
+        run.verified_identical = await anyio.to_thread.run_sync(
+            self._check_identical, store, backup_id
+        )
+        self._emit(ev.RestoreFinished(backup_id, True, None, verified=run.verified_identical))
+
+    def _check_identical(self, store: BackupStore, backup_id: str) -> bool:
+        """After a restore: is the tree identical to the backup? (see ``_identical``)."""
+        try:
+            found = differences(store, backup_id, self.project_root)
+        except (OSError, UpdateError) as exc:
+            logger.error("restore.check_failed", backup_id=backup_id, error=str(exc))
+            return False
+        if found:
+            logger.error(
+                "restore.not_identical", backup_id=backup_id, count=len(found), paths=found[:20]
+            )
+            return False
+        logger.info("restore.identical", backup_id=backup_id)
+        return True
 
     def _record(self, run: _Run, outcome: str) -> RunRecord:
         return RunRecord(
@@ -567,6 +658,7 @@ class OrchestrationPhase:
             installed_version=str(plan.target if ok else plan.current),
             durations=tuple(run.durations),
             abandoned=run.abandoned,
+            verified_identical=run.verified_identical,
         )
         self._emit(ev.UpdateFinished(result))
         logger.info(

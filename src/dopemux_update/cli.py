@@ -42,10 +42,16 @@ from ._cli_common import (
 )
 from ._cli_recover import recover_command, recover_first, run_interruptibly
 from ._cli_verify import verify_command
-from ._console import OutputCollector, PlainReporter, describe_plan, format_bytes
+from ._console import (
+    Display,
+    OutputCollector,
+    display_mode,
+    format_bytes,
+    open_display,
+    show_plan,
+)
 from ._discovery import scan_migrations
 from ._drift import find_drift
-from ._events import EventHandler
 from ._exceptions import LockError, PlanError, PreflightError, UpdateError
 from ._journal import Journal
 from ._lock import holding_lock
@@ -60,6 +66,7 @@ from ._restart import (
     ServiceRestartPhase,
 )
 from ._scaffold import new_migration
+from ._summary import build_summary
 from ._versions import parse_version
 
 __all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_RECOVERY", "EXIT_USAGE", "main"]
@@ -189,7 +196,8 @@ def plan(
         state_dir=ctx.state_dir,
     )
     the_plan = anyio.run(phase.plan)
-    emit(ctx, {"command": "plan", **_plan_payload(the_plan)}, describe_plan(the_plan))
+    emit(ctx, {"command": "plan", **_plan_payload(the_plan)})
+    show_plan(the_plan, display_mode(ctx.json))
     return EXIT_OK
 
 
@@ -323,7 +331,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
     restarter = None if opts.no_restart else _restarter(ctx, opts.restart_command)
     restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
     collector = OutputCollector()
-    reporter: EventHandler = collector if ctx.json else PlainReporter(sys.stdout, collector)
+    display = open_display(display_mode(ctx.json), collector)
     phase = OrchestrationPhase(
         project_root=ctx.root,
         migrations_dir=ctx.migrations,
@@ -331,7 +339,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         target_version=target,
         restart_phase=restart_phase,
         state_dir=ctx.state_dir,
-        on_event=reporter,
+        on_event=display,
         backup_include=opts.include,
         backup_exclude=opts.exclude,
         keep_backups=opts.keep_backups,
@@ -354,10 +362,12 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         result = await phase.execute()
         restarted = None
         if result.ok and restart_phase is not None and restart_phase.services:
+            display.restarting(restart_phase.services)
             restarted = await restart_phase.execute()
         return result, restarted
 
-    outcome = anyio.run(run_interruptibly, run)
+    with display:
+        outcome = anyio.run(run_interruptibly, run)
     log_path = run_log.path if run_log.started else None
     if outcome is None:
         return _report_interrupted(ctx, collector, log_path)
@@ -366,7 +376,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         ctx,
         result,
         restarted,
-        collector,
+        display,
         restarter_used=restarter is not None,
         recovered=recovered,
         log_path=log_path,
@@ -411,7 +421,7 @@ def _report_update(
     ctx: Context,
     result: UpdateResult,
     restarted: RestartResult | None,
-    collector: OutputCollector,
+    display: Display,
     *,
     restarter_used: bool,
     recovered: dict[str, Any] | None = None,
@@ -440,55 +450,24 @@ def _report_update(
         "restarted": list(restarted.restarted) if restarted is not None else [],
         "restart_failed": [{"service": name, "error": error} for name, error in failed],
         "durations": {name: round(seconds, 6) for name, seconds in result.durations},
-        "output": collector.lines,
+        "output": display.collector.lines,
         "recovered": recovered,
         "abandoned": result.abandoned,
+        "verified_identical": result.verified_identical,
         "log": str(log_path) if log_path else None,
     }
-    if result.ok:
-        lines = _success_lines(result, restarted, restarter_used=restarter_used)
-    else:
-        lines = _failure_lines(result)
-    if log_path is not None:
-        lines.append(f"Log: {log_path}")
-    emit(ctx, payload, lines)
-    return code
-
-
-def _success_lines(
-    result: UpdateResult, restarted: RestartResult | None, *, restarter_used: bool
-) -> list[str]:
-    verb = "Upgraded" if result.direction is Direction.UPGRADE else "Downgraded"
-    if result.version_from == result.version_to:
-        lines = [f"Nothing to do: already at {result.version_to}."]
-    else:
-        lines = [
-            f"{verb} {result.version_from} → {result.version_to}:"
-            f" {len(result.applied)} migration(s) applied."
-        ]
-    if not result.restart_services:
-        return lines
-    if restarted is not None:
-        if restarted.restarted:
-            lines.append("Restarted: " + ", ".join(restarted.restarted))
-        lines.extend(f"RESTART FAILED for {name}: {error}" for name, error in restarted.failed)
-    elif not restarter_used:
-        lines.append("Services to restart (not restarted): " + ", ".join(result.restart_services))
-    return lines
-
-
-def _failure_lines(result: UpdateResult) -> list[str]:
-    lines = [f"Update FAILED at {result.failed_migration}: {result.error}"]
-    if result.rolled_back:
-        lines.append("Rolled back: " + ", ".join(result.rolled_back))
-    if result.needs_recovery:
-        lines.append(f"The installation NEEDS RECOVERY; the backup {result.backup_id} was kept.")
-    else:
-        restored = " and restored from its backup" if result.restored else ""
-        lines.append(
-            f"The installation was rolled back{restored}; it is still at {result.version_from}."
+    emit(ctx, payload)
+    display.show_summary(
+        build_summary(
+            result,
+            restarted,
+            plan=display.collector.plan,
+            undo=display.collector.undo,
+            restarter_used=restarter_used,
+            log_path=log_path,
         )
-    return lines
+    )
+    return code
 
 
 @cli.command()

@@ -1,0 +1,423 @@
+"""Live progress on a terminal, drawn with rich.
+
+What is done is printed once, above a small live region: the plan's table, the backup, each
+migration's line (✓ or ✗, its time against its estimate) with the last lines it printed, each
+undo, the restore. The live region shows what is running now: a spinner per migration with
+its elapsed time against its estimate and the last lines it printed (dim), byte bars for the
+backup and the restore, and an overall bar with the time left, from the estimates. It redraws
+ten times a second from rich's own thread; events only update state under a lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TextIO, cast
+
+import structlog
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from . import _events as ev
+from ._console import (
+    PROGRESS_ENV,
+    OutputCollector,
+    format_bytes,
+    plan_footer,
+    plan_heading,
+    plan_rows,
+    verified_words,
+)
+from ._models import Direction, Plan
+from ._summary import Summary, format_seconds
+
+__all__ = ["LiveDisplay", "make_console", "plan_renderable", "summary_renderable"]
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+TAIL = 4  # output lines under the running migration
+KEPT = 10  # output lines printed under a finished migration
+FLUSH_SECONDS = 0.1  # finished lines are printed in batches, at most ten times a second
+_BAR_WIDTH = 30
+_STATUS_STYLE = {
+    "applied": "green",
+    "rolled back": "yellow",
+    "undo failed": "bold red",
+    "applied, not undone": "bold red",
+    "reverted": "green",
+    "reverted, not undone": "bold red",
+    "failed": "bold red",
+    "not run": "dim",
+}
+
+
+def make_console() -> Console:
+    """A console on stdout; ``DOPEMUX_UPDATE_PROGRESS=live`` draws even into a pipe."""
+    forced = os.environ.get(PROGRESS_ENV, "").strip().lower() == "live"
+    return Console(file=sys.stdout, force_terminal=True if forced else None, highlight=False)
+
+
+def plan_renderable(plan: Plan) -> RenderableType:
+    """The plan: its route, a table of the migrations, then estimate, breaking changes and
+    restarts."""
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("id", no_wrap=True)
+    table.add_column("description")
+    table.add_column("estimate", justify="right")
+    table.add_column("breaking")
+    table.add_column("restarts")
+    table.add_column("backup")
+    for number, ident, description, estimate, breaking, restarts, backup in plan_rows(plan):
+        table.add_row(
+            number,
+            ident,
+            description,
+            estimate,
+            Text(breaking, style="bold red" if breaking == "yes" else "dim"),
+            Text(restarts, style="" if restarts != "-" else "dim"),
+            Text(backup, style="" if backup == "yes" else "dim"),
+        )
+    footer = [
+        Text(line, style="bold red" if line.startswith("Breaking") else "")
+        for line in plan_footer(plan)
+    ]
+    return Group(Text(plan_heading(plan), style="bold"), table, *footer)
+
+
+def summary_renderable(summary: Summary) -> RenderableType:
+    """The summary: a headline, a table of the migrations, then the facts."""
+    parts: list[RenderableType] = [
+        Text(summary.headline, style="bold green" if summary.ok else "bold red")
+    ]
+    if summary.rows:
+        table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+        table.add_column("migration", no_wrap=True)
+        table.add_column("status")
+        table.add_column("duration", justify="right")
+        for row in summary.visible_rows():
+            if isinstance(row, int):
+                table.add_row(Text(f"... {row} more", style="dim"), "", "")
+            else:
+                style = _STATUS_STYLE.get(row.status, "")
+                table.add_row(row.id, Text(row.status, style=style), row.duration)
+        parts.append(table)
+    width = max((len(detail.label) for detail in summary.details), default=0) + 1
+    parts.extend(
+        Text.assemble(
+            (f"{detail.label + ':':<{width}} ", "bold"),
+            (detail.value, "red" if detail.bad else ""),
+        )
+        for detail in summary.details
+    )
+    parts.extend(Text(line, style="bold red" if not summary.ok else "") for line in summary.closing)
+    return Group(*parts)
+
+
+def _spinner(now: float) -> Text:
+    return Text(SPINNER[int(now * 12.5) % len(SPINNER)], style="cyan")
+
+
+def _output_lines(lines: Sequence[str], count: int) -> list[Text]:
+    out = []
+    if count > len(lines):
+        out.append(Text(f"      | ... {count - len(lines)} earlier line(s) in the log", "dim"))
+    out.extend(Text(f"      | {line}", style="dim") for line in lines)
+    return out
+
+
+@dataclass
+class _Transfer:
+    """A backup or a restore: bytes done of the total, once the first report arrives."""
+
+    label: str
+    started: float
+    done: int = 0
+    total: int | None = None
+
+
+@dataclass
+class _Running:
+    id: str
+    index: int
+    total: int
+    estimate: float
+    started: float
+    direction: Direction
+
+
+@dataclass
+class _Output:
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=KEPT))
+    count: int = 0
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now: rich's proxy while the live view runs, so
+    that log lines appear above it instead of tearing it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class LiveDisplay:
+    """The live view of an update (see the module's documentation)."""
+
+    def __init__(self, collector: OutputCollector, console: Console | None = None) -> None:
+        self.collector = collector
+        self.console = console if console is not None else make_console()
+        self._lock = threading.Lock()
+        self._pending: list[RenderableType] = []
+        self._last_flush = 0.0
+        self._started = time.monotonic()
+        self._plan: Plan | None = None
+        self._estimates: dict[str, float] = {}
+        self._left_estimate = 0.0  # estimates of the migrations not started yet
+        self._finished = 0
+        self._failed = 0
+        self._current: _Running | None = None
+        self._outputs: dict[str, _Output] = {}
+        self._transfer: _Transfer | None = None
+        self._activity: str | None = None
+        self._rolling_back = False
+        redirect_stderr = sys.stderr.isatty()
+        self._live = Live(
+            console=self.console,
+            get_renderable=self._render,
+            refresh_per_second=10,
+            transient=True,
+            redirect_stdout=True,
+            redirect_stderr=redirect_stderr,
+        )
+        self._saved_logger_factory: Any = None
+        self._redirect_logs = redirect_stderr
+
+    # -- framing ------------------------------------------------------------------------------
+
+    def __enter__(self) -> LiveDisplay:
+        self._started = time.monotonic()
+        if self._redirect_logs:
+            self._saved_logger_factory = structlog.get_config()["logger_factory"]
+            structlog.configure(
+                logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr()))
+            )
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._flush(force=True)
+        finally:
+            self._live.stop()
+            if self._saved_logger_factory is not None:
+                structlog.configure(logger_factory=self._saved_logger_factory)
+
+    def restarting(self, services: Sequence[str]) -> None:
+        with self._lock:
+            self._activity = "Restarting " + ", ".join(services)
+        self._flush(force=True)
+
+    def show_summary(self, summary: Summary) -> None:
+        self.console.print()
+        self.console.print(summary_renderable(summary))
+
+    # -- events (the event loop's thread) ------------------------------------------------------
+
+    def __call__(self, event: ev.Event) -> None:
+        self.collector(event)
+        with self._lock:
+            urgent = self._update(event)
+        self._flush(force=urgent)
+
+    def _update(self, event: ev.Event) -> bool:  # noqa: PLR0912 - one branch per event kind
+        """Apply ``event`` to the state; True when what it printed should show at once."""
+        now = time.monotonic()
+        if isinstance(event, ev.PlanReady):
+            self._plan = event.plan
+            self._estimates = {
+                s.id: s.migration.info.estimated_duration_seconds for s in event.plan.steps
+            }
+            self._left_estimate = event.plan.estimated_seconds
+            self._pending.append(plan_renderable(event.plan))
+            return True
+        if isinstance(event, ev.BackupStarted):
+            self._transfer = _Transfer("Backup", now)
+        elif isinstance(event, ev.BackupProgress | ev.RestoreProgress):
+            if self._transfer is not None:
+                self._transfer.done, self._transfer.total = event.done_bytes, event.total_bytes
+        elif isinstance(event, ev.BackupCreated):
+            took = now - self._transfer.started if self._transfer else 0.0
+            self._transfer = None
+            self._say(
+                "✓",
+                f"Backup {event.backup_id}: {event.files} files, {format_bytes(event.bytes)},"
+                f" verified ({format_seconds(took)})",
+            )
+        elif isinstance(event, ev.MigrationStarted):
+            self._left_estimate -= event.estimated_seconds
+            self._current = _Running(
+                event.id, event.index, event.total, event.estimated_seconds, now, event.direction
+            )
+        elif isinstance(event, ev.MigrationOutput):
+            output = self._outputs.setdefault(event.id, _Output())
+            output.tail.append(event.line)
+            output.count += 1
+        elif isinstance(event, ev.MigrationFinished):
+            self._finished_migration(event)
+        elif isinstance(event, ev.RollbackStarted):
+            self._rolling_back = True
+            self._activity = f"Rolling back {event.steps} completed migration(s)"
+            self._say("↶", f"Rolling back {event.steps} completed migration(s) in reverse order")
+            return True
+        elif isinstance(event, ev.RollbackStep):
+            output = self._outputs.pop(event.id, _Output())
+            if event.ok:
+                self._say("↶", f"{event.id} undone ({format_seconds(event.seconds)})", "yellow")
+            else:
+                self._say("✗", f"{event.id} UNDO FAILED: {event.error}", "bold red")
+            self._pending.extend(_output_lines(list(output.tail), output.count))
+        elif isinstance(event, ev.RestoreStarted):
+            self._activity = None
+            self._transfer = _Transfer(f"Restore from {event.backup_id}", now)
+        elif isinstance(event, ev.RestoreFinished):
+            self._transfer = None
+            if event.ok:
+                good = event.verified is not False
+                self._say(
+                    "✓" if good else "✗",
+                    f"Installation restored from backup {event.backup_id}"
+                    + verified_words(event.verified),
+                    "green" if good else "bold red",
+                )
+            else:
+                self._say("✗", f"RESTORE FROM BACKUP {event.backup_id} FAILED: {event.error}")
+            return True
+        elif isinstance(event, ev.UpdateFinished):
+            self._current = None
+            self._activity = None
+            return True
+        return False
+
+    def _finished_migration(self, event: ev.MigrationFinished) -> None:
+        current = self._current
+        index = f"[{current.index}/{current.total}] " if current is not None else ""
+        estimate = self._estimates.get(event.id)
+        against = f" / ~{estimate:g}s" if estimate is not None else ""
+        timing = f"{format_seconds(event.seconds)}{against}"
+        if event.ok:
+            self._say("✓", f"{index}{event.id}  {timing}", "green")
+        else:
+            self._say("✗", f"{index}{event.id}  FAILED after {timing}: {event.error}", "bold red")
+        output = self._outputs.pop(event.id, _Output())
+        self._pending.extend(_output_lines(list(output.tail), output.count))
+        if event.ok:
+            self._finished += 1
+        else:
+            self._failed += 1
+        self._current = None
+
+    def _say(self, mark: str, text: str, style: str = "bold red") -> None:
+        line = Text(f"{mark} ", style=style)
+        line.append(text, style="" if style == "green" else style)
+        self._pending.append(line)
+
+    def _flush(self, *, force: bool) -> None:
+        """Print what finished, above the live region, in one go."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._pending or (not force and now - self._last_flush < FLUSH_SECONDS):
+                return
+            batch, self._pending = self._pending, []
+            self._last_flush = now
+        self.console.print(Group(*batch))
+
+    # -- drawing (rich's refresh thread) --------------------------------------------------------
+
+    def _render(self) -> RenderableType:
+        now = time.monotonic()
+        with self._lock:
+            parts: list[RenderableType] = list(self._pending)  # not flushed yet: show them now
+            if self._transfer is not None:
+                parts.append(self._transfer_line(self._transfer, now))
+            if self._current is not None:
+                parts.extend(self._running_lines(self._current, now))
+            if self._activity is not None:
+                parts.append(Text.assemble(_spinner(now), " ", self._activity))
+            if self._plan is not None and self._plan.steps and not self._rolling_back:
+                parts.append(self._overall_line(now))
+        return Group(*parts)
+
+    def _transfer_line(self, transfer: _Transfer, now: float) -> RenderableType:
+        grid = Table.grid(padding=(0, 1))
+        elapsed = now - transfer.started
+        if transfer.total is None:
+            bar = ProgressBar(total=None, pulse=True, width=_BAR_WIDTH)
+            figures = format_seconds(elapsed)
+        else:
+            bar = ProgressBar(
+                total=max(transfer.total, 1), completed=transfer.done, width=_BAR_WIDTH
+            )
+            figures = f"{format_bytes(transfer.done)} / {format_bytes(transfer.total)}"
+            if 0 < transfer.done < transfer.total and elapsed > 0:
+                left = (transfer.total - transfer.done) / (transfer.done / elapsed)
+                figures += f"  ~{format_seconds(left)} left"
+        grid.add_row(_spinner(now), Text(transfer.label, style="bold"), bar, figures)
+        return grid
+
+    def _running_lines(self, current: _Running, now: float) -> list[RenderableType]:
+        elapsed = now - current.started
+        over = current.estimate > 0 and elapsed > current.estimate
+        timing = Text(
+            f"{format_seconds(elapsed)} / ~{current.estimate:g}s",
+            style="yellow" if over else "dim",
+        )
+        backward = " (backward)" if current.direction is Direction.DOWNGRADE else ""
+        line = Text.assemble(
+            _spinner(now),
+            f" [{current.index}/{current.total}] ",
+            current.id,
+            (backward, "dim"),
+            "  ",
+            timing,
+        )
+        output = self._outputs.get(current.id)
+        tail = list(output.tail)[-TAIL:] if output is not None else []
+        return [line, *(Text(f"      | {text}", style="dim") for text in tail)]
+
+    def _overall_line(self, now: float) -> RenderableType:
+        total_estimate = sum(self._estimates.values())
+        left = self._left_estimate
+        if self._current is not None:
+            left += max(0.0, self._current.estimate - (now - self._current.started))
+        count = len(self._estimates)
+        grid = Table.grid(padding=(0, 1))
+        done_estimate = max(0.0, total_estimate - left)
+        if total_estimate > 0:
+            bar = ProgressBar(total=total_estimate, completed=done_estimate, width=_BAR_WIDTH)
+        else:
+            bar = ProgressBar(total=max(count, 1), completed=self._finished, width=_BAR_WIDTH)
+        figures = (
+            f"{self._finished}/{count} migrations  {format_seconds(now - self._started)} elapsed"
+        )
+        if self._failed:
+            figures += f"  {self._failed} failed"
+        elif self._current is not None or self._finished < count:
+            figures += f"  ETA ~{format_seconds(left)}"
+        grid.add_row(Text("Overall", style="bold"), bar, figures)
+        return grid
