@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -128,6 +129,35 @@ def test_downgrade_without_a_terminal_needs_yes(
     assert code == 0
     assert result["applied"] == ["v1.0_to_v1.1/1_a"]
     assert result["installed_version"] == "1.0"
+
+
+class TerminalInput(io.StringIO):
+    """Typed answers, on what looks like a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("case", [("n\n", 2), ("y\n", 0)], ids=["no", "yes"])
+def test_on_a_terminal_the_plan_is_shown_before_asking_and_only_once(
+    installation: Path,
+    migrations: MigrationWriter,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, int],
+) -> None:
+    answer, code = case
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"breaking_changes": True})
+    main(["stamp", "1.0", *common(installation, migrations)])
+    capsys.readouterr()
+    monkeypatch.setenv("DOPEMUX_UPDATE_PROGRESS", "plain")
+    monkeypatch.setattr(sys, "stdin", TerminalInput(answer))
+    assert main(["upgrade", "--no-restart", *common(installation, migrations)]) == code
+    captured = capsys.readouterr()
+    assert captured.out.count("Plan: upgrade 1.0 → 1.1") == 1  # before the question
+    assert "Continue?" in captured.err
+    assert ("applied" in captured.out) is (code == 0)
+    assert ("cancelled; nothing was changed" in captured.err) is (code == 2)
 
 
 def test_plan_shows_the_plan_as_json(
@@ -287,3 +317,18 @@ def test_a_refused_run_leaves_no_log(
     code, _ = run_json(capsys, "upgrade", "--from", "1.0", *common(installation, migrations))
     assert code == 2
     assert not (installation / ".dopemux" / "update").exists()
+
+
+def test_a_traceback_goes_to_the_run_log_and_to_the_console_only_with_v(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_boom.py", forward="raise KeyError('boom')")
+    args = ["upgrade", "--from", "1.0", "--no-restart", "--json", *common(installation, migrations)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    log = Path(json.loads(captured.out)["log"]).read_text()
+    assert "raised KeyError: 'boom'" in captured.err
+    assert "Traceback" not in captured.err
+    assert "Traceback (most recent call last)" in log
+    assert main([*args, "-v"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

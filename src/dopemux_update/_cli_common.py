@@ -109,6 +109,15 @@ def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, A
     return drop_quiet
 
 
+def _brief(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Without ``-v``, a traceback stays in the run log (the summary gives its path) instead of
+    filling the console; the error message itself is still shown."""
+    if "traceback" in event_dict:
+        event_dict.pop("traceback")
+        event_dict["traceback_in"] = "the run log (or -v)"
+    return event_dict
+
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -134,7 +143,10 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     ]
     if run_log is not None:
         processors.append(run_log)
-    processors += [_console_filter(level), renderer]
+    processors.append(_console_filter(level))
+    if verbosity == 0:
+        processors.append(_brief)
+    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

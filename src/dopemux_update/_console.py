@@ -167,6 +167,7 @@ class PlainReporter:
 
     out: TextIO
     collector: OutputCollector = field(default_factory=OutputCollector)
+    plan_shown: bool = False  # shown before a confirmation: not again when the run starts
 
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -175,8 +176,9 @@ class PlainReporter:
     def __call__(self, event: ev.Event) -> None:  # noqa: PLR0912 - one branch per event kind
         self.collector(event)
         if isinstance(event, ev.PlanReady):
-            for line in describe_plan(event.plan):
-                self._say(line)
+            if not self.plan_shown:
+                for line in describe_plan(event.plan):
+                    self._say(line)
         elif isinstance(event, ev.BackupStarted):
             self._say("Taking a backup of the installation...")
         elif isinstance(event, ev.BackupCreated):
@@ -226,6 +228,9 @@ class Display(Protocol):
     def restarting(self, services: Sequence[str]) -> None:
         """The migrations are committed; these services are being restarted now."""
 
+    def show_plan_now(self, plan: Plan) -> None:
+        """Show the plan before the run (to ask for confirmation); not again when it starts."""
+
     def show_summary(self, summary: Summary) -> None: ...
 
 
@@ -247,6 +252,9 @@ class _Quiet:
     def restarting(self, services: Sequence[str]) -> None:
         pass
 
+    def show_plan_now(self, plan: Plan) -> None:
+        pass
+
     def show_summary(self, summary: Summary) -> None:
         pass
 
@@ -263,6 +271,10 @@ class _Plain(_Quiet):
 
     def restarting(self, services: Sequence[str]) -> None:
         click.echo("Restarting: " + ", ".join(services) + "...")
+
+    def show_plan_now(self, plan: Plan) -> None:
+        show_plan(plan, "plain")
+        self._reporter.plan_shown = True
 
     def show_summary(self, summary: Summary) -> None:
         for text in plain_summary(summary):

@@ -191,6 +191,7 @@ class LiveDisplay:
         self._transfer: _Transfer | None = None
         self._activity: str | None = None
         self._rolling_back = False
+        self._plan_shown = False
         redirect_stderr = sys.stderr.isatty()
         self._live = Live(
             console=self.console,
@@ -233,6 +234,10 @@ class LiveDisplay:
             self._activity = "Restarting " + ", ".join(services)
         self._flush(force=True)
 
+    def show_plan_now(self, plan: Plan) -> None:
+        self.console.print(plan_renderable(plan))
+        self._plan_shown = True
+
     def show_summary(self, summary: Summary) -> None:
         self.console.print()
         self.console.print(summary_renderable(summary))
@@ -254,7 +259,8 @@ class LiveDisplay:
                 s.id: s.migration.info.estimated_duration_seconds for s in event.plan.steps
             }
             self._left_estimate = event.plan.estimated_seconds
-            self._pending.append(plan_renderable(event.plan))
+            if not self._plan_shown:
+                self._pending.append(plan_renderable(event.plan))
             return True
         if isinstance(event, ev.BackupStarted):
             self._transfer = _Transfer("Backup", now)

@@ -273,7 +273,7 @@ def _restarter(ctx: Context, command: str | None) -> Restarter | None:
     return None
 
 
-def _confirm(ctx: Context, plan: Plan, yes: bool) -> None:
+def _confirm(ctx: Context, plan: Plan, yes: bool, display: Display) -> None:
     reasons = []
     if plan.direction is Direction.DOWNGRADE and plan.steps:
         reasons.append(f"this downgrade runs {len(plan.steps)} migration(s) backward")
@@ -286,6 +286,7 @@ def _confirm(ctx: Context, plan: Plan, yes: bool) -> None:
             f"confirmation needed ({'; '.join(reasons)}) and there is no terminal to ask:"
             " pass --yes to go ahead"
         )
+    display.show_plan_now(plan)  # what the operator is asked to agree to
     if not click.confirm(f"{'; '.join(reasons).capitalize()}. Continue?", err=True):
         raise CommandError("cancelled; nothing was changed", EXIT_USAGE)
 
@@ -355,7 +356,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
                 f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
                 f" the installed {the_plan.current}: use `dopemux-update {other}`"
             )
-        _confirm(ctx, the_plan, opts.yes)
+        _confirm(ctx, the_plan, opts.yes, display)
         run_log.start()  # validation passed: from here on the run leaves a log
 
     async def run() -> tuple[UpdateResult, RestartResult | None]:
