@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -421,3 +422,44 @@ def test_a_naive_yaml_rewrite_that_loses_a_comment_fails_verify_and_the_helper_p
         backward=HELPER_YAML.format(change="doc.pop('workers', None)"),
     )
     assert verify(installation, migrations.root, "--from", "0.1.0") == 0
+
+
+def test_a_sandbox_folder_inside_the_installation_is_refused(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_ok.py")
+    before = tree_digest(installation)
+    inside = installation / "empty"
+    assert (
+        verify(installation, migrations.root, "--from", "0.1.0", "--sandbox-dir", str(inside)) == 2
+    )
+    assert "inside the installation" in capsys.readouterr().err
+    assert tree_digest(installation) == before
+
+
+def test_an_unreadable_file_is_a_clear_error_and_no_sandbox_is_left(
+    installation: Path,
+    migrations: MigrationWriter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    migrations.add(V1, "001_ok.py")
+    secret = installation / "secret.env"
+    sandboxes = tmp_path / "sandboxes"
+    real_open = os.open
+
+    def refuse(path: object, *args: object, **kwargs: object) -> int:
+        if str(path) == str(secret):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", refuse)
+        code = verify(
+            installation, migrations.root, "--from", "0.1.0", "--sandbox-dir", str(sandboxes)
+        )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not copy or read its sandbox" in err
+    assert "secret.env" in err
+    assert list(sandboxes.iterdir()) == []

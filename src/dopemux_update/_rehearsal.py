@@ -17,6 +17,8 @@ responsible and what it leaves behind. The live installation is only ever read.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -285,9 +287,19 @@ def rehearse_steps(
     if not steps:
         return RehearsalReport(ok=True, migrations=ids, direction=direction)
     logger.info("verify.started", migrations=len(steps), root=str(scope.root))
+    where = (sandbox_dir or Path(tempfile.gettempdir())).resolve()
+    if where.is_relative_to(scope.root.resolve()):
+        raise PreflightError(
+            f"the sandbox folder {where} is inside the installation {scope.root}:"
+            " the copy would copy itself; choose a folder outside it (--sandbox-dir)"
+        )
     with routing_installed(), temporary_folder(sandbox_dir, keep=keep_sandbox) as folder:
         rehearsal = _Rehearsal(steps, scope, folder, stop=stop, on_call=on_call)
-        found = rehearsal.run()
+        try:
+            found = rehearsal.run()
+        except (OSError, sqlite3.Error) as exc:
+            # Copying or reading the sandbox failed (a migration's own errors are captured).
+            raise UpdateError(f"the rehearsal could not copy or read its sandbox: {exc}") from exc
     report = RehearsalReport(
         ok=found.ok,
         migrations=ids,
@@ -365,14 +377,20 @@ async def rehearse(
         finally:
             stop.set()
 
+    reports: list[RehearsalReport] = []
+    errors: list[Exception] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_when_cancelled)
         try:
             # Not abandoned on cancellation: the thread stops at its next call and removes
             # its sandbox; the cancellation is delivered when it has.
-            report = await anyio.to_thread.run_sync(work)
+            reports.append(await anyio.to_thread.run_sync(work))
         except RehearsalStopped:
-            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()  # raises the cancellation that stopped it
             raise
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+            errors.append(exc)
         tg.cancel_scope.cancel()
-    return dataclasses.replace(report, version_from=version_from, version_to=version_to)
+    if errors:
+        raise errors[0]
+    return dataclasses.replace(reports[0], version_from=version_from, version_to=version_to)
