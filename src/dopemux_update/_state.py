@@ -6,7 +6,6 @@ ever replaced atomically.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,7 +79,7 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot be read: {exc.strerror or exc}", path=self.path) from exc
         try:
-            state = State.model_validate(json.loads(raw))
+            state = State.model_validate_json(raw)  # parsed in pydantic-core: several x faster
         except (ValueError, ValidationError) as exc:
             raise StateError(f"is not a valid state file: {exc}", path=self.path) from exc
         if state.installed_version is not None:
