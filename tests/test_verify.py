@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,7 +19,7 @@ from conftest import EXAMPLE_MIGRATIONS, MigrationWriter, tree_digest
 from dopemux_update import MigrationValidationError
 from dopemux_update._journal import Journal
 from dopemux_update._lock import holding_lock
-from dopemux_update._rehearsal import rehearse
+from dopemux_update._rehearsal import RehearsalReport, rehearse
 from dopemux_update.cli import main
 
 V1 = "v0.1.0_to_v0.2.0"
@@ -25,6 +27,19 @@ LEAVES_A_FILE = """
 (project_root / 'leftover.txt').write_text('I stay behind')
 return True
 """
+
+
+def rehearse_now(root: Path, migrations: MigrationWriter, **options: Any) -> RehearsalReport:
+    """The rehearsal from 0.1.0, run to its end on an event loop of its own."""
+    return anyio.run(
+        functools.partial(
+            rehearse,
+            project_root=root,
+            migrations_dir=migrations.root,
+            current_version="0.1.0",
+            **options,
+        )
+    )
 
 
 def verify(root: Path, migrations: Path, *extra: str) -> int:
@@ -135,11 +150,7 @@ def test_a_forward_that_cannot_run_twice_fails_the_apply_again_stage(
             "m.write_text('')\nreturn True"
         ),
     )
-    report = anyio.run(
-        lambda: rehearse(
-            project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
-        )
-    )
+    report = rehearse_now(installation, migrations)
     assert (report.ok, report.stage, report.culprit) == (False, "apply again", f"{V1}/001_once")
     assert report.error is not None
     assert "raised RuntimeError: already migrated once" in report.error
@@ -167,11 +178,7 @@ def test_interference_between_migrations_is_reported_without_a_culprit(
             "return True"
         ),
     )
-    report = anyio.run(
-        lambda: rehearse(
-            project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
-        )
-    )
+    report = rehearse_now(installation, migrations)
     assert (report.ok, report.stage, report.culprit) == (False, "compare", None)
     assert report.differences.added == ("stray.txt",)
     assert report.error is not None
@@ -230,11 +237,7 @@ def test_a_wal_database_held_open_is_rehearsed_with_its_unflushed_rows(
                 "return n == 3 and mode == 'wal'"
             ),
         )
-        report = anyio.run(
-            lambda: rehearse(
-                project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
-            )
-        )
+        report = rehearse_now(installation, migrations)
     assert report.ok, report.describe()
 
 
@@ -242,14 +245,8 @@ def test_keep_sandbox_leaves_it_for_inspection(
     installation: Path, migrations: MigrationWriter, tmp_path: Path
 ) -> None:
     three_migrations(migrations)
-    report = anyio.run(
-        lambda: rehearse(
-            project_root=installation,
-            migrations_dir=migrations.root,
-            current_version="0.1.0",
-            sandbox_dir=tmp_path / "sandboxes",
-            keep_sandbox=True,
-        )
+    report = rehearse_now(
+        installation, migrations, sandbox_dir=tmp_path / "sandboxes", keep_sandbox=True
     )
     assert report.sandbox is not None
     assert (report.sandbox / "sandbox" / "config" / "app.yaml").is_file()
@@ -309,11 +306,7 @@ def test_a_bad_migration_is_a_usage_error_naming_the_file(
     assert "001_typo.py" in err
     assert tree_digest(installation) == before
     with pytest.raises(MigrationValidationError):
-        anyio.run(
-            lambda: rehearse(
-                project_root=installation, migrations_dir=migrations.root, current_version="0.1.0"
-            )
-        )
+        rehearse_now(installation, migrations)
 
 
 def test_an_interrupted_update_must_be_recovered_first(

@@ -15,14 +15,16 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TextIO, overload
+from typing import IO, Any, BinaryIO, Literal, TextIO, TypeVar, overload
 
 from ._exceptions import EditError
 from ._fsutil import fsync_dir
 
-__all__ = ["atomic_write", "write_bytes", "write_text"]
+__all__ = ["atomic_write", "read_text", "saved_if_changed", "write_bytes", "write_text"]
+
+T = TypeVar("T")
 
 # Mode of a newly created file before the umask, as with a plain open() of a config file.
 _NEW_FILE_MODE = 0o644
@@ -119,3 +121,24 @@ def write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-
     """Replace the file at ``path`` with ``text`` atomically; newlines are written as given."""
     with atomic_write(path, "w", encoding=encoding) as handle:
         handle.write(text)
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of the file at ``path``; :class:`EditError` if it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise EditError(f"cannot read: {exc.strerror}", path=path) from exc
+    except UnicodeDecodeError as exc:
+        raise EditError(f"not valid UTF-8 ({exc.reason})", path=path) from exc
+
+
+@contextlib.contextmanager
+def saved_if_changed(path: Path, doc: T, dump: Callable[[T], str]) -> Iterator[T]:
+    """Yield ``doc``; afterwards write ``dump(doc)`` to ``path`` atomically, but only if the
+    block ended without an exception and the dump differs from the one before the block."""
+    before = dump(doc)
+    yield doc
+    after = dump(doc)
+    if after != before:
+        write_text(path, after)

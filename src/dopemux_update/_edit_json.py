@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._atomic import write_text
+from ._atomic import read_text, saved_if_changed
 from ._exceptions import EditError
 
 __all__ = ["edit_json"]
@@ -34,22 +34,14 @@ def edit_json(path: str | os.PathLike[str]) -> Iterator[Any]:
     ends without an exception and the document changed.
     """
     target = Path(path)
-    try:
-        text = target.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise EditError(f"cannot read: {exc.strerror}", path=target) from exc
-    except UnicodeDecodeError as exc:
-        raise EditError(f"not valid UTF-8 ({exc.reason})", path=target) from exc
+    text = read_text(target)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EditError(f"not valid JSON: {exc}", path=target) from exc
     style = _style(text)
-    before = _dump(doc, style, target)
-    yield doc
-    after = _dump(doc, style, target)
-    if after != before:
-        write_text(target, after)
+    with saved_if_changed(target, doc, lambda d: _dump(d, style, target)) as edited:
+        yield edited
 
 
 def _style(text: str) -> _Style:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._atomic import write_text
+from ._atomic import read_text, saved_if_changed
 from ._exceptions import EditError
 
 __all__ = ["edit_yaml", "load_yaml", "quoted"]
@@ -63,11 +63,8 @@ def edit_yaml(path: str | os.PathLike[str]) -> Iterator[Any]:
     """
     target = Path(path)
     doc, codec = _read(target)
-    before = _dump(doc, codec, target)
-    yield doc
-    after = _dump(doc, codec, target)
-    if after != before:
-        write_text(target, after)
+    with saved_if_changed(target, doc, lambda d: _dump(d, codec, target)) as edited:
+        yield edited
 
 
 def quoted(text: str) -> str:
@@ -90,12 +87,7 @@ def _ruamel(path: Path | None, module: str = "ruamel.yaml") -> Any:
 
 def _read(path: Path) -> tuple[Any, _Codec]:
     ruamel = _ruamel(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise EditError(f"cannot read: {exc.strerror}", path=path) from exc
-    except UnicodeDecodeError as exc:
-        raise EditError(f"not valid UTF-8 ({exc.reason})", path=path) from exc
+    text = read_text(path)
     layout = _layout(text)
     yaml = ruamel.YAML(typ="rt")
     yaml.preserve_quotes = True
