@@ -3,7 +3,8 @@
     python examples/walkthrough.py [FOLDER]
 
 The copy goes to FOLDER (default: a new temporary folder); the sample itself is never touched.
-Runs the real ``dopemux-update`` command line: status, plan, upgrade, then shows the diff.
+Runs the real ``dopemux-update`` command line: status, plan, verify (a rehearsal on a sandbox
+copy), upgrade, then shows the diff.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def main() -> int:
     common = ["--root", str(target), "--migrations", str(MIGRATIONS)]
     run("status", *common)
     run("plan", *common)
+    code = run("verify", *common)  # a rehearsal on a sandbox copy: forward, back, forward
+    if code != 0:
+        print(f"\nverify exited with {code}", file=sys.stderr)
+        return code
     code = run("upgrade", *common, "--yes", "--no-restart")
     if code != 0:
         print(f"\nupgrade exited with {code}", file=sys.stderr)
