@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_MIGRATIONS, tree_digest
+from conftest import EXAMPLE_INSTALLATION, EXAMPLE_MIGRATIONS, REPO, tree_digest
 from dopemux_update import OrchestrationPhase, ServiceRestartPhase
 
 pytestmark = pytest.mark.anyio
@@ -107,3 +109,20 @@ async def test_a_late_failure_restores_001_and_002s_changes_exactly(
     after.pop(".dopemux/conport.db")
     assert after == before
     assert db_content(example_copy) == before_db
+
+
+def test_the_walkthrough_of_the_readmes_first_command_runs_end_to_end(tmp_path: Path) -> None:
+    """`examples/walkthrough.py`: status, plan, verify, upgrade, on a copy; the sample unchanged."""
+    before = tree_digest(EXAMPLE_INSTALLATION)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "walkthrough.py"), str(tmp_path / "copy")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Rehearsal clean: 2 migrations" in result.stdout
+    assert "Upgraded 0.1.0 → 0.2.0: 2 migration(s) applied." in result.stdout
+    assert "config/app.yaml: unchanged (user comments and all)" in result.stdout
+    assert "Installed version: 0.2.0" in result.stdout
+    assert tree_digest(EXAMPLE_INSTALLATION) == before
