@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -456,3 +457,54 @@ def test_an_unreadable_file_is_a_clear_error_and_no_sandbox_is_left(
     assert "could not copy or read its sandbox" in err
     assert "secret.env" in err
     assert list(sandboxes.iterdir()) == []
+
+
+def test_ctrl_c_stops_the_rehearsal_removes_the_sandbox_and_exits_130(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    for fifo in (started, release):
+        os.mkfifo(fifo)
+    migrations.add(
+        V1,
+        "001_waits.py",
+        forward=f"open({str(started)!r}, 'w').close()\nopen({str(release)!r}).read()\nreturn True",
+    )
+    migrations.add(V1, "002_never.py")
+    sandboxes = tmp_path / "sandboxes"
+    before = tree_digest(installation)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dopemux_update",
+            "verify",
+            "--root",
+            str(installation),
+            "--migrations",
+            str(migrations.root),
+            "--from",
+            "0.1.0",
+            "--sandbox-dir",
+            str(sandboxes),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with open(started) as handle:  # the first migration is running on the sandbox
+        handle.read()
+    process.send_signal(signal.SIGINT)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "stopping the rehearsal" in line:
+            break
+    with open(release, "w"):
+        pass
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert json.loads(out)["exit_code"] == 130
+    assert list(sandboxes.iterdir()) == []
+    assert tree_digest(installation) == before
+    assert migrations.calls_made() == [f"forward {V1}/001_waits"]
