@@ -22,6 +22,7 @@ from dopemux_update._journal import Journal
 from dopemux_update._lock import holding_lock
 from dopemux_update._rehearsal import RehearsalReport, rehearse
 from dopemux_update.cli import main
+from dopemux_update.testing import run_forward
 
 V1 = "v0.1.0_to_v0.2.0"
 LEAVES_A_FILE = """
@@ -508,3 +509,20 @@ def test_ctrl_c_stops_the_rehearsal_removes_the_sandbox_and_exits_130(
     assert list(sandboxes.iterdir()) == []
     assert tree_digest(installation) == before
     assert migrations.calls_made() == [f"forward {V1}/001_waits"]
+
+
+def test_a_downgrade_plan_is_rehearsed_backward_then_forward(
+    example_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_forward(EXAMPLE_MIGRATIONS / V1, example_copy)  # the installation is now at 0.2.0
+    args = ["--from", "0.2.0", "--to", "0.1.0", "--json"]
+    assert verify(example_copy, EXAMPLE_MIGRATIONS, *args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["direction"] == "downgrade"
+    calls = [(c["stage"], c["function"], c["id"].rsplit("/", 1)[1][:3]) for c in payload["calls"]]
+    assert calls[:4] == [
+        ("apply", "migrate_backward", "002"),
+        ("apply", "migrate_backward", "001"),
+        ("revert", "migrate_forward", "001"),
+        ("revert", "migrate_forward", "002"),
+    ]
