@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 from dopemux_update._snapshot import diff_snapshots, take_snapshot
-from dopemux_update._tree import Scope
+from dopemux_update._tree import Scope, decode_name
 
 
 def snap(root: Path):  # type: ignore[no-untyped-def]
@@ -114,3 +116,119 @@ def test_sqlite_sidecars_are_part_of_their_database(tmp_path: Path) -> None:
         diff = diff_snapshots(before, snap(tmp_path))
     assert diff.added == ()
     assert [(c.table, c.what) for c in diff.databases] == [("t", "1 row added ((1,))")]
+
+
+def changes(tmp_path: Path, *statements: str, setup: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    db = tmp_path / "app.db"
+    sql(db, *setup)
+    before = snap(tmp_path)
+    sql(db, *statements)
+    return [(c.table, c.what) for c in diff_snapshots(before, snap(tmp_path)).databases]
+
+
+def test_tables_whose_names_merely_start_like_sqlites_own_are_compared(tmp_path: Path) -> None:
+    found = changes(
+        tmp_path,
+        "DROP TABLE SQLiteCache",
+        "UPDATE sqlite1_data SET v = 2",
+        setup=(
+            "CREATE TABLE SQLiteCache (v)",
+            "CREATE TABLE sqlite1_data (v)",
+            "INSERT INTO sqlite1_data VALUES (1)",
+        ),
+    )
+    assert ("SQLiteCache", "table removed (0 rows)") in found
+    assert ("sqlite1_data", "1 row added ((2,)); 1 row removed ((1,))") in found
+
+
+def test_user_version_and_lost_constraints_and_autoincrement_counters_are_compared(
+    tmp_path: Path,
+) -> None:
+    found = changes(
+        tmp_path,
+        "PRAGMA user_version = 2",
+        "CREATE TABLE t2 (v TEXT)",  # a rebuild that forgets the CHECK
+        "INSERT INTO t2 SELECT v FROM t",
+        "DROP TABLE t",
+        "ALTER TABLE t2 RENAME TO t",
+        "INSERT INTO seq (v) VALUES ('x')",
+        "DELETE FROM seq",
+        setup=(
+            "PRAGMA user_version = 1",
+            "CREATE TABLE t (v TEXT CHECK (length(v) < 10))",
+            "CREATE TABLE seq (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+        ),
+    )
+    assert ("PRAGMA user_version", "1 → 2") in found
+    assert ("t", "definition changed (constraints, collations or defaults)") in found
+    assert any(table == "sqlite_sequence" for table, _ in found)
+
+
+def test_rows_with_null_keys_are_counted_not_merged(tmp_path: Path) -> None:
+    found = changes(
+        tmp_path,
+        "DELETE FROM t WHERE rowid = (SELECT max(rowid) FROM t)",
+        setup=(
+            "CREATE TABLE t (k TEXT PRIMARY KEY, v)",
+            "INSERT INTO t VALUES (NULL, 1), (NULL, 1)",
+        ),
+    )
+    assert found == [("t", "1 row removed ((None, 1))")]
+
+
+def test_a_rename_and_back_is_no_change_though_sqlite_requotes_the_schema(
+    tmp_path: Path,
+) -> None:
+    found = changes(
+        tmp_path,
+        "ALTER TABLE decisions RENAME TO d2",
+        "ALTER TABLE d2 RENAME TO decisions",
+        setup=(
+            "CREATE TABLE decisions (id INTEGER PRIMARY KEY, a TEXT)",
+            "CREATE INDEX i ON decisions(a)",
+            "CREATE VIEW v AS SELECT * FROM decisions",
+        ),
+    )
+    assert found == []
+
+
+def test_text_that_is_not_utf8_is_compared_not_a_crash(tmp_path: Path) -> None:
+    found = changes(
+        tmp_path,
+        "UPDATE t SET x = CAST(x'ff42' AS TEXT)",
+        setup=(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)",
+            "INSERT INTO t VALUES (1, CAST(x'ff41' AS TEXT))",
+        ),
+    )
+    assert found == [("t", "1 row changed (id=1)")]
+
+
+def test_a_file_named_like_a_sidecar_is_a_file_unless_beside_a_database(tmp_path: Path) -> None:
+    (tmp_path / "trip").write_text("not a database")
+    (tmp_path / "trip-journal").write_text("day 1")
+    before = snap(tmp_path)
+    (tmp_path / "trip-journal").write_text("day 2")
+    diff = diff_snapshots(before, snap(tmp_path))
+    assert [(c.path, c.what) for c in diff.changed] == [("trip-journal", "content")]
+
+
+def test_the_roots_own_mode_is_compared(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o755)
+    before = snap(root)
+    root.chmod(0o700)
+    assert [(c.path, c.what) for c in diff_snapshots(before, snap(root)).changed] == [
+        (".", "mode 755 → 700")
+    ]
+
+
+def test_names_that_are_not_utf8_are_escaped_for_people_and_encoded_for_json(
+    tmp_path: Path,
+) -> None:
+    before = snap(tmp_path)
+    (tmp_path / os.fsdecode(b"caf\xe9.txt")).write_text("x")
+    diff = diff_snapshots(before, snap(tmp_path))
+    assert diff.describe() == ["added:   caf\\xe9.txt"]
+    encoded = json.dumps(diff.to_json(), ensure_ascii=False).encode("utf-8")  # strict: no crash
+    assert decode_name(json.loads(encoded)["added"][0]) == os.fsdecode(b"caf\xe9.txt")

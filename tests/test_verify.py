@@ -455,7 +455,7 @@ def test_an_unreadable_file_is_a_clear_error_and_no_sandbox_is_left(
         )
     assert code == 2
     err = capsys.readouterr().err
-    assert "could not copy or read its sandbox" in err
+    assert "secret.env: cannot be copied into the sandbox" in err
     assert "secret.env" in err
     assert list(sandboxes.iterdir()) == []
 
@@ -526,3 +526,80 @@ def test_a_downgrade_plan_is_rehearsed_backward_then_forward(
         ("revert", "migrate_forward", "001"),
         ("revert", "migrate_forward", "002"),
     ]
+
+
+def test_an_absolute_symlink_into_the_installation_leads_into_the_sandbox(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    """Writing through it must change the sandbox's file, never the installation's."""
+    (installation / "shared.yaml").symlink_to(installation / "config" / "app.yaml")
+    migrations.add(
+        V1,
+        "001_through_link.py",
+        forward="(project_root / 'shared.yaml').write_text('changed: true\\n')\nreturn True",
+        backward="return True",  # does not undo it: the rehearsal must see that in the sandbox
+    )
+    before = tree_digest(installation)
+    report = rehearse_now(installation, migrations)
+    assert tree_digest(installation) == before
+    assert (report.ok, report.culprit) == (False, f"{V1}/001_through_link")
+    assert [(c.path, c.what) for c in report.differences.changed] == [
+        ("config/app.yaml", "content")
+    ]
+
+
+def test_symlinks_leading_outside_are_refused_all_at_once_and_nothing_runs(
+    installation: Path,
+    migrations: MigrationWriter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (installation / "data").symlink_to(outside)
+    (installation / "config" / "up").symlink_to("../../elsewhere")
+    migrations.add(V1, "001_ok.py")
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 2
+    err = capsys.readouterr().err
+    assert "2 symlink(s) lead outside the installation" in err
+    assert f"data -> {outside}" in err
+    assert "config/up -> ../../elsewhere" in err
+    assert migrations.calls_made() == []
+    assert (
+        verify(
+            installation,
+            migrations.root,
+            "--from",
+            "0.1.0",
+            "--exclude",
+            "data",
+            "--exclude",
+            "config/up",
+        )
+        == 0
+    )
+
+
+def test_reading_a_closed_wal_database_leaves_no_sidecar_files_behind(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    db = installation / ".dopemux" / "wal.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        with conn:
+            conn.execute("CREATE TABLE t (v)")
+    assert not Path(f"{db}-wal").exists()
+    migrations.add(V1, "001_ok.py")
+    before = sorted(p.name for p in db.parent.iterdir()), db.read_bytes()
+    assert rehearse_now(installation, migrations).ok
+    assert (sorted(p.name for p in db.parent.iterdir()), db.read_bytes()) == before
+
+
+def test_a_database_whose_name_is_not_utf8_is_rehearsed(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    db = installation / os.fsdecode(b"caf\xe9.db")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TABLE t (v)")
+    migrations.add(V1, "001_ok.py")
+    assert rehearse_now(installation, migrations).ok

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import sqlite3
 import stat
 import urllib.parse
@@ -77,7 +78,8 @@ def _compare(path: Path, stored: Path, entry: Entry, item: TreeEntry) -> str | N
 
 
 def _uri(path: Path, **params: str) -> str:
-    return f"file:{urllib.parse.quote(str(path.resolve()))}?{urllib.parse.urlencode(params)}"
+    quoted = urllib.parse.quote(os.fsencode(path.resolve()))  # a name that is not UTF-8 too
+    return f"file:{quoted}?{urllib.parse.urlencode(params)}"
 
 
 def _same_database(stored: Path, live: Path) -> bool:

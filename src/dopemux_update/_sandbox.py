@@ -1,10 +1,14 @@
 """Sandbox copies of an installation, to rehearse migrations on without touching the original.
 
-A copy keeps folders, files with their permission bits, and symlinks as symlinks (their
-targets unchanged). SQLite databases are copied through SQLite's online backup API, so a
-database that a running service holds open, with pages still in its WAL, is copied
-consistently; a database in WAL mode stays in WAL mode. Fifos, sockets and devices are left
-out, as in a backup.
+A copy keeps folders, files with their permission bits, and symlinks as symlinks. A symlink
+that leads to a path inside the installation leads to the same path inside the copy (an
+absolute target is rewritten; a relative one already does). A symlink that leads *outside*
+the installation is refused, all of them listed at once: a migration writing through it would
+write to the real files, not to the sandbox. SQLite databases are copied through SQLite's
+online backup API, so a database that a running service holds open, with pages still in its
+WAL, is copied consistently; a database in WAL mode stays in WAL mode. A file is a database's
+``-wal``/``-shm``/``-journal`` only beside a database. Fifos, sockets and devices are left out,
+as in a backup.
 """
 
 from __future__ import annotations
@@ -19,10 +23,57 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._copy import copy_file
+from ._exceptions import PreflightError, UpdateError
 from ._sqlite import SIDECARS, capture, is_sqlite, is_wal
-from ._tree import Scope, walk
+from ._tree import Scope, TreeEntry, shown, walk
 
-__all__ = ["copy_tree", "remove_tree", "temporary_folder"]
+__all__ = ["SandboxEscapeError", "copy_tree", "remove_tree", "temporary_folder"]
+
+_SHOWN_LINKS = 5
+
+
+class SandboxEscapeError(PreflightError):
+    """Symlinks in the installation lead outside it; a rehearsal could not contain them."""
+
+    def __init__(self, root: Path, links: list[tuple[str, str]]) -> None:
+        self.links = tuple(links)
+        listed = ", ".join(
+            f"{shown(rel)} -> {shown(target)}" for rel, target in links[:_SHOWN_LINKS]
+        )
+        more = f" and {len(links) - _SHOWN_LINKS} more" if len(links) > _SHOWN_LINKS else ""
+        super().__init__(
+            f"{root}: {len(links)} symlink(s) lead outside the installation ({listed}{more});"
+            " a migration writing through them would change the real files, not the sandbox."
+            " Leave them out with --exclude"
+        )
+
+
+def _inside(root: Path, link: Path, target: str) -> str | None:
+    """Where ``target`` (of the symlink at ``link``) leads, relative to ``root``; None when
+    it leads outside. Lexical, like the path a migration would open."""
+    absolute = os.path.normpath(os.path.join(link.parent, target))  # noqa: PTH118
+    relative = os.path.relpath(absolute, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None
+    return relative
+
+
+def _links(root: Path, entries: list[TreeEntry]) -> dict[str, str | None]:
+    """Each symlink's target as written, or None for an absolute one (it is rewritten to the
+    same path inside the copy); raises if any leads outside ``root``."""
+    targets: dict[str, str | None] = {}
+    escaping: list[tuple[str, str]] = []
+    for entry in entries:
+        if entry.kind != "symlink":
+            continue
+        target = os.readlink(root / entry.rel)  # noqa: PTH115 - the text, not a Path
+        if _inside(root, root / entry.rel, target) is None:
+            escaping.append((entry.rel, target))
+        else:
+            targets[entry.rel] = None if os.path.isabs(target) else target  # noqa: PTH117
+    if escaping:
+        raise SandboxEscapeError(root, escaping)
+    return targets
 
 
 def _set_wal(path: Path) -> None:
@@ -36,41 +87,70 @@ def _set_wal(path: Path) -> None:
 def copy_tree(scope: Scope, destination: Path) -> int:
     """Copy what ``scope`` covers into the folder ``destination`` (created, or empty).
 
-    Returns the number of bytes of regular files copied.
+    Returns the number of bytes of regular files copied. Raises
+    :class:`SandboxEscapeError` (before copying anything) when a symlink leads outside the
+    scope's root, and :class:`~dopemux_update.UpdateError` naming the path that could not be
+    read or copied.
     """
+    root = scope.root.resolve()
+    entries = list(walk(Scope(root, scope.excluded, scope.included)))
+    links = _links(root, entries)
+    databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
     destination.mkdir(parents=True, exist_ok=True)
-    entries = list(walk(scope))
-    files = {entry.rel for entry in entries if entry.kind == "file"}
-    folders: list[tuple[Path, int]] = [(destination, stat.S_IMODE(scope.root.stat().st_mode))]
+    folders: list[tuple[Path, int]] = [(destination, stat.S_IMODE(root.stat().st_mode))]
     copied = 0
     for entry in entries:
-        source = scope.root / entry.rel
-        target = destination / entry.rel
-        mode = stat.S_IMODE(entry.info.st_mode)
-        if entry.kind == "dir":
-            target.mkdir(mode=0o700)
-            folders.append((target, mode))
-        elif entry.kind == "symlink":
-            target.symlink_to(source.readlink())
-        elif entry.kind != "file":
-            continue
-        elif any(entry.rel.endswith(s) and entry.rel[: -len(s)] in files for s in SIDECARS):
+        if entry.kind == "file" and any(
+            entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
+        ):
             continue  # part of its database, copied with it
-        elif is_sqlite(source):
-            capture(source, target)
-            if is_wal(source):
-                _set_wal(target)
-            for suffix in SIDECARS:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"{target}{suffix}").unlink()
-            target.chmod(mode)
-        else:
-            copy_file(source, target, mode=mode)
-            copied += entry.info.st_size
+        try:
+            copied += _copy_entry(root, destination, entry, links, databases, folders)
+        except (OSError, sqlite3.Error) as exc:
+            raise UpdateError(
+                f"{shown(entry.rel)}: cannot be copied into the sandbox: {exc}"
+            ) from exc
     # Folder modes last: a read-only folder must still be written into while it is filled.
     for folder, mode in reversed(folders):
         folder.chmod(mode)
     return copied
+
+
+def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
+    root: Path,
+    destination: Path,
+    entry: TreeEntry,
+    links: dict[str, str | None],
+    databases: set[str],
+    folders: list[tuple[Path, int]],
+) -> int:
+    source, target = root / entry.rel, destination / entry.rel
+    mode = stat.S_IMODE(entry.info.st_mode)
+    if entry.kind == "dir":
+        target.mkdir(mode=0o700)
+        folders.append((target, mode))
+    elif entry.kind == "symlink":
+        relative = links[entry.rel]
+        if relative is None:  # absolute, into the installation: the same place in the copy
+            inside = _inside(root, source, os.readlink(source))  # noqa: PTH115
+            assert inside is not None  # noqa: S101 - checked by _links
+            target.symlink_to(destination / inside)
+        else:
+            target.symlink_to(relative)
+    elif entry.kind != "file":
+        return 0
+    elif entry.rel in databases:
+        capture(source, target)
+        if is_wal(source):
+            _set_wal(target)
+        for suffix in SIDECARS:
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{target}{suffix}").unlink()
+        target.chmod(mode)
+    else:
+        copy_file(source, target, mode=mode)
+        return entry.info.st_size
+    return 0
 
 
 def remove_tree(path: Path) -> None:

@@ -11,21 +11,20 @@ compared on their own.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import re
 import sqlite3
 import stat
-import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
 from ._copy import hash_file
-from ._sqlite import SIDECARS, is_sqlite
-from ._tree import Scope, walk
+from ._exceptions import UpdateError
+from ._sqlite import SIDECARS, is_sqlite, open_for_reading
+from ._tree import Scope, TreeEntry, encode_name, shown, walk
 
 __all__ = [
     "DatabaseChange",
@@ -43,16 +42,21 @@ _SPACES = re.compile(r"\s+")
 
 @dataclass(frozen=True, slots=True)
 class TableDigest:
-    """One table: its columns, and its rows keyed by primary key (or counted, without one)."""
+    """One table: its definition, columns, and rows keyed by primary key (or counted).
 
+    Rows of a table without a primary key, and rows whose key holds a NULL (a legacy
+    non-INTEGER primary key allows several), are counted as whole rows instead.
+    """
+
+    sql: str  # the normalised CREATE TABLE: constraints, collations, defaults
     columns: tuple[tuple[str, str, int, str | None, int], ...]
     keyed: bool
-    rows: dict[str, str]  # primary key -> row, for a table with a primary key
-    counts: Counter[str] = field(default_factory=Counter)  # row -> times present, without one
+    rows: dict[str, str]  # primary key -> row
+    counts: Counter[str] = field(default_factory=Counter)  # row -> times present
 
     @property
     def size(self) -> int:
-        return len(self.rows) if self.keyed else self.counts.total()
+        return len(self.rows) + self.counts.total()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class DatabaseDigest:
 
     tables: dict[str, TableDigest]
     objects: dict[str, str]  # "index name" / "view name" / "trigger name" -> normalised SQL
+    pragmas: dict[str, int] = field(default_factory=dict)  # user_version, application_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +117,24 @@ class TreeDiff:
         return not (self.added or self.removed or self.changed or self.databases)
 
     def describe(self) -> list[str]:
-        """One line per difference, for people."""
-        lines = [f"added:   {path}" for path in self.added]
-        lines.extend(f"removed: {path}" for path in self.removed)
-        lines.extend(f"changed: {change.path} ({change.what})" for change in self.changed)
+        """One line per difference, for people (names that are not UTF-8 escaped)."""
+        lines = [f"added:   {shown(path)}" for path in self.added]
+        lines.extend(f"removed: {shown(path)}" for path in self.removed)
+        lines.extend(f"changed: {shown(c.path)} ({shown(c.what)})" for c in self.changed)
         lines.extend(
-            f"changed: {change.path}, {change.table}: {change.what}" for change in self.databases
+            f"changed: {shown(c.path)}, {shown(c.table)}: {shown(c.what)}" for c in self.databases
         )
         return lines
 
     def to_json(self) -> dict[str, object]:
+        """JSON-safe: a name that is not UTF-8 is encoded as backups encode it."""
         return {
-            "added": list(self.added),
-            "removed": list(self.removed),
-            "changed": [{"path": c.path, "what": c.what} for c in self.changed],
+            "added": [encode_name(p) for p in self.added],
+            "removed": [encode_name(p) for p in self.removed],
+            "changed": [{"path": encode_name(c.path), "what": shown(c.what)} for c in self.changed],
             "databases": [
-                {"path": c.path, "table": c.table, "what": c.what} for c in self.databases
+                {"path": encode_name(c.path), "table": shown(c.table), "what": shown(c.what)}
+                for c in self.databases
             ],
         }
 
@@ -139,89 +146,144 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@contextlib.contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    connection = sqlite3.connect(uri, uri=True, timeout=30.0)
-    try:
-        yield connection
-    finally:
-        connection.close()
+_LITERAL = re.compile(r"('(?:[^']|'')*')")
+_QUOTED_NAME = re.compile(
+    r'"([A-Za-z_][A-Za-z0-9_$]*)"|`([A-Za-z_][A-Za-z0-9_$]*)`|\[([A-Za-z_][A-Za-z0-9_$]*)\]'
+)
+_AROUND_PUNCTUATION = re.compile(r"\s*([(),])\s*")
+
+
+def normalise_sql(sql: str) -> str:
+    """SQL as SQLite may rewrite it without changing its meaning: plain identifiers unquoted
+    (a rename quotes them), spaces collapsed, keywords and names in one case; string
+    literals are kept exactly."""
+    parts = _LITERAL.split(sql)
+    for index in range(0, len(parts), 2):  # the even parts lie outside string literals
+        text = _QUOTED_NAME.sub(lambda m: m.group(1) or m.group(2) or m.group(3), parts[index])
+        text = _AROUND_PUNCTUATION.sub(r"\1", _SPACES.sub(" ", text))
+        parts[index] = text.casefold()
+    return "".join(parts).strip()
+
+
+def _text(raw: bytes) -> str:
+    """TEXT values as str even when they are not valid UTF-8 (kept apart from BLOBs)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _row_text(row: tuple[object, ...]) -> str:
     return repr(row)
 
 
-def _table_digest(connection: sqlite3.Connection, table: str) -> TableDigest:
+def _table_digest(connection: sqlite3.Connection, table: str, sql: str) -> TableDigest:
     info = connection.execute(f"PRAGMA table_xinfo({_quote(table)})").fetchall()
     columns = tuple((str(r[1]), str(r[2]).upper(), int(r[3]), r[4], int(r[5])) for r in info)
     key_columns = [c[0] for c in sorted((c for c in columns if c[4]), key=lambda c: c[4])]
     names = ", ".join(_quote(c[0]) for c in columns)
     cursor = connection.execute(f"SELECT {names} FROM {_quote(table)}")  # noqa: S608 - quoted
+    normalised = normalise_sql(sql)
     if not key_columns:
         counts = Counter(_row_text(row) for row in cursor)
-        return TableDigest(columns=columns, keyed=False, rows={}, counts=counts)
+        return TableDigest(normalised, columns, keyed=False, rows={}, counts=counts)
     positions = [next(i for i, c in enumerate(columns) if c[0] == k) for k in key_columns]
     rows: dict[str, str] = {}
+    unkeyed: Counter[str] = Counter()
     for row in cursor:
+        if any(row[i] is None for i in positions):
+            unkeyed[_row_text(row)] += 1  # NULL keys are not unique: count the whole row
+            continue
         key = ", ".join(f"{columns[i][0]}={row[i]!r}" for i in positions)
         rows[key] = _row_text(row)
-    return TableDigest(columns=columns, keyed=True, rows=rows)
+    return TableDigest(normalised, columns, keyed=True, rows=rows, counts=unkeyed)
+
+
+def _internal(name: str) -> bool:
+    """SQLite's own objects (names starting with ``sqlite_``, in any case), except the
+    AUTOINCREMENT counters of ``sqlite_sequence``, which are data."""
+    folded = name.casefold()
+    return folded.startswith("sqlite_") and folded != "sqlite_sequence"
 
 
 def database_digest(path: Path) -> DatabaseDigest:
-    """The tables, schema objects and rows of the SQLite database at ``path``."""
-    with _read_only(path) as connection:
-        master = connection.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-        ).fetchall()
+    """The tables, schema objects, rows and version pragmas of the database at ``path``."""
+    connection = open_for_reading(path)
+    try:
+        connection.text_factory = _text
+        master = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
         tables: dict[str, TableDigest] = {}
         objects: dict[str, str] = {}
         for kind, name, sql in master:
+            if _internal(name):
+                continue
             if kind == "table":
-                tables[name] = _table_digest(connection, name)
+                tables[name] = _table_digest(connection, name, sql or "")
             else:
-                objects[f"{kind} {name}"] = _SPACES.sub(" ", sql or "").strip()
-    return DatabaseDigest(tables=tables, objects=objects)
+                objects[f"{kind} {name}"] = normalise_sql(sql or "")
+        pragmas = {
+            name: int(connection.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("user_version", "application_id")
+        }
+    finally:
+        connection.close()
+    return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas)
 
 
 def _database_hash(database: DatabaseDigest) -> str:
     digest = xxhash.xxh3_128()
-    digest.update(repr(sorted(database.objects.items())).encode())
+    digest.update(repr(sorted(database.objects.items())).encode("utf-8", "surrogateescape"))
+    digest.update(repr(sorted(database.pragmas.items())).encode())
     for name in sorted(database.tables):
         table = database.tables[name]
-        rows = sorted(table.rows.items()) if table.keyed else sorted(table.counts.items())
-        digest.update(repr((name, table.columns, rows)).encode())
+        content = (
+            name,
+            table.sql,
+            table.columns,
+            sorted(table.rows.items()),
+            sorted(table.counts.items()),
+        )
+        digest.update(repr(content).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
-def _is_sidecar(rel: str, files: set[str]) -> bool:
-    return any(rel.endswith(suffix) and rel[: -len(suffix)] in files for suffix in SIDECARS)
-
-
 def take_snapshot(scope: Scope) -> TreeSnapshot:
-    """Read everything under ``scope`` (symlinks are never followed)."""
-    entries = list(walk(scope))
-    files = {entry.rel for entry in entries if entry.kind == "file"}
-    items: dict[str, Item] = {}
+    """Read everything under ``scope`` (symlinks are never followed), the root's own mode
+    included (as ``"."``). Raises :class:`~dopemux_update.UpdateError` naming a path that
+    cannot be read."""
+    root = scope.root.resolve()
+    entries = list(walk(Scope(root, scope.excluded, scope.included)))
+    databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
+    items: dict[str, Item] = {".": Item("dir", stat.S_IMODE(root.stat().st_mode))}
     for entry in entries:
-        mode = stat.S_IMODE(entry.info.st_mode)
-        path = scope.root / entry.rel
-        if entry.kind == "dir":
-            items[entry.rel] = Item("dir", mode)
-        elif entry.kind == "symlink":
-            items[entry.rel] = Item("symlink", 0, str(path.readlink()))
-        elif entry.kind != "file":
-            items[entry.rel] = Item("other", mode, entry.kind)
-        elif _is_sidecar(entry.rel, files):
-            continue
-        elif is_sqlite(path):
-            database = database_digest(path)
-            items[entry.rel] = Item("sqlite", mode, _database_hash(database), database)
-        else:
-            items[entry.rel] = Item("file", mode, hash_file(path)[0])
+        if entry.kind == "file" and any(
+            entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
+        ):
+            continue  # part of its database, which is compared by content
+        try:
+            items[entry.rel] = _item(root, entry, databases)
+        except (OSError, sqlite3.Error) as exc:
+            raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
     return TreeSnapshot(root=scope.root, items=items)
+
+
+def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
+    mode = stat.S_IMODE(entry.info.st_mode)
+    path = root / entry.rel
+    if entry.kind == "dir":
+        return Item("dir", mode)
+    if entry.kind == "symlink":
+        target = os.readlink(path)  # noqa: PTH115 - the text, not a Path
+        if os.path.isabs(target):  # noqa: PTH117
+            # An absolute link into the tree is recorded relative to it: a copy of the tree
+            # whose link leads to the same place inside the copy holds the same.
+            relative = os.path.relpath(os.path.normpath(target), root)
+            if not relative.startswith(os.pardir):
+                target = f"<root>/{relative}"
+        return Item("symlink", 0, target)
+    if entry.kind != "file":
+        return Item("other", mode, entry.kind)
+    if entry.rel in databases:
+        database = database_digest(path)
+        return Item("sqlite", mode, _database_hash(database), database)
+    return Item("file", mode, hash_file(path)[0])
 
 
 # -- comparing ------------------------------------------------------------------------------
@@ -232,8 +294,8 @@ def _plural(count: int, word: str) -> str:
 
 
 def _examples(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_EXAMPLES])
-    return f" ({shown}{', ...' if len(keys) > _EXAMPLES else ''})"
+    first = ", ".join(keys[:_EXAMPLES])
+    return f" ({first}{', ...' if len(keys) > _EXAMPLES else ''})"
 
 
 def _table_changes(
@@ -253,6 +315,8 @@ def _table_changes(
         changes.append(DatabaseChange(path, name, "columns " + "; ".join(parts)))
         return changes  # the rows differ in shape; listing them would say nothing more
     parts = []
+    if old.sql != new.sql:
+        parts.append("definition changed (constraints, collations or defaults)")
     if old.keyed != new.keyed:
         parts.append("primary key changed")
     elif old.keyed:
@@ -264,7 +328,7 @@ def _table_changes(
         parts.extend(
             f"{_plural(len(keys), 'row')} {verb}{_examples(keys)}" for keys, verb in groups if keys
         )
-    else:
+    if old.keyed == new.keyed:
         gained, lost = new.counts - old.counts, old.counts - new.counts
         if gained:
             parts.append(f"{_plural(gained.total(), 'row')} added{_examples(sorted(gained))}")
@@ -292,6 +356,10 @@ def _database_changes(path: str, old: DatabaseDigest, new: DatabaseDigest) -> li
             changes.append(DatabaseChange(path, name, "added"))
         elif old.objects[name] != new.objects[name]:
             changes.append(DatabaseChange(path, name, "definition changed"))
+    for name in sorted(old.pragmas.keys() | new.pragmas.keys()):
+        before, after = old.pragmas.get(name), new.pragmas.get(name)
+        if before != after:
+            changes.append(DatabaseChange(path, f"PRAGMA {name}", f"{before} → {after}"))
     return changes
 
 

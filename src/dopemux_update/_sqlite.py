@@ -21,6 +21,7 @@ __all__ = [
     "capture",
     "is_sqlite",
     "is_wal",
+    "open_for_reading",
     "put_back",
     "replace_file",
 ]
@@ -48,7 +49,8 @@ def is_wal(path: Path) -> bool:
 
 def _uri(path: Path, **params: str) -> str:
     query = urllib.parse.urlencode(params)
-    return f"file:{urllib.parse.quote(str(path.resolve()))}?{query}"
+    # Quoted from the bytes: a file name that is not UTF-8 still names the same file.
+    return f"file:{urllib.parse.quote(os.fsencode(path.resolve()))}?{query}"
 
 
 def capture(live: Path, copy: Path) -> None:
@@ -56,11 +58,7 @@ def capture(live: Path, copy: Path) -> None:
     in use. The copy is left in rollback-journal mode, so that reading it never creates
     ``-wal``/``-shm`` files beside it."""
     with contextlib.ExitStack() as stack:
-        try:
-            source = sqlite3.connect(_uri(live, mode="ro"), uri=True, timeout=_BUSY_TIMEOUT_SECONDS)
-            source.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.Error:
-            source = sqlite3.connect(live, timeout=_BUSY_TIMEOUT_SECONDS)
+        source = open_for_reading(live)
         stack.callback(source.close)
         target = sqlite3.connect(copy)
         stack.callback(target.close)
@@ -69,6 +67,28 @@ def capture(live: Path, copy: Path) -> None:
     for suffix in SIDECARS:
         with contextlib.suppress(FileNotFoundError):
             Path(f"{copy}{suffix}").unlink()
+
+
+def open_for_reading(live: Path) -> sqlite3.Connection:
+    """A connection that reads ``live`` and leaves no file behind.
+
+    A read-only connection to a WAL database with no ``-wal`` file (closed cleanly, nobody
+    has it open) would create ``-wal``/``-shm`` files and leave them there. An ordinary
+    connection, kept read-only with ``query_only``, removes them when it closes as the last
+    one; with a ``-wal`` already there (someone has it open), a read-only one uses it as is.
+    """
+    if is_wal(live) and not Path(f"{live}-wal").exists():
+        source = sqlite3.connect(live, timeout=_BUSY_TIMEOUT_SECONDS)
+        source.execute("PRAGMA query_only=1")
+        return source
+    source = sqlite3.connect(_uri(live, mode="ro"), uri=True, timeout=_BUSY_TIMEOUT_SECONDS)
+    try:
+        source.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.Error:
+        source.close()  # e.g. a -shm it may not read: read through an ordinary connection
+        source = sqlite3.connect(live, timeout=_BUSY_TIMEOUT_SECONDS)
+        source.execute("PRAGMA query_only=1")
+    return source
 
 
 def put_back(copy: Path, live: Path) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Scope", "TreeEntry", "decode_name", "encode_name", "kind_of", "walk"]
+__all__ = ["Scope", "TreeEntry", "decode_name", "encode_name", "kind_of", "shown", "walk"]
 
 
 def _segment_regex(segment: str) -> str:
@@ -119,6 +119,11 @@ def encode_name(name: str) -> str:
     except UnicodeEncodeError:
         return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
     return name
+
+
+def shown(name: str) -> str:
+    """A name fit to print: bytes that are not UTF-8 appear as backslash escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def decode_name(stored: str) -> str:
