@@ -603,3 +603,86 @@ def test_a_database_whose_name_is_not_utf8_is_rehearsed(
         conn.execute("CREATE TABLE t (v)")
     migrations.add(V1, "001_ok.py")
     assert rehearse_now(installation, migrations).ok
+
+
+def test_a_migration_past_its_timeout_fails_the_rehearsal_and_is_named(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_slow.py", forward="import time\ntime.sleep(0.5)\nreturn True")
+    args = ["--from", "0.1.0", "--timeout", "0.1", "--grace", "5", "--json"]
+    assert verify(installation, migrations.root, *args) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert (payload["stage"], payload["culprit"]) == ("apply", f"{V1}/001_slow")
+    assert payload["error"] == f"{V1}/001_slow: migrate_forward timed out after 0.1s"
+
+
+def test_a_migration_that_never_ends_is_abandoned_after_the_grace_period(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    never = tmp_path / "never"
+    os.mkfifo(never)
+    migrations.add(
+        V1, "001_hangs.py", forward=f"with open({str(never)!r}) as f:\n    f.read()\nreturn True"
+    )
+    migrations.add(V1, "002_never_runs.py")
+    sandboxes = tmp_path / "sandboxes"
+    report = rehearse_now(
+        installation, migrations, migration_timeout=0.1, grace=0.2, sandbox_dir=sandboxes
+    )
+    assert (report.ok, report.stage, report.culprit) == (False, "apply", f"{V1}/001_hangs")
+    assert report.error is not None
+    assert "timed out after 0.1s; its thread did not end and was abandoned" in report.error
+    assert migrations.calls_made() == [f"forward {V1}/001_hangs"]
+    assert list(sandboxes.iterdir()) == []
+    with open(never, "w"):  # let the abandoned thread end
+        pass
+
+
+def test_ctrl_c_ends_verify_even_when_a_migration_hangs(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    started, never = tmp_path / "started", tmp_path / "never"
+    for fifo in (started, never):
+        os.mkfifo(fifo)
+    migrations.add(
+        V1,
+        "001_hangs.py",
+        forward=f"open({str(started)!r}, 'w').close()\nopen({str(never)!r}).read()\nreturn True",
+    )
+    before = tree_digest(installation)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dopemux_update",
+            "verify",
+            "--root",
+            str(installation),
+            "--migrations",
+            str(migrations.root),
+            "--from",
+            "0.1.0",
+            "--grace",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with open(started) as handle:
+        handle.read()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "the rehearsal was stopped" in out
+    assert tree_digest(installation) == before
+
+
+def test_the_report_carries_the_failing_calls_traceback(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_boom.py", forward="raise KeyError('missing_key')")
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 1
+    out = capsys.readouterr().out
+    assert f"Traceback of {V1}/001_boom (migrate_forward):" in out
+    assert "KeyError: 'missing_key'" in out

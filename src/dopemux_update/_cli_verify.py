@@ -25,7 +25,7 @@ from ._cli_common import (
 from ._cli_recover import run_interruptibly
 from ._journal import Journal
 from ._lock import holding_lock
-from ._rehearsal import RehearsalCall, RehearsalReport, rehearse
+from ._rehearsal import DEFAULT_GRACE, RehearsalCall, RehearsalReport, rehearse
 
 __all__ = ["verify_command"]
 
@@ -52,6 +52,7 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
                 "ok": call.ok,
                 "seconds": round(call.seconds, 6),
                 "error": call.error,
+                "traceback": call.traceback,
                 "output": [line for _, line in call.output],
             }
             for call in report.calls
@@ -78,6 +79,20 @@ def _show_call(call: RehearsalCall) -> None:
     help="Where to make the sandbox.  [default: the system's temporary folder]",
 )
 @click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox to inspect it afterwards.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Fail the rehearsal when a migration runs longer than this.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE,
+    show_default=True,
+    metavar="SECONDS",
+    help="After a timeout or Ctrl-C, how long a running migration gets to end.",
+)
 @common_options
 def verify_command(
     to_version: str | None,
@@ -86,6 +101,8 @@ def verify_command(
     exclude: tuple[str, ...],
     sandbox_dir: Path | None,
     keep_sandbox: bool,
+    timeout: float | None,
+    grace: float,
     root: Path,
     migrations: Path | None,
     as_json: bool,
@@ -115,6 +132,8 @@ def verify_command(
         sandbox_dir=sandbox_dir,
         keep_sandbox=keep_sandbox,
         on_call=None if ctx.json else _show_call,
+        migration_timeout=timeout,
+        grace=grace,
     )
     if not ctx.json:
         click.echo(f"Rehearsing on a sandbox copy of {ctx.root.resolve()} ...")

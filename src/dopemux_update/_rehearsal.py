@@ -33,9 +33,9 @@ from packaging.version import Version
 
 from ._capture import routing_installed
 from ._exceptions import PreflightError, UpdateError
-from ._models import Direction, Step
+from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
-from ._runner import call_function
+from ._runner import CallOutcome, call_function
 from ._sandbox import copy_tree, remove_tree, temporary_folder
 from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
 from ._state import DEFAULT_STATE_DIR
@@ -108,6 +108,9 @@ class RehearsalReport:
         if failed is not None and failed.output:
             lines.append(f"Output of {failed.id} ({failed.function}):")
             lines.extend(f"  | {line}" for _, line in failed.output)
+        if failed is not None and failed.traceback:
+            lines.append(f"Traceback of {failed.id} ({failed.function}):")
+            lines.extend(f"  {line}" for line in failed.traceback.rstrip().splitlines())
         if self.sandbox is not None:
             lines.append(f"Sandbox kept at {self.sandbox}")
         return lines
@@ -115,6 +118,20 @@ class RehearsalReport:
 
 class RehearsalStopped(UpdateError):  # noqa: N818 - a request, not a failure
     """The rehearsal was asked to stop (it is being cancelled); its sandbox is removed."""
+
+
+class _AbandonedError(Exception):
+    """A migration call did not end: the rehearsal cannot go on in this sandbox."""
+
+    def __init__(self, stage: str, call: RehearsalCall) -> None:
+        super().__init__(call.error)
+        self.stage = stage
+        self.call = call
+
+
+_ABANDONED = "its thread did not end and was abandoned"
+_POLL_SECONDS = 0.05
+DEFAULT_GRACE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +157,8 @@ class _Rehearsal:
         *,
         stop: threading.Event | None,
         on_call: CallObserver | None,
+        timeout: float | None = None,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         self.steps = tuple(steps)
         self.scope = scope
@@ -147,6 +166,8 @@ class _Rehearsal:
         self.sandbox = folder / "sandbox"
         self.stop = stop
         self.on_call = on_call
+        self.timeout = timeout
+        self.grace = grace
         self.calls: list[RehearsalCall] = []
 
     def _check_stop(self) -> None:
@@ -164,7 +185,7 @@ class _Rehearsal:
             output.append((stream, text))
             logger.info("verify.output", id=step.id, stage=stage, stream=stream, line=text)
 
-        outcome = call_function(function, self.sandbox, line)
+        outcome, stopping = self._call_with_limits(function, line)
         call = RehearsalCall(
             stage=stage,
             id=step.id,
@@ -179,7 +200,50 @@ class _Rehearsal:
         logger.debug("verify.call", id=step.id, stage=stage, ok=call.ok, error=call.error)
         if self.on_call is not None:
             self.on_call(call)
+        if stopping:
+            raise RehearsalStopped
+        if outcome.error is not None and outcome.error.endswith(_ABANDONED):
+            raise _AbandonedError(stage, call)
         return call
+
+    def _call_with_limits(
+        self, function: MigrationFunction, line: Callable[[str, str], None]
+    ) -> tuple[CallOutcome, bool]:
+        """``function(sandbox)`` in a thread of its own, so that a timeout or a stop request
+        is noticed while it runs. Past the timeout, or once asked to stop, it gets ``grace``
+        seconds more to end; then it is abandoned (a daemon thread: it cannot keep the
+        process alive). Returns the outcome and whether a stop was requested meanwhile."""
+        results: list[CallOutcome] = []
+        thread = threading.Thread(
+            target=lambda: results.append(call_function(function, self.sandbox, line)),
+            name="dopemux-update verify",
+            daemon=True,
+        )
+        started = time.monotonic()
+        thread.start()
+        timed_out = stopping = False
+        give_up_at: float | None = None
+        while True:
+            thread.join(_POLL_SECONDS)
+            if not thread.is_alive():
+                break
+            now = time.monotonic()
+            if self.timeout is not None and not timed_out and now - started > self.timeout:
+                timed_out = True
+                give_up_at = give_up_at or now + self.grace
+            if self.stop is not None and self.stop.is_set() and not stopping:
+                stopping = True
+                give_up_at = give_up_at or now + self.grace
+            if give_up_at is not None and now > give_up_at:
+                seconds = now - started
+                reason = f"timed out after {self.timeout:g}s" if timed_out else "was stopped"
+                return CallOutcome(False, seconds, f"{reason}; {_ABANDONED}"), stopping
+        outcome = results[0]
+        if timed_out:
+            outcome = CallOutcome(
+                False, outcome.seconds, f"timed out after {self.timeout:g}s", outcome.traceback
+            )
+        return outcome, stopping
 
     def _pass(self, stage: str, steps: Sequence[Step]) -> RehearsalCall | None:
         """Run one pass; the failed call, if one failed."""
@@ -200,6 +264,12 @@ class _Rehearsal:
         return take_snapshot(dataclasses.replace(self.scope, root=self.sandbox))
 
     def run(self) -> _Finding:
+        try:
+            return self._run()
+        except _AbandonedError as exc:
+            return self._failure(exc.stage, exc.call)
+
+    def _run(self) -> _Finding:
         copy_tree(self.scope, self.original)
         self._fresh_sandbox()
         base = self._snapshot()
@@ -273,8 +343,14 @@ def rehearse_steps(
     keep_sandbox: bool = False,
     stop: threading.Event | None = None,
     on_call: CallObserver | None = None,
+    timeout: float | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> RehearsalReport:
     """Rehearse ``steps`` on a copy of what ``scope`` covers, in this thread.
+
+    Each migration call runs in a thread of its own: one that runs past ``timeout`` seconds
+    fails the rehearsal, and after ``grace`` more seconds (also after a stop request) it is
+    abandoned and the rehearsal ends.
 
     The copy lives in a new folder under ``sandbox_dir`` (default: the system's temporary
     folder), removed afterwards unless ``keep_sandbox``. What the migrations print is
@@ -294,7 +370,9 @@ def rehearse_steps(
             " the copy would copy itself; choose a folder outside it (--sandbox-dir)"
         )
     with routing_installed(), temporary_folder(sandbox_dir, keep=keep_sandbox) as folder:
-        rehearsal = _Rehearsal(steps, scope, folder, stop=stop, on_call=on_call)
+        rehearsal = _Rehearsal(
+            steps, scope, folder, stop=stop, on_call=on_call, timeout=timeout, grace=grace
+        )
         try:
             found = rehearsal.run()
         except (OSError, sqlite3.Error) as exc:
@@ -330,14 +408,18 @@ async def rehearse(
     sandbox_dir: Path | None = None,
     keep_sandbox: bool = False,
     on_call: CallObserver | None = None,
+    migration_timeout: float | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> RehearsalReport:
     """Rehearse the plan from ``current_version`` to ``target_version`` (default: the newest
     reachable) on a sandbox copy of ``project_root``; never changes the installation.
 
     The copy covers what a backup would (the root minus its state folder, ``.git`` and the
     migrations, narrowed by ``include``/``exclude``). A problem with the migrations raises a
-    :class:`~dopemux_update.PreflightError` before anything is copied. Cancelling stops the
-    rehearsal before its next migration call and removes the sandbox.
+    :class:`~dopemux_update.PreflightError` before anything is copied. A migration call that
+    runs past ``migration_timeout`` seconds fails the rehearsal. Cancelling stops it before
+    its next call; the call running then gets ``grace`` seconds to end before it is
+    abandoned. The sandbox is removed either way.
     """
     root = Path(project_root)
     state = Path(state_dir) if state_dir is not None else root / DEFAULT_STATE_DIR
@@ -369,6 +451,8 @@ async def rehearse(
             keep_sandbox=keep_sandbox,
             stop=stop,
             on_call=on_call,
+            timeout=migration_timeout,
+            grace=grace,
         )
 
     async def stop_when_cancelled() -> None:

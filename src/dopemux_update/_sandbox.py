@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
+
 from ._copy import copy_file
 from ._exceptions import PreflightError, UpdateError
 from ._sqlite import SIDECARS, capture, is_sqlite, is_wal
@@ -30,6 +32,8 @@ from ._tree import Scope, TreeEntry, shown, walk
 __all__ = ["SandboxEscapeError", "copy_tree", "remove_tree", "temporary_folder"]
 
 _SHOWN_LINKS = 5
+
+logger = structlog.get_logger("dopemux_update")
 
 
 class SandboxEscapeError(PreflightError):
@@ -181,4 +185,7 @@ def temporary_folder(parent: Path | None, *, keep: bool = False) -> Iterator[Pat
         yield folder
     finally:
         if not keep:
-            remove_tree(folder)
+            try:
+                remove_tree(folder)
+            except OSError as exc:  # e.g. an abandoned migration thread still writing there
+                logger.warning("verify.sandbox_not_removed", path=str(folder), error=str(exc))
