@@ -33,7 +33,7 @@ from dopemux_update import _events as ev
 from dopemux_update._console import OutputCollector, display_mode
 from dopemux_update._identical import differences
 from dopemux_update._orchestration import prepare_plan
-from dopemux_update._progress import LiveDisplay
+from dopemux_update._progress import LiveDisplay, summary_renderable
 from dopemux_update._summary import Row, Summary, build_summary
 from dopemux_update._tree import Scope
 from dopemux_update.cli import main
@@ -209,6 +209,21 @@ def test_plan_with_json_is_one_object_and_no_table(
     assert [m["id"] for m in payload["migrations"]] == ["v1.0_to_v1.1/1_a", "v1.1_to_v1.2/1_b"]
 
 
+def test_live_plan_shows_descriptions_with_brackets_as_written(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str], live: None
+) -> None:
+    """A description is text, not rich markup: ``[/x]`` does not crash, ``[mcp]`` stays."""
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"description": "fix [/x] paths"})
+    migrations.add("v1.0_to_v1.1", "2_b.py", info={"description": "Move [mcp] keys"})
+    migrations.add("v1.0_to_v1.1", "3_c.py", info={"description": "[bold]loud[/bold] :smile:"})
+    code = main(["plan", "--from", "1.0", *common(installation, migrations)])
+    out = plain(capsys.readouterr().out)
+    assert code == 0
+    assert "fix [/x] paths" in out
+    assert "Move [mcp] keys" in out
+    assert "[bold]loud[/bold] :smile:" in out
+
+
 # -- live progress through main() ---------------------------------------------------------------
 
 
@@ -267,6 +282,59 @@ def test_live_failure_summary_names_the_failure_the_rollback_and_the_verificatio
     assert re.search(rf"^Rolled back: +{A}$", summary, re.MULTILINE)
     assert re.search(r"^Verified identical: +yes", summary, re.MULTILINE)
     assert "it is still at 1.0" in summary
+
+
+def test_live_output_errors_and_summary_show_brackets_as_written(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str], live: None
+) -> None:
+    """Printed lines and error messages are text, not rich markup, in every part of the view."""
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="print('[bold]x[/bold] and [/x]')\nreturn True",
+        backward="print('undo [/y] [red]r[/red]')\nreturn True",
+    )
+    migrations.add(
+        "v1.0_to_v1.1",
+        "2_b.py",
+        forward="raise RuntimeError('bad [/x] [red]thing[/red] [mcp]')",
+    )
+    code = main(["upgrade", "--from", "1.0", "--yes", *common(installation, migrations)])
+    out = plain(capsys.readouterr().out)
+    assert code == 1
+    lines = out.splitlines()
+    done_a = next(i for i, line in enumerate(lines) if line.startswith(f"✓ [1/2] {A}"))
+    assert lines[done_a + 1] == "      | [bold]x[/bold] and [/x]"
+    failed = next(i for i, line in enumerate(lines) if line.startswith(f"✗ [2/2] {B}"))
+    assert "RuntimeError: bad [/x] [red]thing[/red] [mcp]" in lines[failed]
+    undone = next(i for i, line in enumerate(lines) if line.startswith(f"↶ {A} undone"))
+    assert lines[undone + 1] == "      | undo [/y] [red]r[/red]"
+    summary = out[out.index(f"Update FAILED at {B}") :]
+    assert summary.splitlines()[0].endswith("bad [/x] [red]thing[/red] [mcp]")
+    assert re.search(
+        r"^Error: +raised RuntimeError: bad \[/x\] \[red\]thing\[/red\] \[mcp\]$",
+        summary,
+        re.MULTILINE,
+    )
+
+
+def test_the_summary_table_shows_ids_and_durations_as_written() -> None:
+    """The rows of the summary's table are text, not rich markup."""
+    summary = Summary(
+        ok=False,
+        headline="Update FAILED at [/x]: [bold]no[/bold]",
+        rows=(Row("v1.0_to_v1.1/[/x]", "failed", 1.0), Row("v1.0_to_v1.1/[b]y[/b]", "not run")),
+        details=(),
+        closing=("see [/x]",),
+    )
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    console.print(summary_renderable(summary))
+    assert isinstance(console.file, io.StringIO)
+    shown = plain(console.file.getvalue())
+    assert "Update FAILED at [/x]: [bold]no[/bold]" in shown
+    assert "v1.0_to_v1.1/[/x]" in shown
+    assert "v1.0_to_v1.1/[b]y[/b]" in shown
+    assert "see [/x]" in shown
 
 
 def test_the_live_region_shows_the_running_migrations_last_lines_and_the_byte_bars(

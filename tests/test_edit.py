@@ -7,12 +7,15 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+from structlog.testing import capture_logs
 
 from dopemux_update import EditError, UpdateError, _edit_sqlite, edit
 
@@ -94,6 +97,93 @@ def test_a_failure_mid_write_leaves_the_original_intact_and_no_temp_file(
     assert isinstance(caught.value.__cause__, OSError)
     assert target.read_text() == "original\n"
     assert files_in(tmp_path) == ["config.yaml"]
+
+
+# Run in a child process: the file size limit applies to the whole process, and a write past
+# it raises SIGXFSZ, which kills the process unless ignored (then the write fails with EFBIG).
+FILE_SIZE_LIMIT_CHILD = """\
+import json, os, resource, signal, sys
+from pathlib import Path
+from dopemux_update import EditError, edit
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+target, how, size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+try:
+    if how == "write_text":
+        edit.write_text(target, "x" * size)
+    elif how == "write_bytes":
+        edit.write_bytes(target, b"x" * size)
+    else:
+        with edit.atomic_write(target) as handle:
+            handle.write("x" * size)
+except EditError as exc:
+    raised = {
+        "type": "EditError",
+        "path": str(exc.path),
+        "message": str(exc),
+        "cause": type(exc.__cause__).__name__,
+    }
+except BaseException as exc:
+    raised = {"type": type(exc).__name__, "message": str(exc)}
+else:
+    raised = {"type": None}
+print(json.dumps(raised))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize(
+    ("how", "size"),
+    [
+        ("write_text", 5_000),  # fits the buffer: fails when it is flushed
+        ("write_bytes", 5_000),
+        ("write_text", 100_000),  # larger than the buffer: fails in the write itself
+        ("write_bytes", 100_000),
+        ("atomic_write", 100_000),  # the caller's own write to the handle
+    ],
+)
+def test_a_file_size_limit_is_an_edit_error_and_leaves_the_original(
+    tmp_path: Path, how: str, size: int
+) -> None:
+    """EFBIG, on a write, the flush or the close, is an EditError naming the file, not OSError."""
+    target = tmp_path / "config.yaml"
+    target.write_text("original\n")
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT_CHILD, str(target), how, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    raised = json.loads(done.stdout)
+    assert raised == {
+        "type": "EditError",
+        "path": str(target),
+        "message": f"{target}: cannot write: File too large",
+        "cause": "OSError",
+    }
+    assert target.read_text() == "original\n"
+    assert files_in(tmp_path) == ["config.yaml"]
+
+
+def test_an_os_error_inside_atomic_write_is_an_edit_error_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"original")
+    failure = OSError(28, "No space left on device")
+
+    def write_then_fail() -> None:
+        with edit.atomic_write(target, "wb") as handle:
+            handle.write(b"half-written")
+            raise failure
+
+    with pytest.raises(EditError, match="cannot write: No space left on device") as caught:
+        write_then_fail()
+    assert caught.value.path == target
+    assert caught.value.__cause__ is failure
+    assert target.read_bytes() == b"original"
+    assert files_in(tmp_path) == ["data.bin"]
 
 
 def test_an_exception_inside_atomic_write_propagates_and_changes_nothing(tmp_path: Path) -> None:
@@ -181,6 +271,29 @@ def test_adding_then_deleting_an_entry_gives_back_the_file_byte_for_byte(tmp_pat
         assert edit.delete_in(doc, "servers.leantime")
         assert edit.delete_in(doc, "health_check.retries")
     assert path.read_text() == BROKER
+
+
+@pytest.mark.parametrize(
+    ("before", "key", "after"),
+    [
+        # Parents that set_in created stay, empty: only the key itself is deleted.
+        ("top:\n  a: 1\n", "top.b.c", "top:\n  a: 1\n  b: {}\n"),
+        ("top:\n  a: 1\n", "new.deep.key", "top:\n  a: 1\nnew:\n  deep: {}\n"),
+        # A key that held null becomes a mapping, and stays one.
+        ("top:\n  a: 1\nempty:\nnext: 2\n", "empty.x", "top:\n  a: 1\nempty: {}\nnext: 2\n"),
+    ],
+)
+def test_deleting_what_set_in_added_leaves_the_mappings_it_created(
+    tmp_path: Path, before: str, key: str, after: str
+) -> None:
+    """Byte for byte only under an existing mapping (as migrations/README.md says)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(before)
+    with edit.edit_yaml(path) as doc:
+        edit.set_in(doc, key, 5)
+    with edit.edit_yaml(path) as doc:
+        assert edit.delete_in(doc, key)
+    assert path.read_text() == after
 
 
 def test_deleting_a_middle_entry_keeps_the_comment_above_the_next_one(tmp_path: Path) -> None:
@@ -551,6 +664,82 @@ def test_a_missing_table_is_an_error_naming_the_database_and_table(db: Path, cal
     assert str(db) in str(caught.value)
     assert not edit.table_exists(db, "missing_table")
     assert edit.table_exists(db, "DECISIONS")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda db: edit.table_exists(db, "decisions"),
+        lambda db: edit.column_exists(db, "decisions", "summary"),
+        lambda db: edit.add_column(db, "decisions", "c", "TEXT"),
+        lambda db: edit.drop_column(db, "decisions", "summary"),
+    ],
+)
+def test_a_file_that_is_not_a_database_is_an_edit_error_naming_it(
+    tmp_path: Path, call: object
+) -> None:
+    """Reading as well as writing: an SQLite error is an EditError, not sqlite3.DatabaseError."""
+    assert callable(call)
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 300)
+    with pytest.raises(EditError, match="file is not a database") as caught:
+        call(path)
+    assert caught.value.path == path
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+    assert path.read_text() == "not a database\n" * 300
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda db: edit.table_exists(db, "decisions"), "table 'decisions'"),
+        (lambda db: edit.column_exists(db, "decisions", "summary"), "column 'summary'"),
+    ],
+)
+def test_a_failed_read_names_the_database_and_what_was_looked_for(
+    tmp_path: Path, call: object, named: str
+) -> None:
+    assert callable(call)
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 300)
+    with pytest.raises(EditError, match=named):
+        call(path)
+
+
+class FailingRollback(sqlite3.Connection):
+    """A connection whose ROLLBACK fails, as it may on a busy or broken database."""
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "ROLLBACK":
+            raise sqlite3.OperationalError("cannot rollback: disk I/O error")
+        return super().execute(sql, *args)
+
+
+def test_a_failed_rollback_does_not_replace_the_error_that_caused_it(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original error propagates, the rollback's is logged, and closing undoes the rest."""
+    before = schema(db)
+
+    def connect(path: Path) -> sqlite3.Connection:
+        return sqlite3.connect(path, isolation_level=None, factory=FailingRollback)
+
+    monkeypatch.setattr(_edit_sqlite, "_connect", connect)
+
+    def change_then_fail() -> None:
+        with edit.sqlite_transaction(db) as conn:
+            edit.add_column(conn, "decisions", "priority", "INTEGER DEFAULT 3")
+            raise ZeroDivisionError
+
+    with capture_logs() as logs, pytest.raises(ZeroDivisionError):
+        change_then_fail()
+    assert [log["event"] for log in logs] == ["sqlite.rollback_failed"]
+    assert logs[0]["path"] == str(db)
+    assert "disk I/O error" in logs[0]["error"]
+    monkeypatch.undo()
+    assert schema(db) == before
+    assert rows(db) == ROWS
 
 
 def test_a_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None:

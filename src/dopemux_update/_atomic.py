@@ -50,7 +50,9 @@ def atomic_write(
 
     ``mode`` is ``"w"`` (text, written as given: no newline translation) or ``"wb"``. If the
     block raises, the temporary file is removed, ``path`` is untouched and the exception
-    propagates unchanged; an OS error while writing or replacing raises :class:`EditError`.
+    propagates unchanged, except an :class:`OSError` (a failed write to the handle: a full
+    disk, a file size limit), which becomes an :class:`EditError` naming ``path``, as does
+    any OS error while flushing, syncing, closing or replacing.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
@@ -74,18 +76,28 @@ def _atomic_write(target: Path, *, binary: bool, encoding: str) -> Iterator[IO[A
     except OSError as exc:
         raise EditError(f"cannot create a temporary file: {exc.strerror}", path=target) from exc
     try:
+        # On failure (an unknown encoding), fdopen closes fd itself.
         handle: IO[Any] = (
             os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding, newline="")
         )
-        with handle:
+        try:
             yield handle
-            try:
-                handle.flush()
-                if existing is not None:
-                    _copy_mode_and_owner(fd, existing)
-                os.fsync(fd)
-            except OSError as exc:
-                raise EditError(f"cannot write: {exc.strerror}", path=target) from exc
+            # Flush, fsync and close in one place: closing flushes what is still buffered,
+            # so a full disk or a file size limit may show up only here.
+            handle.flush()
+            if existing is not None:
+                _copy_mode_and_owner(fd, existing)
+            os.fsync(fd)
+            handle.close()
+        except OSError as exc:
+            # Also a failed write of the block to the handle; any other exception of the
+            # block propagates as it is.
+            raise EditError(f"cannot write: {_reason(exc)}", path=target) from exc
+        finally:
+            # On an error, closing flushes the buffer again and may fail again: the error
+            # that matters is the first one, and the temporary file is removed below.
+            with contextlib.suppress(OSError):
+                handle.close()
         try:
             tmp.replace(target)
         except OSError as exc:
@@ -100,6 +112,11 @@ def _atomic_write(target: Path, *, binary: bool, encoding: str) -> Iterator[IO[A
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for ``exc`` (``"File too large"``), or the exception itself."""
+    return exc.strerror or str(exc)
 
 
 def _copy_mode_and_owner(fd: int, existing: os.stat_result) -> None:

@@ -6,8 +6,9 @@ Works on plain ``dict``/``list`` documents (JSON) and on ruamel.yaml round-trip 
 for ruamel, to the last line of the mapping before it. Appending a key naively would put the
 new entry *below* that comment, and deleting the last entry would delete the comment. So
 :func:`set_in` moves those trailing lines below a key it appends, and :func:`delete_in` gives
-them to the entry that precedes the one it deletes: appending then deleting a key gives back
-the original text byte for byte.
+them to the entry that precedes the one it deletes: appending a key to an existing mapping
+then deleting it gives back the original text byte for byte. Mappings that :func:`set_in`
+created on the way (or put in place of a null) are not removed: they stay, as ``a: {}``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def set_in(doc: Any, path: KeyPath, value: Any, *, comment: str | None = None) -
 
 
 def delete_in(doc: Any, path: KeyPath) -> bool:
-    """Remove the key at ``path``; True if it was there, False if it (or a parent) was not."""
+    """Remove the key at ``path``; True if it was there, False if it (or a parent) was not.
+
+    Only that key goes: a parent mapping it leaves empty stays, written ``a: {}`` in YAML.
+    """
     keys = _keys(path)
     parents: list[tuple[Any, Hashable]] = []
     node = doc

@@ -21,6 +21,8 @@ import string
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
+
 from ._exceptions import EditError
 
 __all__ = [
@@ -39,6 +41,8 @@ Database = str | os.PathLike[str] | sqlite3.Connection
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long to wait for another connection's write lock before giving up."""
+
+logger = structlog.get_logger("dopemux_update")
 
 _FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _REBUILD_SUFFIX = "__dopemux_update_rebuild"
@@ -63,13 +67,13 @@ def sqlite_transaction(db_path: str | os.PathLike[str]) -> Iterator[sqlite3.Conn
 
 def table_exists(db: Database, table: str) -> bool:
     """Whether the database has a table named ``table`` (ASCII case ignored)."""
-    with _using(db, write=False) as conn:
+    with _using(db, write=False, doing=f"look for table {table!r}") as conn:
         return _table_name(conn, table) is not None
 
 
 def column_exists(db: Database, table: str, column: str) -> bool:
     """Whether ``table`` has a column ``column``; :class:`EditError` if there is no ``table``."""
-    with _using(db, write=False) as conn:
+    with _using(db, write=False, doing=f"look for column {column!r} of {table!r}") as conn:
         return _column_name(conn, _require_table(conn, table), column) is not None
 
 
@@ -80,7 +84,7 @@ def add_column(db: Database, table: str, column: str, decl: str) -> bool:
     declaration's default. A declaration SQLite refuses raises :class:`EditError`, and
     nothing is changed.
     """
-    with _using(db, write=True) as conn:
+    with _using(db, write=True, doing=f"add column {column!r} to {table!r}") as conn:
         name = _require_table(conn, table)
         if _column_name(conn, name, column) is not None:
             return False
@@ -107,7 +111,8 @@ def drop_column(db: Database, table: str, column: str, *, decl: str | None = Non
     ``PRAGMA foreign_keys`` off on it.
     """
     rebuild = sqlite3.sqlite_version_info < (3, 35, 0)
-    with _using(db, write=True, rebuild_pragmas=rebuild) as conn:
+    doing = f"drop column {column!r} from {table!r}"
+    with _using(db, write=True, rebuild_pragmas=rebuild, doing=doing) as conn:
         name = _require_table(conn, table)
         existing = _column_name(conn, name, column)
         if existing is None:
@@ -155,33 +160,60 @@ def _transaction(path: Path, *, rebuild_pragmas: bool) -> Iterator[sqlite3.Conne
         try:
             yield conn
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn, path)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn, path)
             raise EditError(f"cannot commit: {exc}", path=path) from exc
+
+
+def _rollback(conn: sqlite3.Connection, path: Path) -> None:
+    """Roll back while another error propagates, which a failed ROLLBACK must not replace.
+
+    Closing the connection then rolls back what is left: SQLite never commits on close.
+    """
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        logger.warning("sqlite.rollback_failed", path=str(path), error=str(exc))
 
 
 @contextlib.contextmanager
 def _using(
-    db: Database, *, write: bool, rebuild_pragmas: bool = False
+    db: Database, *, write: bool, doing: str, rebuild_pragmas: bool = False
 ) -> Iterator[sqlite3.Connection]:
     """The caller's connection as it is, or a new one on ``db`` (in a write transaction when
-    ``write``), closed afterwards."""
-    if isinstance(db, sqlite3.Connection):
-        if rebuild_pragmas:
-            _require_foreign_keys_off(db)
-        yield db
-    elif write:
-        with _transaction(Path(db), rebuild_pragmas=rebuild_pragmas) as conn:
-            yield conn
-    else:
-        with contextlib.closing(_connect(Path(db))) as conn:
-            yield conn
+    ``write``), closed afterwards.
+
+    An SQLite error in the block (a file that is not a database, a corrupt page) becomes an
+    :class:`EditError` naming the database and saying what the block was ``doing``.
+    """
+    try:
+        if isinstance(db, sqlite3.Connection):
+            if rebuild_pragmas:
+                _require_foreign_keys_off(db)
+            yield db
+        elif write:
+            with _transaction(Path(db), rebuild_pragmas=rebuild_pragmas) as conn:
+                yield conn
+        else:
+            with contextlib.closing(_connect(Path(db))) as conn:
+                yield conn
+    except sqlite3.Error as exc:
+        path = _connection_path(db) if isinstance(db, sqlite3.Connection) else Path(db)
+        raise EditError(f"cannot {doing}: {exc}", path=path) from exc
+
+
+def _connection_path(conn: sqlite3.Connection) -> Path | None:
+    """The connection's database file, or None if it has none or cannot say."""
+    try:
+        return _db_path(conn)
+    except sqlite3.Error:
+        return None
 
 
 def _db_path(conn: sqlite3.Connection) -> Path | None:

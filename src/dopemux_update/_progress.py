@@ -67,7 +67,12 @@ def make_console() -> Console:
 
 def plan_renderable(plan: Plan) -> RenderableType:
     """The plan: its route, a table of the migrations, then estimate, breaking changes and
-    restarts."""
+    restarts.
+
+    Here and everywhere in this module, text from migrations (ids, descriptions, printed
+    lines, errors) reaches rich only as :class:`~rich.text.Text`, never as a ``str``, which
+    rich would parse as markup: ``"fix [/x] paths"`` must show as written, not crash.
+    """
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column("#", justify="right", style="dim")
     table.add_column("id", no_wrap=True)
@@ -78,10 +83,10 @@ def plan_renderable(plan: Plan) -> RenderableType:
     table.add_column("backup")
     for number, ident, description, estimate, breaking, restarts, backup in plan_rows(plan):
         table.add_row(
-            number,
-            ident,
-            description,
-            estimate,
+            Text(number),
+            Text(ident),
+            Text(description),
+            Text(estimate),
             Text(breaking, style="bold red" if breaking == "yes" else "dim"),
             Text(restarts, style="" if restarts != "-" else "dim"),
             Text(backup, style="" if backup == "yes" else "dim"),
@@ -105,10 +110,10 @@ def summary_renderable(summary: Summary) -> RenderableType:
         table.add_column("duration", justify="right")
         for row in summary.visible_rows():
             if isinstance(row, int):
-                table.add_row(Text(f"... {row} more", style="dim"), "", "")
+                table.add_row(Text(f"... {row} more", style="dim"))
             else:
                 style = _STATUS_STYLE.get(row.status, "")
-                table.add_row(row.id, Text(row.status, style=style), row.duration)
+                table.add_row(Text(row.id), Text(row.status, style=style), Text(row.duration))
         parts.append(table)
     width = max((len(detail.label) for detail in summary.details), default=0) + 1
     parts.extend(
@@ -383,7 +388,7 @@ class LiveDisplay:
             if 0 < transfer.done < transfer.total and elapsed > 0:
                 left = (transfer.total - transfer.done) / (transfer.done / elapsed)
                 figures += f"  ~{format_seconds(left)} left"
-        grid.add_row(_spinner(now), Text(transfer.label, style="bold"), bar, figures)
+        grid.add_row(_spinner(now), Text(transfer.label, style="bold"), bar, Text(figures))
         return grid
 
     def _running_lines(self, current: _Running, now: float) -> list[RenderableType]:
@@ -425,5 +430,5 @@ class LiveDisplay:
             figures += f"  {self._failed} failed"
         elif self._current is not None or self._finished < count:
             figures += f"  ETA ~{format_seconds(left)}"
-        grid.add_row(Text("Overall", style="bold"), bar, figures)
+        grid.add_row(Text("Overall", style="bold"), bar, Text(figures))
         return grid
