@@ -417,9 +417,10 @@ async def rehearse(
     The copy covers what a backup would (the root minus its state folder, ``.git`` and the
     migrations, narrowed by ``include``/``exclude``). A problem with the migrations raises a
     :class:`~dopemux_update.PreflightError` before anything is copied. A migration call that
-    runs past ``migration_timeout`` seconds fails the rehearsal. Cancelling stops it before
-    its next call; the call running then gets ``grace`` seconds to end before it is
-    abandoned. The sandbox is removed either way.
+    runs past ``migration_timeout`` seconds fails the rehearsal. Cancelling stops it: the
+    call running then gets ``grace`` seconds to end before it is abandoned (a call that ends
+    just as the cancellation arrives may be followed by one more, on the sandbox). The
+    sandbox is removed either way.
     """
     root = Path(project_root)
     state = Path(state_dir) if state_dir is not None else root / DEFAULT_STATE_DIR
