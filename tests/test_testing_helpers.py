@@ -168,3 +168,11 @@ def test_the_fixture_is_available_in_an_authors_own_suite(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_assert_reversible_fails_a_migration_past_its_timeout(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    path = migrations.add(V1, "001_slow.py", forward="import time\ntime.sleep(0.5)\nreturn True")
+    with pytest.raises(AssertionError, match=r"001_slow: migrate_forward timed out after 0\.1s"):
+        assert_reversible(path, installation, timeout=0.1)

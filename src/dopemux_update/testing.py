@@ -86,11 +86,13 @@ def rehearse_migrations(
     exclude: Sequence[str] = (),
     keep_sandbox: bool = False,
     sandbox_dir: Path | None = None,
+    timeout: float | None = None,
 ) -> RehearsalReport:
     """Rehearse a migration file or folder on a sandbox copy of ``installation``.
 
     The copy leaves out the installation's ``.dopemux/update`` state folder and ``.git``,
-    as a backup does, narrowed by ``include``/``exclude`` globs.
+    as a backup does, narrowed by ``include``/``exclude`` globs. A migration call running
+    longer than ``timeout`` seconds fails the rehearsal.
     """
     root = Path(installation)
     if not root.is_dir():
@@ -99,7 +101,9 @@ def rehearse_migrations(
     scope = Scope.for_installation(
         root, state_dir=root / DEFAULT_STATE_DIR, include=include, exclude=exclude
     )
-    return rehearse_steps(steps, scope, sandbox_dir=sandbox_dir, keep_sandbox=keep_sandbox)
+    return rehearse_steps(
+        steps, scope, sandbox_dir=sandbox_dir, keep_sandbox=keep_sandbox, timeout=timeout
+    )
 
 
 def assert_reversible(
@@ -108,11 +112,14 @@ def assert_reversible(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    timeout: float | None = None,
 ) -> RehearsalReport:
     """Assert that forward succeeds, backward restores ``installation`` exactly, and forward
     works again; the failure message says which migration, at which stage, and what differs.
     """
-    report = rehearse_migrations(migration, installation, include=include, exclude=exclude)
+    report = rehearse_migrations(
+        migration, installation, include=include, exclude=exclude, timeout=timeout
+    )
     if not report.ok:
         raise AssertionError("\n".join(report.describe()))
     return report
