@@ -44,6 +44,26 @@ def rehearse_now(root: Path, migrations: MigrationWriter, **options: Any) -> Reh
     )
 
 
+def verify_process(root: Path, migrations: Path, *extra: str) -> subprocess.Popen[str]:
+    """`dopemux-update verify` as a real child process, its output piped."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dopemux_update",
+            "verify",
+            "--root",
+            str(root),
+            "--migrations",
+            str(migrations),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def verify(root: Path, migrations: Path, *extra: str) -> int:
     return main(["verify", "--root", str(root), "--migrations", str(migrations), *extra])
 
@@ -478,25 +498,14 @@ def test_ctrl_c_stops_the_rehearsal_removes_the_sandbox_and_exits_130(
     migrations.add(V1, "002_never.py")
     sandboxes = tmp_path / "sandboxes"
     before = tree_digest(installation)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dopemux_update",
-            "verify",
-            "--root",
-            str(installation),
-            "--migrations",
-            str(migrations.root),
-            "--from",
-            "0.1.0",
-            "--sandbox-dir",
-            str(sandboxes),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = verify_process(
+        installation,
+        migrations.root,
+        "--from",
+        "0.1.0",
+        "--sandbox-dir",
+        str(sandboxes),
+        "--json",
     )
     with open(started) as handle:  # the first migration is running on the sandbox
         handle.read()
@@ -654,24 +663,13 @@ def test_ctrl_c_ends_verify_even_when_a_migration_hangs(
         forward=f"open({str(started)!r}, 'w').close()\nopen({str(never)!r}).read()\nreturn True",
     )
     before = tree_digest(installation)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dopemux_update",
-            "verify",
-            "--root",
-            str(installation),
-            "--migrations",
-            str(migrations.root),
-            "--from",
-            "0.1.0",
-            "--grace",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = verify_process(
+        installation,
+        migrations.root,
+        "--from",
+        "0.1.0",
+        "--grace",
+        "0.5",
     )
     with open(started) as handle:
         handle.read()

@@ -189,6 +189,33 @@ def common_options(function: F) -> F:
     return function
 
 
+DEFAULT_GRACE_SECONDS = 10.0
+
+
+def time_limit_options(function: F) -> F:
+    """``--timeout`` and ``--grace``: how long a migration may run, and then how long its
+    thread gets to end (after a timeout or Ctrl-C) before it is abandoned."""
+    decorators = [
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            help="Fail a migration that runs longer than this.",
+        ),
+        click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=DEFAULT_GRACE_SECONDS,
+            show_default=True,
+            metavar="SECONDS",
+            help="After a timeout or Ctrl-C, how long a running migration gets to end.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
 def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
     configure_logging(verbose, json_logs=as_json)
     return Context(

@@ -20,12 +20,13 @@ from ._cli_common import (
     emit,
     installed_version,
     make_context,
+    time_limit_options,
     version_option_value,
 )
 from ._cli_recover import run_interruptibly
 from ._journal import Journal
 from ._lock import holding_lock
-from ._rehearsal import DEFAULT_GRACE, RehearsalCall, RehearsalReport, rehearse
+from ._rehearsal import RehearsalCall, RehearsalReport, rehearse
 
 __all__ = ["verify_command"]
 
@@ -79,20 +80,7 @@ def _show_call(call: RehearsalCall) -> None:
     help="Where to make the sandbox.  [default: the system's temporary folder]",
 )
 @click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox to inspect it afterwards.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Fail the rehearsal when a migration runs longer than this.",
-)
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_GRACE,
-    show_default=True,
-    metavar="SECONDS",
-    help="After a timeout or Ctrl-C, how long a running migration gets to end.",
-)
+@time_limit_options
 @common_options
 def verify_command(
     to_version: str | None,

@@ -38,6 +38,7 @@ from ._cli_common import (
     installed_version,
     make_context,
     open_run_log,
+    time_limit_options,
     version_option_value,
 )
 from ._cli_recover import recover_command, recover_first, run_interruptibly
@@ -217,20 +218,7 @@ def _update_options(function: F) -> F:
         ),
         click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches."),
         click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the backup."),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            metavar="SECONDS",
-            help="Fail a migration that runs longer than this.",
-        ),
-        click.option(
-            "--grace",
-            type=click.FloatRange(min=0),
-            default=10.0,
-            show_default=True,
-            metavar="SECONDS",
-            help="After a timeout, how long to wait for the migration's thread to end.",
-        ),
+        time_limit_options,
         click.option(
             "--keep-backups",
             type=click.IntRange(min=1),
