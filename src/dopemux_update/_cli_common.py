@@ -208,7 +208,8 @@ def time_limit_options(function: F) -> F:
             default=DEFAULT_GRACE_SECONDS,
             show_default=True,
             metavar="SECONDS",
-            help="After a timeout or Ctrl-C, how long a running migration gets to end.",
+            help="After a timeout (in verify, also Ctrl-C), how long a running migration gets"
+            " to end before it is abandoned.",
         ),
     ]
     for decorator in reversed(decorators):
