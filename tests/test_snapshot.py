@@ -119,6 +119,7 @@ def test_sqlite_sidecars_are_part_of_their_database(tmp_path: Path) -> None:
 
 
 def changes(tmp_path: Path, *statements: str, setup: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    tmp_path.mkdir(exist_ok=True)
     db = tmp_path / "app.db"
     sql(db, *setup)
     before = snap(tmp_path)
@@ -232,3 +233,47 @@ def test_names_that_are_not_utf8_are_escaped_for_people_and_encoded_for_json(
     assert diff.describe() == ["added:   caf\\xe9.txt"]
     encoded = json.dumps(diff.to_json(), ensure_ascii=False).encode("utf-8")  # strict: no crash
     assert decode_name(json.loads(encoded)["added"][0]) == os.fsdecode(b"caf\xe9.txt")
+
+
+def test_schema_text_is_compared_by_meaning(tmp_path: Path) -> None:
+    """Comments, spacing and keyword case mean nothing; quoted names' case and literals do."""
+    found = changes(
+        tmp_path,
+        "DROP VIEW v",
+        'CREATE VIEW v AS SELECT a AS "total" FROM t',
+        "DROP INDEX p",
+        "create   index p ON t (a) where a = 'active'",
+        "DROP TABLE c",
+        "CREATE TABLE c (a -- don't\n, b CHECK (b IN ('yes','no')))",
+        setup=(
+            "CREATE TABLE t (a)",
+            'CREATE VIEW v AS SELECT a AS "Total" FROM t',
+            "CREATE INDEX p ON t(a) WHERE a = 'Active'",
+            "CREATE TABLE c (a -- don't\n, b CHECK (b IN ('Yes','No')))",
+        ),
+    )
+    assert sorted(found) == [
+        ("c", "definition changed (constraints, collations or defaults)"),
+        ("index p", "definition changed"),
+        ("view v", "definition changed"),
+    ]
+    assert (
+        changes(
+            tmp_path / "again",
+            "DROP INDEX p",
+            "create index p on t (a)  -- recreated by hand\n",
+            setup=("CREATE TABLE t (a)", "CREATE INDEX p ON t(a)"),
+        )
+        == []
+    )
+
+
+def test_an_empty_autoincrement_counter_table_is_not_a_difference(tmp_path: Path) -> None:
+    """SQLite never drops sqlite_sequence: a backward that drops its table is still exact."""
+    found = changes(
+        tmp_path,
+        "CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+        "DROP TABLE log",
+        setup=("CREATE TABLE t (v)",),
+    )
+    assert found == []

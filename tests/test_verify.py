@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -688,3 +689,109 @@ def test_the_report_carries_the_failing_calls_traceback(
     out = capsys.readouterr().out
     assert f"Traceback of {V1}/001_boom (migrate_forward):" in out
     assert "KeyError: 'missing_key'" in out
+
+
+def test_links_that_climb_out_and_back_in_or_out_through_another_link_are_contained(
+    installation: Path,
+    migrations: MigrationWriter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Resolved as the kernel resolves them: whatever their text, a link leads into the copy
+    or is refused."""
+    depth = len(installation.parts) + 2
+    climb = "../" * depth + str(installation / ".dopemux" / "data.txt").lstrip("/")
+    (installation / "config" / "climb").symlink_to(climb)  # to / and back into the installation
+    migrations.add(
+        V1,
+        "001_writes_through.py",
+        forward="(project_root / 'config' / 'climb').write_text('sandbox\\n')\nreturn True",
+    )
+    before = tree_digest(installation)
+    report = rehearse_now(installation, migrations)
+    assert tree_digest(installation) == before  # the live file was never written
+    assert [(c.path, c.what) for c in report.differences.changed] == [
+        (".dopemux/data.txt", "content")
+    ]
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    (installation / "config" / "climb").unlink()
+    (installation / "config" / "up").symlink_to("..")  # inside
+    sneaky = "up/config/up/" + "../" * depth + str(victim).lstrip("/")  # out, through `up`
+    (installation / "config" / "sneaky").symlink_to(sneaky)
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 2
+    assert f"config/sneaky -> {sneaky}" in capsys.readouterr().err
+    assert victim.read_text() == "untouched\n"
+
+
+def test_a_native_asyncio_cancellation_waits_for_the_sandbox_to_be_removed(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path, gate: object
+) -> None:
+    """`asyncio.wait_for` cancels with task.cancel(): the rehearsal still ends cleanly."""
+    migrations.add(
+        V1,
+        "001_waits.py",
+        forward="import dopemux_test_gate as g\ng.started.set()\ng.release.wait(10)\nreturn True",
+    )
+    sandboxes = tmp_path / "sandboxes"
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            rehearse(
+                project_root=installation,
+                migrations_dir=migrations.root,
+                current_version="0.1.0",
+                sandbox_dir=sandboxes,
+            )
+        )
+        await asyncio.to_thread(gate.started.wait, 10)  # type: ignore[attr-defined]
+        task.cancel()
+        await asyncio.sleep(0.2)  # the thread is still in the migration: the task must wait
+        assert not task.done()
+        gate.release.set()  # type: ignore[attr-defined]
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert list(sandboxes.iterdir()) == []
+
+
+def test_a_result_whose_repr_fails_is_still_judged(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(
+        V1,
+        "001_odd.py",
+        forward=(
+            "class Odd:\n"
+            "    def __repr__(self):\n"
+            "        raise RuntimeError('no repr')\n"
+            "return Odd()"
+        ),
+    )
+    report = rehearse_now(installation, migrations)
+    assert report.error == f"{V1}/001_odd: migrate_forward returned <Odd object> (Odd), not a bool"
+
+
+def test_verify_leaves_at_once_when_a_timed_out_migration_is_abandoned(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    never = tmp_path / "never"
+    os.mkfifo(never)
+    migrations.add(V1, "001_hangs.py", forward=f"open({str(never)!r}).read()\nreturn True")
+    process = verify_process(
+        installation,
+        migrations.root,
+        "--from",
+        "0.1.0",
+        "--timeout",
+        "0.1",
+        "--grace",
+        "0.2",
+        "--json",
+    )
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 1, err
+    payload = json.loads(out)
+    assert (payload["abandoned"], payload["culprit"]) == (True, f"{V1}/001_hangs")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
         "stage": report.stage,
         "culprit": report.culprit,
         "isolated": report.isolated,
+        "abandoned": report.abandoned,
         "error": report.error,
         "differences": report.differences.to_json(),
         "calls": [
@@ -142,6 +145,12 @@ def verify_command(
     if not report.migrations:
         lines = [f"Nothing to rehearse: no migration between {report.version_from} and itself."]
     emit(ctx, _payload(report, code), lines)
+    if report.abandoned:
+        # A migration's thread is still running (on the sandbox, which is gone); leave now,
+        # before it can print into this command's output.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 import structlog
 from packaging.version import Version
@@ -85,6 +84,7 @@ class RehearsalReport:
     traceback: str | None = None
     differences: TreeDiff = field(default_factory=TreeDiff)
     isolated: bool = False  # the culprit was confirmed on its own, with a fresh copy
+    abandoned: bool = False  # a migration call did not end; its thread was left running
     calls: tuple[RehearsalCall, ...] = ()
     sandbox: Path | None = None  # kept for inspection, when asked to
     seconds: float = 0.0
@@ -137,6 +137,7 @@ DEFAULT_GRACE = 10.0
 @dataclass(frozen=True, slots=True)
 class _Finding:
     ok: bool
+    abandoned: bool = False
     stage: str | None = None
     culprit: str | None = None
     error: str | None = None
@@ -214,11 +215,16 @@ class _Rehearsal:
         seconds more to end; then it is abandoned (a daemon thread: it cannot keep the
         process alive). Returns the outcome and whether a stop was requested meanwhile."""
         results: list[CallOutcome] = []
-        thread = threading.Thread(
-            target=lambda: results.append(call_function(function, self.sandbox, line)),
-            name="dopemux-update verify",
-            daemon=True,
-        )
+
+        def target() -> None:
+            begun = time.perf_counter()
+            try:
+                results.append(call_function(function, self.sandbox, line))
+            except BaseException as exc:  # noqa: BLE001 - reported as the call's failure
+                error = f"could not be run: {type(exc).__name__}: {exc}"
+                results.append(CallOutcome(False, time.perf_counter() - begun, error))
+
+        thread = threading.Thread(target=target, name="dopemux-update verify", daemon=True)
         started = time.monotonic()
         thread.start()
         timed_out = stopping = False
@@ -267,7 +273,7 @@ class _Rehearsal:
         try:
             return self._run()
         except _AbandonedError as exc:
-            return self._failure(exc.stage, exc.call)
+            return dataclasses.replace(self._failure(exc.stage, exc.call), abandoned=True)
 
     def _run(self) -> _Finding:
         copy_tree(self.scope, self.original)
@@ -388,6 +394,7 @@ def rehearse_steps(
         traceback=found.traceback,
         differences=found.differences,
         isolated=found.isolated,
+        abandoned=found.abandoned,
         calls=tuple(rehearsal.calls),
         sandbox=folder if keep_sandbox else None,
         seconds=time.perf_counter() - started,
@@ -456,26 +463,31 @@ async def rehearse(
             grace=grace,
         )
 
-    async def stop_when_cancelled() -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            stop.set()
-
     reports: list[RehearsalReport] = []
     errors: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_when_cancelled)
+    done = anyio.Event()
+
+    async def in_thread() -> None:
         try:
-            # Not abandoned on cancellation: the thread stops at its next call and removes
-            # its sandbox; the cancellation is delivered when it has.
-            reports.append(await anyio.to_thread.run_sync(work))
-        except RehearsalStopped:
-            await anyio.lowlevel.checkpoint()  # raises the cancellation that stopped it
-            raise
+            # Shielded: the thread is never left behind by a cancellation; the stop flag
+            # below ends it (at its next call, or after the grace period) and it removes its
+            # sandbox before this returns.
+            with anyio.CancelScope(shield=True):
+                reports.append(await anyio.to_thread.run_sync(work))
         except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
             errors.append(exc)
-        tg.cancel_scope.cancel()
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(in_thread)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():  # an anyio scope or a native task.cancel()
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
     if errors:
         raise errors[0]
     return dataclasses.replace(reports[0], version_from=version_from, version_to=version_to)

@@ -86,7 +86,11 @@ def _judge(value: object) -> str | None:
         return None
     if value is False:
         return "returned False"
-    return f"returned {value!r} ({type(value).__name__}), not a bool"
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the verdict
+        shown = f"<{type(value).__name__} object>"
+    return f"returned {shown} ({type(value).__name__}), not a bool"
 
 
 def call_function(

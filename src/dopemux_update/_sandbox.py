@@ -1,14 +1,14 @@
 """Sandbox copies of an installation, to rehearse migrations on without touching the original.
 
 A copy keeps folders, files with their permission bits, and symlinks as symlinks. A symlink
-that leads to a path inside the installation leads to the same path inside the copy (an
-absolute target is rewritten; a relative one already does). A symlink that leads *outside*
-the installation is refused, all of them listed at once: a migration writing through it would
-write to the real files, not to the sandbox. SQLite databases are copied through SQLite's
-online backup API, so a database that a running service holds open, with pages still in its
-WAL, is copied consistently; a database in WAL mode stays in WAL mode. A file is a database's
-``-wal``/``-shm``/``-journal`` only beside a database. Fifos, sockets and devices are left out,
-as in a backup.
+that leads (as the kernel resolves it) to a path inside the installation leads to the same
+path inside the copy: it is rewritten as a relative link to it. A symlink that leads
+*outside* the installation is refused, all of them listed at once: a migration writing
+through it would write to the real files, not to the sandbox. SQLite databases are copied
+through SQLite's online backup API, so a database that a running service holds open, with
+pages still in its WAL, is copied consistently; a database in WAL mode stays in WAL mode. A
+file is a database's ``-wal``/``-shm``/``-journal`` only beside a database. Fifos, sockets and
+devices are left out, as in a backup.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import structlog
 from ._copy import copy_file
 from ._exceptions import PreflightError, UpdateError
 from ._sqlite import SIDECARS, capture, is_sqlite, is_wal
-from ._tree import Scope, TreeEntry, shown, walk
+from ._tree import Scope, TreeEntry, link_destination, shown, walk
 
 __all__ = ["SandboxEscapeError", "copy_tree", "remove_tree", "temporary_folder"]
 
@@ -52,32 +52,25 @@ class SandboxEscapeError(PreflightError):
         )
 
 
-def _inside(root: Path, link: Path, target: str) -> str | None:
-    """Where ``target`` (of the symlink at ``link``) leads, relative to ``root``; None when
-    it leads outside. Lexical, like the path a migration would open."""
-    absolute = os.path.normpath(os.path.join(link.parent, target))  # noqa: PTH118
-    relative = os.path.relpath(absolute, root)
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-        return None
-    return relative
+def _links(root: Path, entries: list[TreeEntry]) -> dict[str, str]:
+    """Where each symlink finally leads, relative to ``root``; raises if any leads outside.
 
-
-def _links(root: Path, entries: list[TreeEntry]) -> dict[str, str | None]:
-    """Each symlink's target as written, or None for an absolute one (it is rewritten to the
-    same path inside the copy); raises if any leads outside ``root``."""
-    targets: dict[str, str | None] = {}
+    Resolved as the kernel resolves it, through every symlink on the way: a link whose text
+    looks inside but climbs out through another link, or to ``/`` and back in, is outside.
+    """
+    destinations: dict[str, str] = {}
     escaping: list[tuple[str, str]] = []
     for entry in entries:
         if entry.kind != "symlink":
             continue
-        target = os.readlink(root / entry.rel)  # noqa: PTH115 - the text, not a Path
-        if _inside(root, root / entry.rel, target) is None:
-            escaping.append((entry.rel, target))
+        inside = link_destination(root, root / entry.rel)
+        if inside is None:
+            escaping.append((entry.rel, os.readlink(root / entry.rel)))  # noqa: PTH115
         else:
-            targets[entry.rel] = None if os.path.isabs(target) else target  # noqa: PTH117
+            destinations[entry.rel] = inside
     if escaping:
         raise SandboxEscapeError(root, escaping)
-    return targets
+    return destinations
 
 
 def _set_wal(path: Path) -> None:
@@ -124,7 +117,7 @@ def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
     root: Path,
     destination: Path,
     entry: TreeEntry,
-    links: dict[str, str | None],
+    links: dict[str, str],
     databases: set[str],
     folders: list[tuple[Path, int]],
 ) -> int:
@@ -134,13 +127,9 @@ def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
         target.mkdir(mode=0o700)
         folders.append((target, mode))
     elif entry.kind == "symlink":
-        relative = links[entry.rel]
-        if relative is None:  # absolute, into the installation: the same place in the copy
-            inside = _inside(root, source, os.readlink(source))  # noqa: PTH115
-            assert inside is not None  # noqa: S101 - checked by _links
-            target.symlink_to(destination / inside)
-        else:
-            target.symlink_to(relative)
+        # Relative, to where the original finally leads, but inside the copy: whatever the
+        # original's text (absolute, or climbing out and back in), it cannot leave the copy.
+        target.symlink_to(os.path.relpath(destination / links[entry.rel], target.parent))
     elif entry.kind != "file":
         return 0
     elif entry.rel in databases:

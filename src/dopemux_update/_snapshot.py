@@ -24,7 +24,7 @@ import xxhash
 from ._copy import hash_file
 from ._exceptions import UpdateError
 from ._sqlite import SIDECARS, is_sqlite, open_for_reading
-from ._tree import Scope, TreeEntry, encode_name, shown, walk
+from ._tree import Scope, TreeEntry, encode_name, link_destination, shown, walk
 
 __all__ = [
     "DatabaseChange",
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 _EXAMPLES = 3  # rows shown per table in a report
-_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,23 +145,61 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-_LITERAL = re.compile(r"('(?:[^']|'')*')")
-_QUOTED_NAME = re.compile(
-    r'"([A-Za-z_][A-Za-z0-9_$]*)"|`([A-Za-z_][A-Za-z0-9_$]*)`|\[([A-Za-z_][A-Za-z0-9_$]*)\]'
+_SQL_TOKEN = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*.*?(?:\*/|$))"""
+    r"""|(?P<literal>'(?:[^']|'')*')"""
+    r"""|(?P<quoted>"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])"""
+    r"""|(?P<space>\s+)"""
+    r"""|(?P<word>[A-Za-z_][A-Za-z0-9_$]*)"""
+    r"""|(?P<other>.)""",
+    re.DOTALL,
 )
-_AROUND_PUNCTUATION = re.compile(r"\s*([(),])\s*")
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_PUNCTUATION = frozenset("(),;")
+# Words SQLite's schema text uses as keywords and type names: their case means nothing.
+_KEYWORD_TEXT = """
+    abort after all always and as asc autoincrement before begin between blob by cascade case
+    cast check collate conflict constraint create current_date current_time current_timestamp
+    default deferrable deferred delete desc distinct do each else end escape except exists
+    fail for foreign from generated glob group having if ignore immediate in index initially
+    insert instead int integer into is isnull key like limit match no nocase not notnull null
+    numeric of on or order primary raise real references replace restrict rowid rtrim select
+    set stored strict table temp temporary text then trigger union unique update using values
+    varchar view virtual when where without
+"""
+_KEYWORDS = frozenset(_KEYWORD_TEXT.split())
 
 
 def normalise_sql(sql: str) -> str:
-    """SQL as SQLite may rewrite it without changing its meaning: plain identifiers unquoted
-    (a rename quotes them), spaces collapsed, keywords and names in one case; string
-    literals are kept exactly."""
-    parts = _LITERAL.split(sql)
-    for index in range(0, len(parts), 2):  # the even parts lie outside string literals
-        text = _QUOTED_NAME.sub(lambda m: m.group(1) or m.group(2) or m.group(3), parts[index])
-        text = _AROUND_PUNCTUATION.sub(r"\1", _SPACES.sub(" ", text))
-        parts[index] = text.casefold()
-    return "".join(parts).strip()
+    """Schema SQL as SQLite may rewrite it without changing its meaning.
+
+    Comments are dropped and spaces collapsed; keywords and type names are compared in one
+    case; a quoted plain identifier is unquoted (a rename quotes names) but keeps its case,
+    as every other identifier does. String literals, and quoted names that are not plain
+    identifiers, are kept exactly.
+    """
+    tokens: list[str] = []
+    for match in _SQL_TOKEN.finditer(sql):
+        kind, text = match.lastgroup, match.group()
+        if kind in {"comment", "space"}:
+            tokens.append(" ")
+        elif kind == "quoted" and _PLAIN_NAME.fullmatch(text[1:-1]):
+            tokens.append(text[1:-1])
+        elif kind == "word" and text.lower() in _KEYWORDS:
+            tokens.append(text.lower())
+        else:
+            tokens.append(text)
+    out: list[str] = []
+    for index, piece in enumerate(tokens):
+        if piece == " ":
+            previous = out[-1] if out else ""
+            following = tokens[index + 1] if index + 1 < len(tokens) else ""
+            if previous in ("", " ") or previous in _PUNCTUATION or following in _PUNCTUATION:
+                continue
+            if following in ("", " "):
+                continue
+        out.append(piece)
+    return "".join(out)
 
 
 def _text(raw: bytes) -> str:
@@ -215,7 +252,10 @@ def database_digest(path: Path) -> DatabaseDigest:
             if _internal(name):
                 continue
             if kind == "table":
-                tables[name] = _table_digest(connection, name, sql or "")
+                table = _table_digest(connection, name, sql or "")
+                if name.casefold() == "sqlite_sequence" and not table.size:
+                    continue  # SQLite creates it with the first AUTOINCREMENT table, for good
+                tables[name] = table
             else:
                 objects[f"{kind} {name}"] = normalise_sql(sql or "")
         pragmas = {
@@ -270,13 +310,10 @@ def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
     if entry.kind == "dir":
         return Item("dir", mode)
     if entry.kind == "symlink":
-        target = os.readlink(path)  # noqa: PTH115 - the text, not a Path
-        if os.path.isabs(target):  # noqa: PTH117
-            # An absolute link into the tree is recorded relative to it: a copy of the tree
-            # whose link leads to the same place inside the copy holds the same.
-            relative = os.path.relpath(os.path.normpath(target), root)
-            if not relative.startswith(os.pardir):
-                target = f"<root>/{relative}"
+        # A link into the tree is recorded by where it finally leads, relative to the tree: a
+        # copy whose link leads to the same place inside the copy holds the same.
+        inside = link_destination(root, path)
+        target = os.readlink(path) if inside is None else f"<root>/{inside}"  # noqa: PTH115
         return Item("symlink", 0, target)
     if entry.kind != "file":
         return Item("other", mode, entry.kind)

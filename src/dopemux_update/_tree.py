@@ -11,7 +11,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Scope", "TreeEntry", "decode_name", "encode_name", "kind_of", "shown", "walk"]
+__all__ = [
+    "Scope",
+    "TreeEntry",
+    "decode_name",
+    "encode_name",
+    "kind_of",
+    "link_destination",
+    "shown",
+    "walk",
+]
 
 
 def _segment_regex(segment: str) -> str:
@@ -119,6 +128,15 @@ def encode_name(name: str) -> str:
     except UnicodeEncodeError:
         return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
     return name
+
+
+def link_destination(root: Path, link: Path) -> str | None:
+    """Where the symlink at ``link`` finally leads, relative to ``root`` (a resolved path),
+    following every symlink on the way as the kernel would; None when that is outside."""
+    relative = os.path.relpath(os.path.realpath(link), root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None
+    return relative
 
 
 def shown(name: str) -> str:
