@@ -795,3 +795,21 @@ def test_verify_leaves_at_once_when_a_timed_out_migration_is_abandoned(
     assert process.returncode == 1, err
     payload = json.loads(out)
     assert (payload["abandoned"], payload["culprit"]) == (True, f"{V1}/001_hangs")
+
+
+def test_a_rehearsal_writes_a_run_log_named_in_its_output_and_a_refused_one_none(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add(V1, "001_boom.py", forward="print('  → about to fail')\nraise KeyError('k')")
+    assert verify(installation, migrations.root, "--from", "0.1.0", "--json") == 1
+    log = Path(json.loads(capsys.readouterr().out)["log"])
+    assert log.parent == installation / ".dopemux" / "update" / "logs"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(
+        e.get("line") == "  → about to fail" and e["event"] == "verify.output" for e in events
+    )
+    assert any("KeyError: 'k'" in str(e.get("traceback", "")) for e in events)
+    log.unlink()
+    migrations.add(V1, "002_typo.py", info={"requires_restarts": []})
+    assert verify(installation, migrations.root, "--from", "0.1.0") == 2
+    assert list(log.parent.iterdir()) == []

@@ -22,6 +22,7 @@ from ._cli_common import (
     emit,
     installed_version,
     make_context,
+    open_run_log,
     time_limit_options,
     version_option_value,
 )
@@ -128,23 +129,32 @@ def verify_command(
     )
     if not ctx.json:
         click.echo(f"Rehearsing on a sandbox copy of {ctx.root.resolve()} ...")
-    # Held throughout, so that the copy is not taken halfway through someone's update.
-    with holding_lock(ctx.state_dir):
-        report = anyio.run(
-            functools.partial(
-                run_interruptibly,
-                work,
-                notice="Interrupted: stopping the rehearsal and removing its sandbox...",
-                again="Still stopping; the installation itself was never touched.",
+    # Every event, output line and traceback, kept in memory until the rehearsal has run
+    # (a refused verify leaves no log), then written to .dopemux/update/logs/.
+    run_log = open_run_log(ctx, "verify", verbose)
+    try:
+        # Held throughout, so that the copy is not taken halfway through someone's update.
+        with holding_lock(ctx.state_dir):
+            report = anyio.run(
+                functools.partial(
+                    run_interruptibly,
+                    work,
+                    notice="Interrupted: stopping the rehearsal and removing its sandbox...",
+                    again="Still stopping; the installation itself was never touched.",
+                )
             )
-        )
+        run_log.start()
+    finally:
+        run_log.close()
     if report is None:
-        return _interrupted(ctx)
+        return _interrupted(ctx, run_log.path)
     code = EXIT_OK if report.ok else EXIT_FAILED
     lines = report.describe()
     if not report.migrations:
         lines = [f"Nothing to rehearse: no migration between {report.version_from} and itself."]
-    emit(ctx, _payload(report, code), lines)
+    emit(
+        ctx, {**_payload(report, code), "log": str(run_log.path)}, [*lines, f"Log: {run_log.path}"]
+    )
     if report.abandoned:
         # A migration's thread is still running (on the sandbox, which is gone); leave now,
         # before it can print into this command's output.
@@ -154,11 +164,17 @@ def verify_command(
     return code
 
 
-def _interrupted(ctx: Context) -> int:
+def _interrupted(ctx: Context, log: Path) -> int:
     message = "Interrupted; the rehearsal was stopped. The installation was never touched."
     emit(
         ctx,
-        {"command": "verify", "ok": False, "exit_code": EXIT_INTERRUPTED, "error": message},
-        [message],
+        {
+            "command": "verify",
+            "ok": False,
+            "exit_code": EXIT_INTERRUPTED,
+            "error": message,
+            "log": str(log),
+        },
+        [message, f"Log: {log}"],
     )
     return EXIT_INTERRUPTED

@@ -198,7 +198,17 @@ class _Rehearsal:
             output=tuple(output),
         )
         self.calls.append(call)
-        logger.debug("verify.call", id=step.id, stage=stage, ok=call.ok, error=call.error)
+        if call.ok:
+            logger.debug("verify.call", id=step.id, stage=stage, seconds=call.seconds)
+        else:
+            logger.warning(
+                "verify.call_failed",
+                id=step.id,
+                stage=stage,
+                function=call.function,
+                error=call.error,
+                traceback=call.traceback,
+            )
         if self.on_call is not None:
             self.on_call(call)
         if stopping:
