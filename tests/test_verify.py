@@ -32,6 +32,20 @@ return True
 """
 
 
+def fifos(folder: Path, *names: str) -> list[Path]:
+    """Named pipes a migration and the test use to wait for each other (no sleeps)."""
+    paths = [folder / name for name in names]
+    for path in paths:
+        os.mkfifo(path)
+    return paths
+
+
+def waiting_forward(started: Path | None, release: Path) -> str:
+    """A forward body that says it started (if asked), then waits until ``release`` opens."""
+    announce = f"open({str(started)!r}, 'w').close()\n" if started is not None else ""
+    return f"{announce}with open({str(release)!r}) as f:\n    f.read()\nreturn True"
+
+
 def rehearse_now(root: Path, migrations: MigrationWriter, **options: Any) -> RehearsalReport:
     """The rehearsal from 0.1.0, run to its end on an event loop of its own."""
     return anyio.run(
@@ -488,14 +502,8 @@ def test_an_unreadable_file_is_a_clear_error_and_no_sandbox_is_left(
 def test_ctrl_c_stops_the_rehearsal_removes_the_sandbox_and_exits_130(
     installation: Path, migrations: MigrationWriter, tmp_path: Path
 ) -> None:
-    started, release = tmp_path / "started", tmp_path / "release"
-    for fifo in (started, release):
-        os.mkfifo(fifo)
-    migrations.add(
-        V1,
-        "001_waits.py",
-        forward=f"open({str(started)!r}, 'w').close()\nopen({str(release)!r}).read()\nreturn True",
-    )
+    started, release = fifos(tmp_path, "started", "release")
+    migrations.add(V1, "001_waits.py", forward=waiting_forward(started, release))
     migrations.add(V1, "002_never.py")
     sandboxes = tmp_path / "sandboxes"
     before = tree_digest(installation)
@@ -633,11 +641,8 @@ def test_a_migration_past_its_timeout_fails_the_rehearsal_and_is_named(
 def test_a_migration_that_never_ends_is_abandoned_after_the_grace_period(
     installation: Path, migrations: MigrationWriter, tmp_path: Path
 ) -> None:
-    never = tmp_path / "never"
-    os.mkfifo(never)
-    migrations.add(
-        V1, "001_hangs.py", forward=f"with open({str(never)!r}) as f:\n    f.read()\nreturn True"
-    )
+    (never,) = fifos(tmp_path, "never")
+    migrations.add(V1, "001_hangs.py", forward=waiting_forward(None, never))
     migrations.add(V1, "002_never_runs.py")
     sandboxes = tmp_path / "sandboxes"
     report = rehearse_now(
@@ -655,14 +660,8 @@ def test_a_migration_that_never_ends_is_abandoned_after_the_grace_period(
 def test_ctrl_c_ends_verify_even_when_a_migration_hangs(
     installation: Path, migrations: MigrationWriter, tmp_path: Path
 ) -> None:
-    started, never = tmp_path / "started", tmp_path / "never"
-    for fifo in (started, never):
-        os.mkfifo(fifo)
-    migrations.add(
-        V1,
-        "001_hangs.py",
-        forward=f"open({str(started)!r}, 'w').close()\nopen({str(never)!r}).read()\nreturn True",
-    )
+    started, never = fifos(tmp_path, "started", "never")
+    migrations.add(V1, "001_hangs.py", forward=waiting_forward(started, never))
     before = tree_digest(installation)
     process = verify_process(
         installation,
@@ -777,9 +776,8 @@ def test_a_result_whose_repr_fails_is_still_judged(
 def test_verify_leaves_at_once_when_a_timed_out_migration_is_abandoned(
     installation: Path, migrations: MigrationWriter, tmp_path: Path
 ) -> None:
-    never = tmp_path / "never"
-    os.mkfifo(never)
-    migrations.add(V1, "001_hangs.py", forward=f"open({str(never)!r}).read()\nreturn True")
+    (never,) = fifos(tmp_path, "never")
+    migrations.add(V1, "001_hangs.py", forward=waiting_forward(None, never))
     process = verify_process(
         installation,
         migrations.root,
