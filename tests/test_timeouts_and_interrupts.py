@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from conftest import MigrationWriter, tree_digest
 from dopemux_update import OrchestrationPhase
+from test_json_schema import documented
 
 pytestmark = pytest.mark.anyio
 
@@ -146,13 +147,13 @@ def test_ctrl_c_rolls_back_and_a_second_one_does_not_cut_the_rollback_short(
     with open(started) as handle:
         handle.read()
     process.send_signal(signal.SIGINT)  # the migration finishes; then the rollback starts
-    seen = wait_for_line(process, "Interrupted: rolling back")
+    seen = wait_for_line(process, "Interrupted: stopping after the running migration")
     with open(release, "w"):
         pass
     with open(undo_started) as handle:
         handle.read()
     process.send_signal(signal.SIGINT)  # during the rollback: reported, not obeyed
-    seen += wait_for_line(process, "will not be cut short")
+    seen += wait_for_line(process, "the rollback will not be cut short")
     with open(undo_release, "w"):
         pass
     out, err = process.communicate(timeout=60)
@@ -160,3 +161,49 @@ def test_ctrl_c_rolls_back_and_a_second_one_does_not_cut_the_rollback_short(
     assert json.loads(out)["interrupted"] is True
     assert tree_digest(installation) == before
     assert "forward v1.0_to_v1.1/2_never" not in migrations.calls_made()
+
+
+def test_ctrl_c_with_a_hung_migration_leaves_it_after_the_grace_period_for_recover(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    """The tree is never touched while the thread may write; `recover` then restores it."""
+    started, never = tmp_path / "started", tmp_path / "never"
+    for fifo in (started, never):
+        os.mkfifo(fifo)
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_hangs.py",
+        forward=(
+            "(project_root / 'a').write_text('a')\n"
+            f"open({str(started)!r}, 'w').close()\n"
+            f"with open({str(never)!r}) as f:\n"
+            "    f.read()\n"
+            "return True"
+        ),
+    )
+    before = tree_digest(installation)
+    root = ["--root", str(installation), "--migrations", str(migrations.root)]
+    process = popen("upgrade", "--from", "1.0", "--no-restart", "--grace", "0.5", "--json", *root)
+    with open(started) as handle:
+        handle.read()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, err
+    payload = json.loads(out)
+    assert set(payload) >= documented()["upgrade"]
+    assert (payload["interrupted"], payload["abandoned"], payload["needs_recovery"]) == (
+        True,
+        True,
+        True,
+    )
+    assert payload["failed_migration"] == "v1.0_to_v1.1/1_hangs"
+    assert "interrupted and still running 0.5s later" in payload["error"]
+    assert (installation / "a").exists()  # left as it was: the thread might still write
+    recovered = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "recover", *root],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    assert tree_digest(installation) == before

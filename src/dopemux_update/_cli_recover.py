@@ -77,8 +77,11 @@ def recover_first(ctx: Context) -> dict[str, Any] | None:
 async def run_interruptibly(
     work: Callable[[], Awaitable[T]],
     *,
-    notice: str = "Interrupted: rolling back, please wait...",
-    again: str = "Still rolling back; it will not be cut short.",
+    notice: str = (
+        "Interrupted: stopping after the running migration (it gets --grace seconds),"
+        " then rolling back; please wait..."
+    ),
+    again: str = "Still stopping; the rollback will not be cut short.",
 ) -> T | None:
     """Run ``work``; Ctrl-C (or SIGTERM) cancels it once, which rolls back; a second one
     during the rollback is only reported. Returns None when interrupted."""

@@ -129,7 +129,8 @@ class OrchestrationPhase:
     runs the completed migrations' undo in reverse and restores the backup. Only on success
     is the target version recorded and the union of ``requires_restart`` handed to
     ``restart_phase``. ``timeout`` limits each migration (seconds); a migration still running
-    ``grace`` seconds after its timeout is abandoned and the run left for ``recover``.
+    ``grace`` seconds after its timeout, or after a cancellation, is abandoned and the run left
+    for ``recover`` (the tree is not touched while its thread may still write to it).
     """
 
     name = "orchestration"
@@ -178,6 +179,9 @@ class OrchestrationPhase:
         self.grace = grace
         self._plan: Plan | None = None
         self._executed = False
+        #: What the run did, set when it ends: also when ``execute()`` was cancelled, which
+        #: re-raises the cancellation after the rollback (or after leaving it to ``recover``).
+        self.result: UpdateResult | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -253,6 +257,10 @@ class OrchestrationPhase:
                 return self._finish(run, ok=False)
             except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
                 self._adopt_journal(run, journal)
+                if run.abandoned:  # a migration still runs: touch nothing, leave it to recover
+                    await self._abandon(run, store)
+                    self._finish(run, ok=False)  # kept in ``result``; the cancellation goes on
+                    raise
                 with anyio.CancelScope(shield=True):
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
                     run.failed_id = run.failed_id or ("(cancelled)" if cancelled else "(error)")
@@ -261,6 +269,7 @@ class OrchestrationPhase:
                         "update.interrupted", error=run.error, completed=len(run.completed)
                     )
                     await self._roll_back(run, store)
+                    self._finish(run, ok=False)
                 raise
             if run.failed_id is not None:
                 with anyio.CancelScope(shield=True):
@@ -447,12 +456,17 @@ class OrchestrationPhase:
                     run.completed.append(step)
                 else:
                     run.failed_id, run.error = step.id, outcome.error
-            if sequence.abandoned and sequence.timed_out is not None:
-                stuck = steps[sequence.timed_out]
+            if sequence.abandoned and sequence.abandoned_index is not None:
+                stuck = steps[sequence.abandoned_index]
                 run.abandoned = True
                 run.failed_id = stuck.id
+                cause = (
+                    f"timed out after {self.timeout:g}s"
+                    if sequence.timed_out == sequence.abandoned_index
+                    else "interrupted"
+                )
                 run.error = (
-                    f"timed out after {self.timeout:g}s and still running {self.grace:g}s later;"
+                    f"{cause} and still running {self.grace:g}s later;"
                     " the migration's thread could not be stopped"
                 )
             sequence.flush(deliver)
@@ -660,6 +674,7 @@ class OrchestrationPhase:
             abandoned=run.abandoned,
             verified_identical=run.verified_identical,
         )
+        self.result = result
         self._emit(ev.UpdateFinished(result))
         logger.info(
             "update.finished",

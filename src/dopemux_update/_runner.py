@@ -5,9 +5,11 @@ and a thread for each of a thousand small migrations would cost more than the mi
 The thread reports progress through a queue that the event loop drains (and hands to the
 observer) while it waits, so the loop stays free and progress stays live.
 
-A running call is never abandoned: a cancellation asks the sequence to stop *before the next
+A running call is never raced: a cancellation asks the sequence to stop *before the next
 call* and waits for the current one to end, so nothing else touches the tree while a
-migration may still be writing to it.
+migration may still be writing to it. A call still running ``grace`` seconds after a timeout
+or a cancellation is *abandoned*: its thread is left running, and the caller must then leave
+the tree alone (the run is left for ``recover``).
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class CallSequence:
         self.outcomes: list[CallOutcome] = []
         self.timed_out: int | None = None
         self.abandoned = False
+        self.abandoned_index: int | None = None  # the call whose thread was left running
         self._on_started = on_started
         self._on_finished = on_finished
         self._on_output = on_output
@@ -157,6 +160,7 @@ class CallSequence:
         self._mutex = threading.Lock()
         self._current: tuple[int, float] | None = None
         self._timed_out_at: float | None = None
+        self._stopped_at: float | None = None  # when a cancellation asked the sequence to stop
         self._events: collections.deque[RunnerEvent] = collections.deque()
         self._thread_scope: anyio.CancelScope | None = None
         self._error: BaseException | None = None
@@ -219,14 +223,16 @@ class CallSequence:
                     self.timed_out = index
                     self._timed_out_at = now
                     self._stop.set()
-            running = current is not None
+            running_index = current[0] if current is not None else None
+            waiting_since = [t for t in (self._timed_out_at, self._stopped_at) if t is not None]
         if (
-            running
-            and self._timed_out_at is not None
-            and now - self._timed_out_at > self._grace
+            running_index is not None
+            and waiting_since
+            and now - min(waiting_since) > self._grace
             and self._thread_scope is not None
         ):
             self.abandoned = True
+            self.abandoned_index = running_index
             self._thread_scope.cancel()
 
     async def _in_thread(self, done: anyio.Event) -> None:
@@ -251,7 +257,8 @@ class CallSequence:
         """Run the calls; deliver events while waiting; return the outcomes.
 
         Cancelled from outside, it stops before the next call, waits (shielded) for the
-        running one, then re-raises.
+        running one, then re-raises. A running call that has not ended ``grace`` seconds after
+        the cancellation is abandoned (``abandoned``, ``abandoned_index``), as after a timeout.
         """
         done = anyio.Event()
         async with anyio.create_task_group() as tg:
@@ -260,6 +267,8 @@ class CallSequence:
                 await self._watch(done, deliver)
             except anyio.get_cancelled_exc_class():
                 self.request_stop()
+                with self._mutex:
+                    self._stopped_at = time.monotonic()
                 with anyio.CancelScope(shield=True):
                     await self._watch(done, deliver)
                 raise

@@ -168,7 +168,11 @@ def build_summary(
             details.append(Detail("Backup", result.backup_id))
         details += _restart_details(result, restarted, restarter_used=restarter_used)
     else:
-        headline = f"Update FAILED at {result.failed_migration}: {result.error}"
+        headline = (
+            "Interrupted: the update was stopped before it finished."
+            if result.failed_migration == "(cancelled)"
+            else f"Update FAILED at {result.failed_migration}: {result.error}"
+        )
         details.append(Detail("Failed migration", str(result.failed_migration), bad=True))
         details.append(Detail("Error", str(result.error), bad=True))
         details.append(Detail("Rolled back", ", ".join(result.rolled_back) or "nothing"))

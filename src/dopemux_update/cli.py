@@ -358,8 +358,11 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
     with display:
         outcome = anyio.run(run_interruptibly, run)
     log_path = run_log.path if run_log.started else None
+    interrupted = outcome is None
     if outcome is None:
-        return _report_interrupted(ctx, collector, log_path)
+        if phase.result is None:  # interrupted before the run began: nothing was changed
+            return _report_interrupted(ctx, collector, log_path)
+        outcome = (phase.result, None)
     result, restarted = outcome
     code = _report_update(
         ctx,
@@ -369,6 +372,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         restarter_used=restarter is not None,
         recovered=recovered,
         log_path=log_path,
+        interrupted=interrupted,
     )
     if result.abandoned:
         # A migration's thread is still running and can't be stopped; leaving through the
@@ -415,11 +419,14 @@ def _report_update(
     restarter_used: bool,
     recovered: dict[str, Any] | None = None,
     log_path: Path | None = None,
+    interrupted: bool = False,
 ) -> int:
     if result.ok:
         code = EXIT_RESTART_FAILED if restarted is not None and not restarted.ok else EXIT_OK
+    elif result.needs_recovery:
+        code = EXIT_RECOVERY
     else:
-        code = EXIT_RECOVERY if result.needs_recovery else EXIT_FAILED
+        code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     failed = restarted.failed if restarted is not None else ()
     payload = {
         "command": result.direction.value,
@@ -443,6 +450,7 @@ def _report_update(
         "recovered": recovered,
         "abandoned": result.abandoned,
         "verified_identical": result.verified_identical,
+        "interrupted": interrupted,
         "log": str(log_path) if log_path else None,
     }
     emit(ctx, payload)
