@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,25 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
     code = main([*argv, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out)
+
+
+def hold_the_lock(state_dir: Path) -> subprocess.Popen[str]:
+    """Another process holding the update lock until its stdin closes."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from dopemux_update._lock import holding_lock\n"
+            f"with holding_lock(Path({str(state_dir)!r})):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def common(root: Path, migrations: MigrationWriter) -> list[str]:
@@ -332,3 +352,103 @@ def test_a_traceback_goes_to_the_run_log_and_to_the_console_only_with_v(
     assert "Traceback (most recent call last)" in log
     assert main([*args, "-v"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_restart_command_that_does_not_exist_is_refused_before_any_migration(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha"]})
+    args = ["upgrade", "--from", "1.0", "--restart-command", "no-such-program-xyz {service}"]
+    assert main([*args, *common(installation, migrations)]) == 2
+    assert "'no-such-program-xyz' is not an executable program" in capsys.readouterr().err
+    assert migrations.calls_made() == []
+
+
+def test_the_compose_restarter_works_with_a_relative_root(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path
+) -> None:
+    """docker compose runs in the root: its -f path must not be relative to elsewhere."""
+    (installation / "docker-compose.yml").write_text("services:\n  alpha:\n    image: x\n")
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha"]})
+    bin_dir, record = tmp_path / "bin", tmp_path / "docker.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        f"open({str(record)!r}, 'a').write(os.getcwd() + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n"
+        "sys.exit(0 if os.path.isfile(sys.argv[3]) else 1)\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dopemux_update",
+            "upgrade",
+            "--from",
+            "1.0",
+            "--json",
+            "--root",
+            installation.name,
+            "--migrations",
+            str(migrations.root),
+        ],
+        cwd=installation.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["restarted"] == ["alpha"]
+    cwd, *args = record.read_text().split()
+    assert cwd == str(installation.resolve())
+    assert args == [
+        "compose",
+        "-f",
+        str(installation.resolve() / "docker-compose.yml"),
+        "restart",
+        "alpha",
+    ]
+
+
+def test_status_tells_a_running_update_from_one_that_needs_recovery(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    main(["stamp", "1.0", *common(installation, migrations)])
+    state_dir = installation / ".dopemux" / "update"
+    (state_dir / "journal.jsonl").write_text("{}\n")  # a run in progress, or interrupted
+    holder = hold_the_lock(state_dir)
+    capsys.readouterr()
+    code, running = run_json(capsys, "status", *common(installation, migrations))
+    assert (code, running["needs_recovery"]) == (0, False)
+    assert f"pid {holder.pid}" in running["running"]
+    holder.communicate("")
+    code, stuck = run_json(capsys, "status", *common(installation, migrations))
+    assert (stuck["needs_recovery"], stuck["running"]) == (True, None)
+
+
+def test_status_of_a_missing_installation_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--root", str(tmp_path / "nowhere")]) == 2
+    assert "installation folder does not exist" in capsys.readouterr().err
+
+
+def test_an_update_refused_by_the_lock_leaves_no_log(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    state_dir = installation / ".dopemux" / "update"
+    holder = hold_the_lock(state_dir)
+    try:
+        code = main(["upgrade", "--from", "1.0", "--no-restart", *common(installation, migrations)])
+    finally:
+        holder.communicate("")
+    assert code == 4
+    assert "Log:" not in capsys.readouterr().err
+    logs = state_dir / "logs"
+    assert not logs.exists() or list(logs.iterdir()) == []

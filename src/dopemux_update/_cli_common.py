@@ -99,6 +99,15 @@ class RunLog:
             if self._handle is not None:
                 self._handle.close()
 
+    def discard(self) -> None:
+        """Close and remove the log: the command turned out to be refused."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+                self.path.unlink(missing_ok=True)
+            self._buffer.clear()
+
 
 def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
     def drop_quiet(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:

@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from ._exceptions import LockError
 
-__all__ = ["holding_lock", "holding_lock_async"]
+__all__ = ["holding_lock", "holding_lock_async", "lock_holder"]
 
 # Locks this context already holds: the command line takes the lock and the orchestration
 # it runs takes it again. A context variable, not a process-wide table, so that two updates
@@ -84,6 +84,31 @@ def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
     return fd, key
+
+
+def lock_holder(state_dir: Path) -> str | None:
+    """Who holds the installation's update lock right now, or None; reads only.
+
+    The holder writes its pid, host and start time into the lock file and empties it on
+    release. A file left filled by a process that died (the kernel released its lock) names a
+    pid that is gone: that is nobody. Never takes the lock, so it cannot make a starting
+    update fail.
+    """
+    path = state_dir / "lock"
+    try:
+        info = json.loads(path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return f"pid {pid} on {info.get('host')} since {info.get('started_at')} ({info.get('command')})"
 
 
 def _release(fd: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from ._discovery import scan_migrations
 from ._drift import find_drift
 from ._exceptions import LockError, PlanError, PreflightError, UpdateError
 from ._journal import Journal
-from ._lock import holding_lock
+from ._lock import holding_lock, lock_holder
 from ._models import Direction, Plan, UpdateResult
 from ._orchestration import OrchestrationPhase
 from ._planning import find_route, newest_reachable
@@ -116,6 +117,8 @@ cli.add_command(verify_command)
 def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """Show the installed version and what is pending."""
     ctx = make_context(root, migrations, as_json, verbose)
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
     state = ctx.state.read()
     installed = state.installed_version
     catalog = scan_migrations(ctx.migrations)
@@ -133,7 +136,8 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
     last = state.history[-1] if state.history else None
     backups = BackupStore(ctx.state_dir / "backups").list()
     drift = find_drift(state.history, ctx.migrations)
-    interrupted = Journal(ctx.state_dir).exists()
+    running = lock_holder(ctx.state_dir)
+    interrupted = Journal(ctx.state_dir).exists() and running is None
     payload = {
         "command": "status",
         "root": str(ctx.root),
@@ -146,6 +150,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "backups": len(backups),
         "backups_bytes": sum(b.copied_bytes for b in backups),
         "needs_recovery": interrupted,
+        "running": running,
         "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
     }
     lines = [
@@ -164,6 +169,8 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         )
     stored = format_bytes(sum(b.copied_bytes for b in backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
+    if running is not None:
+        lines.append(f"An update is running now: {running}.")
     if interrupted:
         lines.append(
             "WARNING: an update was interrupted and the installation NEEDS RECOVERY:"
@@ -252,12 +259,20 @@ def downgrade(to_version: str, **options: Any) -> int:
 def _restarter(ctx: Context, command: str | None) -> Restarter | None:
     if command is not None:
         try:
-            return CommandRestarter(command, cwd=ctx.root)
+            restarter = CommandRestarter(command, cwd=ctx.root)
         except ValueError as exc:
             raise CommandError(f"--restart-command: {exc}") from exc
+        program = restarter.args[0]
+        found = shutil.which(program)
+        local = ctx.root / program
+        if found is None and "{service}" not in program and not os.access(local, os.X_OK):
+            # Found out before any migration runs, not as a failed restart after the commit.
+            raise CommandError(f"--restart-command: {program!r} is not an executable program")
+        return restarter
+    root = ctx.root.resolve()  # the restarter runs in root: a relative path would not hold
     for name in COMPOSE_FILES:
-        if (ctx.root / name).is_file():
-            return DockerComposeRestarter(ctx.root, compose_file=ctx.root / name)
+        if (root / name).is_file():
+            return DockerComposeRestarter(root, compose_file=root / name)
     return None
 
 
@@ -301,6 +316,9 @@ def _update(expected: Direction, to_version: str | None, **options: Any) -> int:
     run_log = open_run_log(ctx, expected.value, common["verbose"])
     try:
         return _update_logged(ctx, run_log, expected, UpdateOptions(to_version, **options))
+    except LockError:
+        run_log.discard()  # refused before anything ran: like any refused command, no log
+        raise
     except UpdateError:
         if run_log.started:
             click.echo(f"Log: {run_log.path}", err=True)
