@@ -180,21 +180,36 @@ def test_plan_on_a_terminal_is_a_rich_table(
     code = main(["plan", "--from", "1.0", "--to", "1.2", *common(installation, migrations)])
     out = plain(capsys.readouterr().out)
     assert code == 0
-    header = next(line for line in out.splitlines() if "description" in line)
-    assert header.split() == [
-        "#",
-        "id",
-        "description",
-        "estimate",
-        "breaking",
-        "restarts",
-        "backup",
-    ]
-    rows = [line.split() for line in out.splitlines() if "/1_" in line and "Breaking" not in line]
+    lines = out.splitlines()
+    header = next(index for index, line in enumerate(lines) if "migration" in line)
+    assert lines[header].split() == ["#", "migration", "estimate", "breaking", "restarts", "backup"]
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
     assert rows == [
-        ["1", "v1.0_to_v1.1/1_a", "alpha", "4s", "yes", "-", "yes"],
-        ["2", "v1.1_to_v1.2/1_b", "beta", "1s", "no", "web,", "db", "no"],
+        ["1", "v1.0_to_v1.1/1_a", "4s", "yes", "-", "yes"],
+        ["alpha"],  # each description under its id
+        ["2", "v1.1_to_v1.2/1_b", "1s", "no", "web,", "db", "no"],
+        ["beta"],
     ]
+
+
+def test_the_plan_table_stays_readable_on_an_80_column_terminal(
+    installation: Path,
+    migrations: MigrationWriter,
+    capsys: pytest.CaptureFixture[str],
+    live: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    description = "Add the leantime MCP server to the broker config and docker-compose.yml"
+    migrations.add("v1.0_to_v1.1", "1_a.py", info={"description": description})
+    assert main(["plan", "--from", "1.0", *common(installation, migrations)]) == 0
+    lines = plain(capsys.readouterr().out).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    header = next(line for line in lines if "migration" in line)
+    assert header.split() == ["#", "migration", "estimate", "breaking", "restarts", "backup"]
+    words = " ".join(line.strip() for line in lines if line.startswith("   "))
+    assert description in words  # wrapped over a few lines, not a word per line
+    assert sum(1 for line in lines if line.startswith("   ")) <= 3
 
 
 def test_plan_with_json_is_one_object_and_no_table(

@@ -73,19 +73,19 @@ def plan_renderable(plan: Plan) -> RenderableType:
     lines, errors) reaches rich only as :class:`~rich.text.Text`, never as a ``str``, which
     rich would parse as markup: ``"fix [/x] paths"`` must show as written, not crash.
     """
+    # The description goes under its id, so that the short columns keep their width on an
+    # 80-column terminal instead of squeezing the description into a word per line.
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("id", no_wrap=True)
-    table.add_column("description")
-    table.add_column("estimate", justify="right")
-    table.add_column("breaking")
-    table.add_column("restarts")
-    table.add_column("backup")
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("migration", overflow="fold", ratio=1)
+    table.add_column("estimate", justify="right", no_wrap=True)
+    table.add_column("breaking", no_wrap=True)
+    table.add_column("restarts", overflow="fold")
+    table.add_column("backup", no_wrap=True)
     for number, ident, description, estimate, breaking, restarts, backup in plan_rows(plan):
         table.add_row(
             Text(number),
-            Text(ident),
-            Text(description),
+            Text.assemble(Text(ident), "\n", Text(description, style="dim")),
             Text(estimate),
             Text(breaking, style="bold red" if breaking == "yes" else "dim"),
             Text(restarts, style="" if restarts != "-" else "dim"),
