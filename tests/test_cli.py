@@ -346,9 +346,11 @@ def test_a_traceback_goes_to_the_run_log_and_to_the_console_only_with_v(
     args = ["upgrade", "--from", "1.0", "--no-restart", "--json", *common(installation, migrations)]
     assert main(args) == 1
     captured = capsys.readouterr()
-    log = Path(json.loads(captured.out)["log"]).read_text()
+    log_path = json.loads(captured.out)["log"]
+    log = Path(log_path).read_text()
     assert "raised KeyError: 'boom'" in captured.err
     assert "Traceback" not in captured.err
+    assert log_path in captured.err  # where the traceback is
     assert "Traceback (most recent call last)" in log
     assert main([*args, "-v"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err

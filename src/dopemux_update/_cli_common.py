@@ -118,13 +118,18 @@ def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, A
     return drop_quiet
 
 
-def _brief(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """Without ``-v``, a traceback stays in the run log (the summary gives its path) instead of
-    filling the console; the error message itself is still shown."""
-    if "traceback" in event_dict:
-        event_dict.pop("traceback")
-        event_dict["traceback_in"] = "the run log (or -v)"
-    return event_dict
+def _brief(run_log: RunLog | None) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    """Without ``-v``, a traceback stays in the run log instead of filling the console; the
+    error message itself is still shown, with where to find the traceback."""
+    where = str(run_log.path) if run_log is not None else "-v"
+
+    def brief(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+        if "traceback" in event_dict:
+            event_dict.pop("traceback")
+            event_dict["traceback_in"] = where
+        return event_dict
+
+    return brief
 
 
 _LEVELS = {
@@ -145,7 +150,8 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     if json_logs or not sys.stderr.isatty():
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        plain = "NO_COLOR" in os.environ or os.environ.get("TERM") in ("dumb", "unknown")
+        renderer = structlog.dev.ConsoleRenderer(colors=not plain)
     processors: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -154,7 +160,7 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
         processors.append(run_log)
     processors.append(_console_filter(level))
     if verbosity == 0:
-        processors.append(_brief)
+        processors.append(_brief(run_log))
     processors.append(renderer)
     structlog.configure(
         processors=processors,
