@@ -627,3 +627,17 @@ async def test_cancelled_during_the_backup_changes_nothing(
     assert scope.cancelled_caught
     assert tree_digest(installation) == before
     assert migrations.calls_made() == []
+
+
+def test_the_interrupt_notice_goes_above_the_live_region_not_through_it() -> None:
+    """Written as text to the current stderr, which the live view redirects above itself."""
+    from rich.live import Live
+
+    from dopemux_update._cli_recover import _tell
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=60)
+    with Live("spinner", console=console, redirect_stderr=True, transient=True):
+        _tell("Interrupted: stopping")
+    assert isinstance(console.file, io.StringIO)
+    drawn = console.file.getvalue()
+    assert "\x1b[2KInterrupted: stopping\n" in drawn  # printed on a cleared line, above

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +75,13 @@ def recover_first(ctx: Context) -> dict[str, Any] | None:
     return _payload(result)
 
 
+def _tell(message: str) -> None:
+    """A line on stderr, written as text to whatever ``sys.stderr`` is now: the live view's
+    proxy prints it above the progress (``click.echo`` would hand the proxy bytes)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 async def run_interruptibly(
     work: Callable[[], Awaitable[T]],
     *,
@@ -102,9 +110,9 @@ async def run_interruptibly(
                             # its next migration, before anyone reads the notice below.
                             await anyio.lowlevel.checkpoint()
                             logger.warning("update.interrupt", signal=signal.Signals(signum).name)
-                            click.echo(notice, err=True)
+                            _tell(notice)
                         else:
-                            click.echo(again, err=True)
+                            _tell(again)
 
                 tg.start_soon(watch)
                 try:
