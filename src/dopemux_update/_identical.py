@@ -5,28 +5,24 @@ kind, mode and symlink target; files have the same size, mtime and content; noth
 in scope (SQLite's sidecars and special files aside, as in the restore). A file whose
 (inode, size, mtime, ctime) still equals what was recorded when it was captured has not been
 written since, and is taken as identical, as the restore itself does; every other file is
-re-hashed. A database that changed is compared by content (its SQL dump), since the restore
-writes it back through SQLite's backup API, not byte for byte.
+re-hashed. A database that changed is compared by content (tables, schema and rows, as
+``verify`` compares them), since the restore writes it back through SQLite's backup API, not
+byte for byte.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
 import sqlite3
 import stat
-import urllib.parse
 from pathlib import Path
 
 from ._backup import TREE, BackupStore, Entry, database_signature, file_signature
 from ._copy import hash_file
 from ._restore import _matches, _removals
+from ._snapshot import same_database
 from ._tree import Scope, TreeEntry, walk
 
 __all__ = ["differences"]
-
-_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
@@ -67,7 +63,11 @@ def _compare(path: Path, stored: Path, entry: Entry, item: TreeEntry) -> str | N
     if entry.type == "sqlite":
         if database_signature(path, info) == entry.sig:
             return None
-        return None if _same_database(stored, path) else "database content differs"
+        try:
+            same = same_database(stored, path)
+        except sqlite3.Error:
+            same = False
+        return None if same else "database content differs"
     if info.st_size != entry.size:
         return f"{info.st_size} bytes, not {entry.size}"
     if info.st_mtime_ns != entry.mtime_ns:
@@ -75,26 +75,3 @@ def _compare(path: Path, stored: Path, entry: Entry, item: TreeEntry) -> str | N
     if file_signature(info) == entry.sig:
         return None
     return None if hash_file(path)[0] == entry.hash else "content differs"
-
-
-def _uri(path: Path, **params: str) -> str:
-    quoted = urllib.parse.quote(os.fsencode(path.resolve()))  # a name that is not UTF-8 too
-    return f"file:{quoted}?{urllib.parse.urlencode(params)}"
-
-
-def _same_database(stored: Path, live: Path) -> bool:
-    """Same SQL content. The live database is opened as a service would (not ``mode=ro``),
-    with ``query_only`` on: a read-only connection to a database in WAL mode would leave
-    ``-wal``/``-shm`` files behind, which the last ordinary connection removes on closing."""
-    try:
-        with (
-            contextlib.closing(
-                sqlite3.connect(_uri(stored, mode="ro", immutable="1"), uri=True)
-            ) as copy,
-            contextlib.closing(sqlite3.connect(live, timeout=_BUSY_TIMEOUT_SECONDS)) as current,
-        ):
-            current.execute("PRAGMA query_only=1")
-            pairs = itertools.zip_longest(copy.iterdump(), current.iterdump())
-            return all(a == b for a, b in pairs)
-    except sqlite3.Error:
-        return False

@@ -33,6 +33,7 @@ __all__ = [
     "TreeDiff",
     "TreeSnapshot",
     "diff_snapshots",
+    "same_database",
     "take_snapshot",
 ]
 
@@ -265,6 +266,11 @@ def database_digest(path: Path) -> DatabaseDigest:
     finally:
         connection.close()
     return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas)
+
+
+def same_database(first: Path, second: Path) -> bool:
+    """Whether two SQLite databases hold the same tables, schema, rows and version pragmas."""
+    return _database_hash(database_digest(first)) == _database_hash(database_digest(second))
 
 
 def _database_hash(database: DatabaseDigest) -> str:
