@@ -18,6 +18,7 @@ import structlog
 from packaging.version import Version
 
 from ._exceptions import UpdateError
+from ._runner import DEFAULT_GRACE
 from ._state import DEFAULT_STATE_DIR, StateStore
 from ._versions import parse_version
 
@@ -204,9 +205,6 @@ def common_options(function: F) -> F:
     return function
 
 
-DEFAULT_GRACE_SECONDS = 10.0
-
-
 def time_limit_options(function: F) -> F:
     """``--timeout`` and ``--grace``: how long a migration may run, and then how long its
     thread gets to end (after a timeout or Ctrl-C) before it is abandoned."""
@@ -220,11 +218,11 @@ def time_limit_options(function: F) -> F:
         click.option(
             "--grace",
             type=click.FloatRange(min=0),
-            default=DEFAULT_GRACE_SECONDS,
+            default=DEFAULT_GRACE,
             show_default=True,
             metavar="SECONDS",
-            help="After a timeout (in verify, also Ctrl-C), how long a running migration gets"
-            " to end before it is abandoned.",
+            help="After a timeout or Ctrl-C, how long a running migration gets to end before"
+            " it is abandoned.",
         ),
     ]
     for decorator in reversed(decorators):

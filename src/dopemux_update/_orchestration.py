@@ -31,6 +31,7 @@ from ._models import Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
 from ._runner import (
+    DEFAULT_GRACE,
     Call,
     CallFinished,
     CallOutcome,
@@ -149,7 +150,7 @@ class OrchestrationPhase:
         backup_exclude: Sequence[str] = (),
         keep_backups: int | None = 5,
         timeout: float | None = None,
-        grace: float = 10.0,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         self.project_root = Path(project_root)
         self.migrations_dir = (

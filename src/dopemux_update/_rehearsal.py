@@ -34,7 +34,7 @@ from ._capture import routing_installed
 from ._exceptions import PreflightError, UpdateError
 from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
-from ._runner import CallOutcome, call_function
+from ._runner import DEFAULT_GRACE, CallOutcome, call_function
 from ._sandbox import copy_tree, remove_tree, temporary_folder
 from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
 from ._state import DEFAULT_STATE_DIR
@@ -131,7 +131,6 @@ class _AbandonedError(Exception):
 
 _ABANDONED = "its thread did not end and was abandoned"
 _POLL_SECONDS = 0.05
-DEFAULT_GRACE = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from ._faults import crash_point
 from ._models import MigrationFunction
 
 __all__ = [
+    "DEFAULT_GRACE",
     "Call",
     "CallFinished",
     "CallOutcome",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 _POLL_SECONDS = 0.02
+DEFAULT_GRACE = 10.0  # seconds a migration gets to end after a timeout or a cancellation
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,7 @@ class CallSequence:
         on_finished: FinishedHook | None = None,
         on_output: Callable[[Call, str, str], None] | None = None,
         timeout: float | None = None,
-        grace: float = 10.0,
+        grace: float = DEFAULT_GRACE,
         estimates: Sequence[float] = (),
         on_slow: Callable[[Call, float], None] | None = None,
     ) -> None:
