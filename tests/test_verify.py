@@ -369,46 +369,17 @@ def test_verify_refuses_while_another_process_holds_the_lock(
     state_dir.mkdir(parents=True)
     with holding_lock(state_dir):
         # Another process (the one running `verify`) must be refused at once.
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dopemux_update",
-                "verify",
-                "--root",
-                str(installation),
-                "--migrations",
-                str(migrations.root),
-                "--from",
-                "0.1.0",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    assert result.returncode == 4, result.stderr
+        process = verify_process(installation, migrations.root, "--from", "0.1.0")
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 4, err
 
 
 def test_the_shipped_examples_rehearse_clean_in_a_subprocess(example_copy: Path) -> None:
     before = tree_digest(example_copy)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dopemux_update",
-            "verify",
-            "--root",
-            str(example_copy),
-            "--migrations",
-            str(EXAMPLE_MIGRATIONS),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    payload = json.loads(result.stdout)
+    process = verify_process(example_copy, EXAMPLE_MIGRATIONS, "--json")
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, out + err
+    payload = json.loads(out)
     assert payload["ok"] is True
     assert payload["version_to"] == "0.2.0"
     assert tree_digest(example_copy) == before
