@@ -26,7 +26,6 @@ KeyPath = str | Sequence[Hashable]
 
 _MAP_SLOT = 2  # ca.items[key][2]: comment after a mapping value
 _SEQ_SLOT = 0  # ca.items[index][0]: comment after a sequence item
-_MISSING = object()
 
 
 def _keys(path: KeyPath) -> tuple[Hashable, ...]:
