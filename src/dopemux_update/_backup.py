@@ -55,7 +55,7 @@ logger = structlog.get_logger("dopemux_update")
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.xxh3"
 TREE = "tree"
-FORMAT = 2
+FORMAT = 3  # 3: owners, hard links, SQLite settings
 _WORKERS = max(2, min(8, os.cpu_count() or 2))  # copying is CPU-bound: one per core
 _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
 
@@ -67,7 +67,7 @@ class InsufficientSpaceError(BackupError, PreflightError):
 
 
 class Entry(BaseModel):
-    """One folder, file, symlink or SQLite database of a snapshot.
+    """One folder, file, symlink, hard link or SQLite database of a snapshot.
 
     ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
     database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
@@ -75,15 +75,23 @@ class Entry(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    type: Literal["dir", "file", "symlink", "sqlite"]
+    type: Literal["dir", "file", "symlink", "sqlite", "hardlink"]
     mode: int = 0
     size: int = 0
     mtime_ns: int = 0
     hash: str = ""
+    #: A symlink's target; for a ``hardlink``, the relative path (in this manifest) of the
+    #: ``file`` entry it shares its inode with, which comes before it in sorted order.
     target: str = ""
     wal: bool = False
     sig: tuple[int, ...] = ()
     parent_only: bool = False
+    #: Owner and group; -1 where unknown (a backup of an older format).
+    uid: int = -1
+    gid: int = -1
+    #: A database's settings that its content does not carry: ``page_size``,
+    #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
+    sqlite: dict[str, int | str] = {}
 
 
 class Manifest(BaseModel):
