@@ -215,8 +215,9 @@ async def test_preflight_errors_leave_the_tree_and_state_untouched(
         migrations.add("v1.1_to_v1.2", "1_bad.py", source=BROKEN_SOURCES[kind])
     elif kind == "typo key":
         migrations.add("v1.1_to_v1.2", "1_bad.py", info={"backup_requried": True})
-    else:
-        target = "2.0"
+    else:  # a gap in the chain of folders: 1.1 -> 1.5 is covered by no folder
+        migrations.add("v1.5_to_v1.6", "1_later.py")
+        target = "1.6"
     before = tree_digest(installation, exclude=())
     with pytest.raises(MigrationValidationError if kind != "no path" else PlanError):
         await phase(installation, migrations, "1.0", target).execute()

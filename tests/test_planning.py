@@ -94,3 +94,54 @@ def test_a_long_chain_plans_quickly_and_in_order() -> None:
 def test_bad_folder_names_are_explained(name: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_transition_name(name)
+
+
+def test_a_version_between_points_runs_the_hop_that_leaves_its_point() -> None:
+    """0.1.5 is in the state of 0.1.0: upgrading to 0.2.1 runs v0.1.0_to_v0.2.0."""
+    route = find_route(chain("v0.1.0_to_v0.2.0"), Version("0.1.5"), Version("0.2.1"))
+    assert [hop.name for hop in route.hops] == ["v0.1.0_to_v0.2.0"]
+    assert route.noop == ((Version("0.2.0"), Version("0.2.1")),)
+    assert str(route.target) == "0.2.1"
+
+
+def test_a_no_op_release_runs_nothing_and_still_moves_the_version() -> None:
+    route = find_route(chain("v0.1.0_to_v0.2.0"), Version("0.2.0"), Version("0.2.1"))
+    assert route.hops == ()
+    assert route.direction is Direction.UPGRADE
+    assert route.noop == ((Version("0.2.0"), Version("0.2.1")),)
+
+
+def test_a_downgrade_across_a_no_op_release_reverts_the_hops_below_it() -> None:
+    route = find_route(chain("v0.1.0_to_v0.2.0"), Version("0.2.1"), Version("0.1.5"))
+    assert route.direction is Direction.DOWNGRADE
+    assert [hop.name for hop in route.hops] == ["v0.1.0_to_v0.2.0"]
+    assert route.noop == ((Version("0.2.1"), Version("0.2.0")),)
+    none = find_route(chain("v0.1.0_to_v0.2.0"), Version("0.1.9"), Version("0.1.0"))
+    assert none.hops == ()
+
+
+def test_no_folders_at_all_means_every_release_is_a_no_op() -> None:
+    route = find_route([], Version("0.1.0"), Version("0.3.0"))
+    assert route.hops == ()
+    assert route.noop == ((Version("0.1.0"), Version("0.3.0")),)
+    assert newest_reachable([], Version("0.1.0")) == Version("0.1.0")
+
+
+def test_a_version_older_than_the_baseline_is_refused_naming_it() -> None:
+    with pytest.raises(PlanError, match=r"0\.0\.5 is older than the baseline 0\.1\.0"):
+        find_route(chain("v0.1.0_to_v0.2.0"), Version("0.0.5"), Version("0.2.0"))
+    with pytest.raises(PlanError, match="baseline"):
+        find_route(chain("v0.1.0_to_v0.2.0"), Version("0.2.0"), Version("0.0.1"))
+
+
+def test_versions_compare_by_pep_440_and_come_back_in_the_folders_spelling() -> None:
+    route = find_route(chain("v0.1.0_to_v0.2.0"), Version("0.1"), Version("v0.2"))
+    assert [hop.name for hop in route.hops] == ["v0.1.0_to_v0.2.0"]
+    assert (str(route.current), str(route.target)) == ("0.1.0", "0.2.0")
+    assert route.noop == ()
+
+
+def test_newest_reachable_starts_from_the_point_below_the_current_version() -> None:
+    transitions = chain("v0.1.0_to_v0.2.0", "v0.2.0_to_v0.3.0")
+    assert newest_reachable(transitions, Version("0.1.5")) == Version("0.3.0")
+    assert newest_reachable(transitions, Version("0.4.0")) == Version("0.4.0")

@@ -133,10 +133,18 @@ class Plan:
     direction: Direction
     hops: tuple[Transition, ...]
     steps: tuple[Step, ...]
+    #: Stretches of the way no migration folder covers (no-op releases), in order.
+    noop: tuple[tuple[Version, Version], ...] = ()
 
     @property
     def is_empty(self) -> bool:
+        """Nothing to run (the version record may still move: see ``moves``)."""
         return not self.steps and not self.hops
+
+    @property
+    def moves(self) -> bool:
+        """Whether the plan changes the installed version (even with nothing to run)."""
+        return self.current != self.target or str(self.current) != str(self.target)
 
     @property
     def restart_services(self) -> tuple[str, ...]:
@@ -195,3 +203,7 @@ class UpdateResult:
     durations: tuple[tuple[str, float], ...] = ()
     abandoned: bool = False
     verified_identical: bool | None = None
+
+    def __bool__(self) -> bool:
+        """A result is its ``ok``: ``if not await phase.execute():`` is safe."""
+        return self.ok

@@ -49,6 +49,10 @@ class PipelineResult:
     def ok(self) -> bool:
         return not self.skipped and all(result.ok for _, result in self.results)
 
+    def __bool__(self) -> bool:
+        """A result is its ``ok``: ``if not await phase.execute():`` is safe."""
+        return self.ok
+
 
 class UpdatePipeline:
     """Runs phases in order and stops at the first one that does not succeed."""

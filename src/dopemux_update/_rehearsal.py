@@ -89,6 +89,10 @@ class RehearsalReport:
     sandbox: Path | None = None  # kept for inspection, when asked to
     seconds: float = 0.0
 
+    def __bool__(self) -> bool:
+        """A report is its ``ok``."""
+        return self.ok
+
     def describe(self) -> list[str]:
         """The outcome as lines for people."""
         count = len(self.migrations)

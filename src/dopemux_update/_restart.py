@@ -93,6 +93,10 @@ class RestartResult:
     def ok(self) -> bool:
         return not self.failed
 
+    def __bool__(self) -> bool:
+        """A result is its ``ok``: ``if not await phase.execute():`` is safe."""
+        return self.ok
+
 
 class ServiceRestartPhase:
     """Restarts the services the orchestration handed over, in the order they were handed."""
