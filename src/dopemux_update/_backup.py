@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import structlog
 import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -35,6 +34,7 @@ from ._copy import HASH_NAME, copy_and_hash, hash_file
 from ._exceptions import BackupError, PreflightError
 from ._faults import crash_point
 from ._fsutil import atomic_write, fsync_dir, sync_filesystem
+from ._log import get_logger
 from ._tree import Scope, TreeEntry, decode_name, encode_name, walk
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 if TYPE_CHECKING:
     from ._restore import RestoreReport
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.xxh3"

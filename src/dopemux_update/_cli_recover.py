@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 import click
-import structlog
 
 from ._cli_common import (
     EXIT_OK,
@@ -24,12 +23,13 @@ from ._cli_common import (
 )
 from ._journal import Journal
 from ._lock import holding_lock
+from ._log import get_logger
 from ._recovery import RecoveryResult, recover_sync
 
 __all__ = ["recover_command", "recover_first", "run_interruptibly"]
 
 T = TypeVar("T")
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 def _payload(result: RecoveryResult) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 from pydantic import ValidationError
 
 from ._exceptions import MigrationValidationError, PreflightError, Problem
+from ._log import get_logger
 from ._models import Migration, MigrationInfo, Transition
 from ._versions import cached_version, parse_transition_name
 
@@ -36,7 +36,7 @@ _IGNORED_FOLDERS = frozenset({"examples", "__pycache__"})
 _INFO_KEYS = tuple(MigrationInfo.model_fields)
 _module_counter = itertools.count(1)
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,8 @@ import string
 from collections.abc import Iterator
 from pathlib import Path
 
-import structlog
-
 from ._exceptions import EditError
+from ._log import get_logger
 
 __all__ = [
     "BUSY_TIMEOUT_SECONDS",
@@ -42,7 +41,7 @@ Database = str | os.PathLike[str] | sqlite3.Connection
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long to wait for another connection's write lock before giving up."""
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 _FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _REBUILD_SUFFIX = "__dopemux_update_rebuild"

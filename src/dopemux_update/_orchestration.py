@@ -15,7 +15,6 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import structlog
 from packaging.version import Version
 
 from . import _events as ev
@@ -27,6 +26,7 @@ from ._faults import crash_point
 from ._identical import differences
 from ._journal import Journal, Record
 from ._lock import holding_lock_async
+from ._log import get_logger
 from ._models import Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
@@ -46,7 +46,7 @@ from ._versions import parse_version
 
 __all__ = ["OrchestrationPhase", "prepare_plan"]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 T = TypeVar("T")
 _PROGRESS_SECONDS = 0.1  # backup and restore progress: at most ten events a second

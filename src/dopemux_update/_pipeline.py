@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import structlog
+from ._log import get_logger
 
 __all__ = ["PhaseResult", "PipelineResult", "RestartReceiver", "UpdatePhase", "UpdatePipeline"]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 @runtime_checkable

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import structlog
 
 from ._backup import BackupStore
 from ._exceptions import BackupError, StateError
 from ._faults import crash_point
 from ._journal import Journal, Record
 from ._lock import holding_lock_async
+from ._log import get_logger
 from ._state import DEFAULT_STATE_DIR, RunRecord, StateStore, utcnow
 
 __all__ = ["RecoveryResult", "recover", "recover_sync"]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 @dataclass(frozen=True, slots=True)

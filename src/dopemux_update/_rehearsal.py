@@ -27,11 +27,11 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import structlog
 from packaging.version import Version
 
 from ._capture import routing_installed
 from ._exceptions import PreflightError, UpdateError
+from ._log import get_logger
 from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
 from ._runner import DEFAULT_GRACE, CallOutcome, call_function
@@ -43,7 +43,7 @@ from ._versions import parse_version
 
 __all__ = ["RehearsalCall", "RehearsalReport", "rehearse", "rehearse_steps"]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 APPLY, REVERT, COMPARE, APPLY_AGAIN = "apply", "revert", "compare", "apply again"
 

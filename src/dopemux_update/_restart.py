@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import anyio
-import structlog
 
 from ._exceptions import RestartError
+from ._log import get_logger
 from ._models import validate_service_name
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "ServiceRestartPhase",
 ]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 @runtime_checkable

@@ -17,18 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from . import _sqlite
 from ._backup import TREE, BackupStore, Entry, ProgressCallback, database_signature, file_signature
 from ._copy import copy_file, hash_file
 from ._faults import check_write, crash_point
 from ._fsutil import sync_filesystem
+from ._log import get_logger
 from ._tree import Scope, TreeEntry, walk
 
 __all__ = ["RestoreReport", "restore"]
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import structlog
-
 from ._copy import copy_file
 from ._exceptions import PreflightError, UpdateError
+from ._log import get_logger
 from ._sqlite import SIDECARS, capture, is_sqlite, is_wal
 from ._tree import Scope, TreeEntry, link_destination, shown, walk
 
@@ -33,7 +32,7 @@ __all__ = ["SandboxEscapeError", "copy_tree", "remove_tree", "temporary_folder"]
 
 _SHOWN_LINKS = 5
 
-logger = structlog.get_logger("dopemux_update")
+logger = get_logger()
 
 
 class SandboxEscapeError(PreflightError):

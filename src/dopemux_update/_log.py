@@ -1,0 +1,91 @@
+"""The library's logger: structured events that never print by themselves.
+
+Unconfigured, structlog prints every event to stdout, which for a library is printing (and
+inside Dopemux's updater it writes through the manager's own progress display). So each call
+looks at structlog's configuration:
+
+- a host (or our own command line) that configured structlog gets the event through its
+  processors, as ``structlog.get_logger("dopemux_update")`` would;
+- otherwise the event goes to the standard library's logger ``dopemux_update`` as one
+  ``event key=value ...`` line, with the event name and its fields also attached to the
+  record (``record.dopemux_event``, ``record.dopemux_fields``) for handlers that want them.
+  That logger has a ``NullHandler``, so a host without any logging set up sees nothing at all
+  (not even Python's last-resort handler on stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+__all__ = ["Logger", "get_logger"]
+
+LOGGER_NAME = "dopemux_update"
+_stdlib = logging.getLogger(LOGGER_NAME)
+_stdlib.addHandler(logging.NullHandler())
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def _render(value: object) -> str:
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or '"' in text or "=" in text:
+        return repr(text)
+    return text
+
+
+class Logger:
+    """A bound logger whose destination is decided at each call (see the module docs)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any] | None = None) -> None:
+        self._context = context or {}
+
+    def bind(self, **values: Any) -> Logger:
+        return Logger({**self._context, **values})
+
+    def _log(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        merged = {**self._context, **fields} if self._context else fields
+        if structlog.is_configured():
+            getattr(structlog.get_logger(LOGGER_NAME), level)(event, **merged)
+            return
+        number = _LEVELS[level]
+        if not _stdlib.isEnabledFor(number):
+            return
+        text = " ".join([event, *(f"{k}={_render(v)}" for k, v in merged.items())])
+        _stdlib.log(
+            number,
+            "%s",
+            text,
+            extra={"dopemux_event": event, "dopemux_fields": merged},
+            stacklevel=3,
+        )
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log("critical", event, fields)
+
+
+def get_logger() -> Logger:
+    """The library's logger (module-level ``logger = get_logger()``)."""
+    return Logger()

@@ -1,0 +1,109 @@
+"""Unconfigured, the library prints nothing; its events reach the stdlib logger, or the
+host's structlog processors when the host configured structlog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+{setup}
+from dopemux_update import OrchestrationPhase
+
+root = Path(sys.argv[1])
+async def main():
+    for target in ("1.1", "1.2"):
+        phase = OrchestrationPhase(
+            project_root=root, migrations_dir=root.parent / "migrations",
+            current_version="1.0" if target == "1.1" else "1.1", target_version=target,
+        )
+        result = await phase.execute()
+        assert bool(result) is (target == "1.1"), result
+asyncio.run(main())
+"""
+
+
+def _installation(tmp_path: Path) -> Path:
+    root = tmp_path / "install"
+    root.mkdir()
+    (root / "a.txt").write_text("a\n")
+    for folder, body in (("v1.0_to_v1.1", "return True"), ("v1.1_to_v1.2", "return False")):
+        (tmp_path / "migrations" / folder).mkdir(parents=True)
+        version_from, version_to = folder[1:].split("_to_v")
+        (tmp_path / "migrations" / folder / "001_x.py").write_text(
+            textwrap.dedent(f"""
+            def migrate_forward(project_root):
+                print("hello from the migration")
+                {body}
+
+            def migrate_backward(project_root):
+                return True
+
+            MIGRATION_INFO = {{
+                "version_from": "{version_from}", "version_to": "{version_to}",
+                "description": "x", "breaking_changes": False,
+                "estimated_duration_seconds": 1, "requires_restart": [],
+            }}
+            """)
+        )
+    return root
+
+
+def _run(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
+    root = _installation(tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(setup=setup), str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_unconfigured_the_library_writes_nothing_to_stdout_or_stderr(tmp_path: Path) -> None:
+    done = _run(tmp_path, "")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == ""
+
+
+def test_a_host_logging_setup_receives_the_events(tmp_path: Path) -> None:
+    setup = "import logging; logging.basicConfig(level=logging.INFO, stream=sys.stderr)"
+    done = _run(tmp_path, setup)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "INFO:dopemux_update:migration.applied" in done.stderr
+    assert "migration.output" in done.stderr
+    assert "line='hello from the migration'" in done.stderr
+    assert "ERROR:dopemux_update:migration.failed" in done.stderr
+
+
+@pytest.mark.parametrize("level", ["WARNING"])
+def test_the_host_logging_level_filters_the_events(tmp_path: Path, level: str) -> None:
+    done = _run(tmp_path, f"import logging; logging.basicConfig(level=logging.{level})")
+    assert "migration.applied" not in done.stderr
+    assert "rollback.started" in done.stderr
+
+
+def test_a_host_that_configured_structlog_gets_events_through_its_processors(
+    tmp_path: Path,
+) -> None:
+    setup = textwrap.dedent("""
+    import structlog
+    def tag(logger, method, event_dict):
+        event_dict["host"] = "yes"
+        return event_dict
+    structlog.configure(processors=[tag, structlog.processors.KeyValueRenderer(
+        key_order=["event"])], logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    """)
+    done = _run(tmp_path, setup)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "event='migration.applied'" in done.stderr
+    assert "host='yes'" in done.stderr
