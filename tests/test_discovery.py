@@ -211,9 +211,16 @@ def test_the_same_transition_spelt_twice_is_an_error(migrations: MigrationWriter
         scan_migrations(migrations.root)
 
 
-def test_a_missing_migrations_folder_is_a_preflight_error(tmp_path: Path) -> None:
-    with pytest.raises(PreflightError, match="does not exist"):
-        scan_migrations(tmp_path / "nowhere")
+def test_a_missing_migrations_folder_means_nothing_to_run(tmp_path: Path) -> None:
+    catalog = scan_migrations(tmp_path / "nowhere")
+    assert catalog.transitions == ()
+    assert not catalog.exists
+
+
+def test_a_migrations_path_that_is_a_file_is_a_preflight_error(tmp_path: Path) -> None:
+    (tmp_path / "migrations").write_text("")
+    with pytest.raises(PreflightError, match="is not a folder of migrations"):
+        scan_migrations(tmp_path / "migrations")
 
 
 @pytest.mark.parametrize(

@@ -41,10 +41,14 @@ logger = get_logger()
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """Every transition folder found in a migrations folder, sorted by versions."""
+    """Every transition folder found in a migrations folder, sorted by versions.
+
+    ``exists`` is False when there is no migrations folder at all: nothing to run.
+    """
 
     root: Path
     transitions: tuple[Transition, ...]
+    exists: bool = True
 
 
 def _is_ignored(name: str) -> bool:
@@ -52,9 +56,15 @@ def _is_ignored(name: str) -> bool:
 
 
 def scan_migrations(migrations_dir: Path) -> Catalog:
-    """List the ``v{from}_to_v{to}`` folders of ``migrations_dir`` (``examples/`` never)."""
+    """List the ``v{from}_to_v{to}`` folders of ``migrations_dir`` (``examples/`` never).
+
+    A migrations folder that does not exist means there is nothing to run (most releases
+    ship no migrations), not an error; a path that is not a folder is one.
+    """
     if not migrations_dir.is_dir():
-        raise PreflightError(f"{migrations_dir}: migrations folder does not exist")
+        if migrations_dir.exists() or migrations_dir.is_symlink():
+            raise PreflightError(f"{migrations_dir}: is not a folder of migrations")
+        return Catalog(migrations_dir, (), exists=False)
     problems: list[Problem] = []
     transitions: list[Transition] = []
     seen: dict[tuple[object, object], Path] = {}
