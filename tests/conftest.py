@@ -156,3 +156,49 @@ def _reset_structlog() -> Iterator[None]:
     """The command line configures structlog globally; give every test the defaults back."""
     yield
     structlog.reset_defaults()
+
+
+class FakeDocker:
+    """A fake ``docker`` first on ``PATH`` (see ``tests/support/fake_docker.py``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.bin = folder / "bin"
+        self.bin.mkdir(parents=True)
+        self.state_path = folder / "docker-state.json"
+        self.log_path = folder / "docker-calls.log"
+        self.log_path.write_text("")
+        script = self.bin / "docker"
+        source = (REPO / "tests" / "support" / "fake_docker.py").read_text()
+        script.write_text(f"#!{sys.executable}\n{source}")
+        script.chmod(0o755)
+        self.set(services={})
+
+    def set(self, **state: Any) -> None:
+        import json
+
+        self.state_path.write_text(json.dumps(state))
+
+    def state(self) -> dict[str, Any]:
+        import json
+
+        result: dict[str, Any] = json.loads(self.state_path.read_text())
+        return result
+
+    def calls(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FAKE_DOCKER_STATE": str(self.state_path),
+            "FAKE_DOCKER_LOG": str(self.log_path),
+        }
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
+    """A fake ``docker`` executable first on ``PATH``, for this test and its subprocesses."""
+    fake = FakeDocker(tmp_path / "fake-docker")
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    return fake
