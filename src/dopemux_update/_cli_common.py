@@ -18,6 +18,7 @@ import structlog
 from packaging.version import Version
 
 from ._exceptions import UpdateError
+from ._private import check_state_dir, make_private_dirs, open_private
 from ._runner import DEFAULT_GRACE
 from ._state import DEFAULT_STATE_DIR, StateStore
 from ._versions import parse_version
@@ -79,8 +80,9 @@ class RunLog:
         with self._lock:
             if self._handle is not None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._handle = self.path.open("a", encoding="utf-8")
+            make_private_dirs(self.path.parent)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._handle = os.fdopen(fd, "a", encoding="utf-8")
             self._handle.writelines(self._buffer)
             self._handle.flush()
             self._buffer.clear()
@@ -231,13 +233,17 @@ def time_limit_options(function: F) -> F:
 
 
 def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
+    """Where the command works; a state folder that another user could change is refused
+    here, before any command reads it (those that write check again under the lock)."""
     configure_logging(verbose, json_logs=as_json)
-    return Context(
+    ctx = Context(
         root=root,
         migrations=migrations if migrations is not None else root / "migrations",
         state_dir=root / DEFAULT_STATE_DIR,
         json=as_json,
     )
+    check_state_dir(ctx.state_dir)
+    return ctx
 
 
 def emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:
