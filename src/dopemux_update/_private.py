@@ -125,6 +125,8 @@ def check_state_dir(state_dir: Path) -> None:
             continue
         except OSError as exc:
             raise UnsafeStateError(f"cannot be checked: {exc.strerror}", path=path) from exc
+        if stat.S_ISLNK(found.st_mode) and name == "lock":
+            continue  # the lock refuses to open it (a LockError, exit 4)
         if not stat.S_ISREG(found.st_mode):
             raise UnsafeStateError(
                 "is not a regular file (a symlink?); refusing to use it as update state",
