@@ -11,6 +11,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 from conftest import MigrationWriter, tree_digest
+from dopemux_update._capture import capture_thread, routing_installed
+from dopemux_update._cli_common import RunLog
 
 UNPRIVILEGED = 65534
 
@@ -199,3 +203,114 @@ def test_the_library_refuses_an_unsafe_state_folder_under_its_lock(tmp_path: Pat
     with pytest.raises(UnsafeStateError, match="writable by other users"), holding_lock(state):
         pass
     assert not (state / "lock").exists()
+
+
+# -- 10. floods of output -------------------------------------------------------------------
+
+
+def captured(*writes: str) -> list[tuple[str, str]]:
+    lines: list[tuple[str, str]] = []
+    with routing_installed(), capture_thread(lambda stream, line: lines.append((stream, line))):
+        for text in writes:
+            sys.stdout.write(text)
+    return lines
+
+
+def test_carriage_returns_end_lines_as_a_terminal_would_show_them() -> None:
+    assert captured("\r 10%", "\r 20%\r", "\n", "done\r\n", "a\r", "b\n", "\n", "tail") == [
+        ("stdout", " 10%"),
+        ("stdout", " 20%"),
+        ("stdout", "done"),
+        ("stdout", "a"),
+        ("stdout", "b"),
+        ("stdout", ""),
+        ("stdout", "tail"),
+    ]
+
+
+def test_forty_thousand_progress_updates_are_captured_in_linear_time() -> None:
+    """A progress bar redrawn with ``\\r`` and no newline took 10.8 s (quadratic)."""
+    updates = [f"\rcopying {i:>6}/40000 [{'#' * (i // 1000):<40}]" for i in range(40_000)]
+    started = time.perf_counter()
+    lines = captured(*updates, "\n")
+    took = time.perf_counter() - started
+    assert len(lines) == 40_000
+    assert lines[-1][1].startswith("copying  39999/40000")
+    assert took < 0.5, f"{took:.2f}s"
+
+
+def test_one_endless_line_is_handed_on_in_bounded_pieces() -> None:
+    chunk = "x" * 4096
+    lines = captured(*([chunk] * 1024), "end" * 700_000 + "\n")  # 6 MiB without a newline
+    assert "".join(line for _, line in lines) == chunk * 1024 + "end" * 700_000
+    assert max(len(line) for _, line in lines) <= 1 << 20
+
+
+def peak_rss_of(*args: str) -> tuple[int, str, int]:
+    """Run the command line; its exit code, stdout and peak resident memory in bytes."""
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dopemux_update", *args],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return process.returncode, out.read(), usage.ru_maxrss * 1024
+
+
+def test_a_flood_of_output_keeps_memory_bounded_and_the_log_keeps_it_all(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    """20 MB printed (100 MB cost 1.4 GB): the JSON keeps the last lines, the log all."""
+    flood = "for i in range(COUNT):\n    print(f'{i:07d} ' + 'y' * 992)\nreturn True"
+    migrations.add("v1.0_to_v1.1", "1_quiet.py", forward=flood.replace("COUNT", "10"))
+    migrations.add("v1.1_to_v1.2", "1_loud.py", forward=flood.replace("COUNT", "20_000"))
+    migrations.add("v1.1_to_v1.2", "2_long.py", forward="print('z' * 100_000)\nreturn True")
+    args = common(installation, migrations)
+    assert cli("stamp", "1.0", *args).returncode == 0
+    code, _, small = peak_rss_of("upgrade", "--to", "1.1", "--json", *args)
+    assert code == 0
+    code, out, big = peak_rss_of("upgrade", "--json", *args)
+    assert code == 0
+    assert big - small < 12 * 2**20, f"{(big - small) / 2**20:.0f} MiB more for 20 MB printed"
+    result = json.loads(out)
+    loud = [e for e in result["output"] if e["id"] == "v1.1_to_v1.2/1_loud"]
+    assert loud[0] == {
+        "id": "v1.1_to_v1.2/1_loud",
+        "stream": "omitted",
+        "line": "… 19,800 earlier lines not shown (see the run log)",
+    }
+    assert [e["line"][:7] for e in loud[1:]] == [f"{i:07d}" for i in range(19_800, 20_000)]
+    (long,) = [e["line"] for e in result["output"] if e["id"] == "v1.1_to_v1.2/2_long"]
+    assert long == "z" * 4_000 + "… (96,000 more characters in the run log)"
+    logged = [
+        json.loads(line)
+        for line in Path(result["log"]).read_text().splitlines()
+        if '"migration.output"' in line
+    ]
+    assert len(logged) == 20_001
+    assert logged[-1]["line"] == "z" * 100_000
+
+
+def test_a_run_log_not_started_yet_holds_little_in_memory_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    run_log = RunLog(tmp_path / "state" / "logs" / "run.jsonl")
+    line = "w" * 1_000
+    tracemalloc.start()
+    try:
+        for number in range(20_000):  # 20 MB of events before the command is validated
+            run_log(None, "info", {"event": "migration.import_output", "n": number, "line": line})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB held"
+    run_log.start()
+    run_log(None, "info", {"event": "after"})
+    run_log.close()
+    events = [json.loads(text) for text in run_log.path.read_text().splitlines()]
+    assert [e.get("n") for e in events] == [*range(20_000), None]
+    assert mode_of(run_log.path) == 0o600
