@@ -314,3 +314,67 @@ def test_a_run_log_not_started_yet_holds_little_in_memory_and_loses_nothing(
     events = [json.loads(text) for text in run_log.path.read_text().splitlines()]
     assert [e.get("n") for e in events] == [*range(20_000), None]
     assert mode_of(run_log.path) == 0o600
+
+
+# -- 8. clear errors, right exit codes ------------------------------------------------------
+
+EXITING_REPR = (
+    "class Sly:\n    def __repr__(self):\n        raise SystemExit(0)\n    __str__ = __repr__\n"
+)
+
+
+def test_sys_exit_at_a_migrations_import_is_a_validation_error_naming_the_file(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    bad = migrations.add("v1.0_to_v1.1", "1_a.py")
+    bad.write_text("import sys\nsys.exit(0)\n" + bad.read_text())
+    before = tree_digest(installation, exclude=())
+    done = cli("upgrade", "--from", "1.0", "--json", *common(installation, migrations))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"{bad}: import failed: called sys.exit(0)" in done.stderr
+    assert "Nothing was changed" in done.stderr
+    assert json_of(done)["ok"] is False
+    assert tree_digest(installation, exclude=()) == before
+
+
+def test_migration_info_whose_repr_exits_is_a_validation_error(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    bad = migrations.add("v1.0_to_v1.1", "1_a.py")
+    source = bad.read_text().replace(
+        "MIGRATION_INFO = {", "MIGRATION_INFO = {'breaking_changes': Sly(), "
+    )
+    bad.write_text(
+        EXITING_REPR + source.replace("'breaking_changes': False", "'requires_restart': []")
+    )
+    before = tree_digest(installation, exclude=())
+    done = cli("plan", "--from", "1.0", *common(installation, migrations))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert str(bad) in done.stderr
+    assert tree_digest(installation, exclude=()) == before
+
+
+@pytest.mark.parametrize(
+    ("forward", "error"),
+    [
+        ("return Sly()", "returned <Sly object> (Sly), not a bool"),
+        ("raise SystemExit(3)", "raised SystemExit: 3"),
+        ("class Odd(Exception):\n    __str__ = Sly.__repr__\nraise Odd()", "raised Odd: <Odd"),
+    ],
+)
+def test_a_migration_that_exits_or_whose_result_exits_when_shown_fails_and_is_rolled_back(
+    installation: Path, migrations: MigrationWriter, forward: str, error: str
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1", "1_a.py", forward="(project_root / 'made').write_text('x')\nreturn True"
+    )
+    bad = migrations.add("v1.0_to_v1.1", "2_b.py", forward=forward)
+    bad.write_text(EXITING_REPR + bad.read_text())
+    before = tree_digest(installation)
+    done = cli("upgrade", "--from", "1.0", "--json", *common(installation, migrations))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    result = json_of(done)
+    assert result["failed_migration"] == "v1.0_to_v1.1/2_b"
+    assert error in result["error"]
+    assert result["rolled_back"] == ["v1.0_to_v1.1/1_a"]
+    assert tree_digest(installation) == before
