@@ -378,3 +378,32 @@ def test_a_migration_that_exits_or_whose_result_exits_when_shown_fails_and_is_ro
     assert error in result["error"]
     assert result["rolled_back"] == ["v1.0_to_v1.1/1_a"]
     assert tree_digest(installation) == before
+
+
+def test_one_damaged_manifest_is_shown_as_damaged_and_the_other_backups_are_listed(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    args = common(installation, migrations)
+    assert cli("stamp", "1.0", *args).returncode == 0
+    ids = [json_of(cli("backups", "create", "--json", *args))["backup"]["id"] for _ in range(3)]
+    manifest = installation / ".dopemux" / "update" / "backups" / ids[1] / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"files"', b'"filez"', 1) + b" ")
+    listed = cli("backups", "list", "--json", *args)
+    assert listed.returncode == 0, listed.stderr
+    entries = json_of(listed)["backups"]
+    assert [e["id"] for e in entries] == ids
+    assert "error" not in entries[0]
+    assert "manifest.json is damaged" in entries[1]["error"]
+    text = cli("backups", "list", *args)
+    assert text.returncode == 0, text.stderr
+    assert f"{ids[1]}  DAMAGED" in text.stdout
+    assert ids[2] in text.stdout
+    status = cli("status", "--json", *args)
+    assert status.returncode == 0, status.stderr
+    payload = json_of(status)
+    assert payload["backups"] == 2
+    assert [d["id"] for d in payload["damaged_backups"]] == [ids[1]]
+    shown_status = cli("status", *args)
+    assert shown_status.returncode == 0
+    assert f"backup {ids[1]} is DAMAGED" in shown_status.stdout
