@@ -407,3 +407,63 @@ def test_one_damaged_manifest_is_shown_as_damaged_and_the_other_backups_are_list
     shown_status = cli("status", *args)
     assert shown_status.returncode == 0
     assert f"backup {ids[1]} is DAMAGED" in shown_status.stdout
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [bytes(range(256)) * 8, b"\x10\x00\x01\x01\x00\x40\x20\x20" + b"\xff" * 4000],
+    ids=["garbage-header", "sane-header-garbage-pages"],
+)
+def test_a_damaged_file_with_the_sqlite_header_is_backed_up_as_a_plain_file(
+    installation: Path, migrations: MigrationWriter, garbage: bytes
+) -> None:
+    damaged = installation / "data" / "cache.db"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"SQLite format 3\x00" + garbage)
+    args = common(installation, migrations)
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="(project_root / 'data' / 'cache.db').write_bytes(b'overwritten')\nreturn True",
+    )
+    migrations.add("v1.0_to_v1.1", "2_b.py", forward="return False")
+    assert cli("stamp", "1.0", *args).returncode == 0
+    before = tree_digest(installation)
+    created = cli("backups", "create", "--json", *args)
+    assert created.returncode == 0, created.stderr
+    assert "backup.not_a_database" in created.stderr
+    assert "data/cache.db" in created.stderr
+    assert tree_digest(installation) == before  # no -wal or -shm left beside it
+    failed = cli("upgrade", "--json", *args)
+    assert failed.returncode == 1, failed.stderr
+    assert json_of(failed)["verified_identical"] is True
+    assert tree_digest(installation) == before
+    migrations.root.joinpath("v1.0_to_v1.1", "2_b.py").unlink()
+    upgraded = cli("upgrade", "--json", *args)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert damaged.read_bytes() == b"overwritten"
+
+
+def test_an_unreadable_folder_stops_the_backup_with_an_error_naming_it(reachable: Path) -> None:
+    root = reachable / "install"
+    (root / "migrations" / "v1.0_to_v1.1").mkdir(parents=True)
+    (root / "migrations" / "v1.0_to_v1.1" / "1_a.py").write_text(
+        "MIGRATION_INFO = {'version_from': '1.0', 'version_to': '1.1', 'description': 'd',"
+        " 'breaking_changes': False, 'estimated_duration_seconds': 1, 'requires_restart': []}\n"
+        "def migrate_forward(root):\n    (root / 'changed').write_text('x')\n    return True\n"
+        "def migrate_backward(root):\n    return True\n"
+    )
+    (root / "private").mkdir()
+    (root / "private" / "key").write_text("k")
+    for path in (root, *root.rglob("*")):
+        os.chown(path, UNPRIVILEGED, UNPRIVILEGED, follow_symlinks=False)
+    (root / "private").chmod(0)
+    assert as_unprivileged("stamp", "1.0", "--root", str(root)).returncode == 0
+    before = tree_digest(root)
+    for command in (["backups", "create"], ["upgrade", "--no-restart"]):
+        done = as_unprivileged(*command, "--json", "--root", str(root))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        error = json_of(done)["error"]
+        assert f"{root / 'private'}: cannot be read (Permission denied)" in error
+        assert tree_digest(root) == before
