@@ -137,11 +137,13 @@ def test_a_state_file_writable_by_others_is_refused(
     assert "writable by other users" in done.stderr
 
 
-def test_a_dopemux_folder_writable_by_others_is_refused(
+def test_a_dopemux_folder_writable_by_all_users_is_refused(
     installation: Path, migrations: MigrationWriter
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py")
     assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    (installation / ".dopemux").chmod(0o775)  # shared with a group (umask 002): let be
+    assert cli("status", *common(installation, migrations)).returncode == 0
     (installation / ".dopemux").chmod(0o777)
     done = cli("status", *common(installation, migrations))
     assert done.returncode == 2, done.stderr

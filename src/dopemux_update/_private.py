@@ -67,10 +67,12 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _refuse_writable(path: Path, info: os.stat_result, what: str) -> None:
+def _refuse_writable(
+    path: Path, info: os.stat_result, what: str, *, bits: int = _OTHERS_WRITE
+) -> None:
     if stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX:
         return  # sticky, like /tmp: others cannot rename or remove what is not theirs
-    if info.st_mode & _OTHERS_WRITE:
+    if info.st_mode & bits:
         fix = "chmod 700" if stat.S_ISDIR(info.st_mode) else "chmod 600"
         raise UnsafeStateError(
             f"{what} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}):"
@@ -96,7 +98,7 @@ def check_state_dir(state_dir: Path) -> None:
     """Refuse a state folder that another user could change; nothing if there is none yet.
 
     The folder must belong to this process's user and be writable by nobody else; its
-    parent (``.dopemux``) must not be writable by others (unless sticky, like ``/tmp``);
+    parent (``.dopemux``) must not be writable by all users (unless sticky, like ``/tmp``);
     its lock, journal and state file, where present, must be regular files of this user
     that nobody else may write.
     """
@@ -112,7 +114,11 @@ def check_state_dir(state_dir: Path) -> None:
         raise UnsafeStateError("the update state folder is not a folder", path=state_dir)
     parent = state_dir.parent
     try:
-        _refuse_writable(parent, parent.stat(), "the folder holding the update state")
+        # Group-writable is let be here: Dopemux's own .dopemux may be shared with a group
+        # (umask 002); the state folder itself, checked below, may not be.
+        _refuse_writable(
+            parent, parent.stat(), "the folder holding the update state", bits=stat.S_IWOTH
+        )
     except OSError as exc:
         raise UnsafeStateError(f"cannot be checked: {exc.strerror}", path=parent) from exc
     _refuse_foreign(state_dir, info, "the update state folder")
