@@ -469,3 +469,20 @@ def test_an_unreadable_folder_stops_the_backup_with_an_error_naming_it(reachable
         error = json_of(done)["error"]
         assert f"{root / 'private'}: cannot be read (Permission denied)" in error
         assert tree_digest(root) == before
+
+
+def test_a_rehearsal_keeps_the_last_lines_of_a_flood_of_output(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="for i in range(5_000):\n    print(i)\nprint('v' * 5_000)\nreturn True",
+    )
+    done = cli("verify", "--from", "1.0", "--json", *common(installation, migrations))
+    assert done.returncode == 0, done.stderr
+    first = json_of(done)["calls"][0]["output"]
+    assert len(first) == 201
+    assert first[0] == "… 4,801 earlier lines not shown (see the run log)"
+    assert first[1:3] == ["4801", "4802"]
+    assert first[-1] == "v" * 4_000 + "… (1,000 more characters in the run log)"

@@ -7,6 +7,7 @@ Other threads' output (the command line's progress, the test runner) is untouche
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 __all__ = [
     "MAX_KEPT_LINES",
     "MAX_LINE_CHARS",
+    "KeptLines",
     "capture_thread",
     "clip_line",
     "omitted_lines",
@@ -49,6 +51,25 @@ def clip_line(line: str) -> str:
 def omitted_lines(count: int) -> str:
     """The marker that stands for ``count`` lines no longer held in memory."""
     return f"… {count:,} earlier line{'s' if count != 1 else ''} not shown (see the run log)"
+
+
+class KeptLines:
+    """The last :data:`MAX_KEPT_LINES` lines of one call's output, each clipped, and how many
+    earlier ones were let go (they are in the run log)."""
+
+    def __init__(self) -> None:
+        self._lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_KEPT_LINES)
+        self._omitted = 0
+
+    def add(self, stream: str, line: str) -> None:
+        if len(self._lines) == MAX_KEPT_LINES:
+            self._omitted += 1
+        self._lines.append((stream, clip_line(line)))
+
+    def kept(self) -> tuple[tuple[str, str], ...]:
+        """``(stream, line)`` pairs; a marker (stream ``omitted``) first when lines went."""
+        marker = (("omitted", omitted_lines(self._omitted)),) if self._omitted else ()
+        return (*marker, *self._lines)
 
 
 class _LineSink:
