@@ -486,3 +486,19 @@ def test_a_rehearsal_keeps_the_last_lines_of_a_flood_of_output(
     assert first[0] == "… 4,801 earlier lines not shown (see the run log)"
     assert first[1:3] == ["4801", "4802"]
     assert first[-1] == "v" * 4_000 + "… (1,000 more characters in the run log)"
+
+
+def test_the_state_store_creates_its_folder_private_whatever_the_umask(tmp_path: Path) -> None:
+    from dopemux_update import State, StateStore
+
+    state_dir = tmp_path / ".dopemux" / "update"
+    old = os.umask(0)
+    try:
+        StateStore(state_dir).write(State(installed_version="1.0"))
+    finally:
+        os.umask(old)
+    assert [mode_of(p) for p in (state_dir.parent, state_dir, state_dir / "state.json")] == [
+        0o700,
+        0o700,
+        0o600,
+    ]

@@ -19,13 +19,14 @@ import stat
 from pathlib import Path
 
 from ._exceptions import UnsafeStateError
+from ._journal import JOURNAL
 
 __all__ = ["PRIVATE_DIR", "PRIVATE_FILE", "check_state_dir", "make_private_dirs", "open_private"]
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 # The files whose content decides what a command does: lock holder, interrupted run, version.
-_CHECKED_FILES = ("lock", "journal.jsonl", "state.json")
+_CHECKED_FILES = ("lock", JOURNAL, "state.json")
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
