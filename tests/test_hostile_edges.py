@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from conftest import MigrationWriter, tree_digest
+from dopemux_update import BackupStore
 from dopemux_update._capture import capture_thread, routing_installed
 from dopemux_update._cli_common import RunLog
+from dopemux_update.cli import main
 
 UNPRIVILEGED = 65534
 
@@ -87,7 +89,7 @@ def test_a_state_folder_writable_by_others_is_refused_and_nothing_changes(
     installation: Path, migrations: MigrationWriter, command: str
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py", forward="(project_root / 'new').write_text('x')")
-    assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    assert main(["stamp", "1.0", *common(installation, migrations)]) == 0
     state = installation / ".dopemux" / "update"
     # What another local user could do to a world-writable state folder: plant a journal.
     state.chmod(0o777)
@@ -110,7 +112,7 @@ def test_a_state_folder_owned_by_another_user_is_refused(
     installation: Path, migrations: MigrationWriter
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py")
-    assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    assert main(["stamp", "1.0", *common(installation, migrations)]) == 0
     state = installation / ".dopemux" / "update"
     os.chown(state, UNPRIVILEGED, UNPRIVILEGED)
     before = tree_digest(installation, exclude=())
@@ -126,7 +128,7 @@ def test_a_state_file_writable_by_others_is_refused(
     installation: Path, migrations: MigrationWriter, name: str
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py")
-    assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    assert main(["stamp", "1.0", *common(installation, migrations)]) == 0
     planted = installation / ".dopemux" / "update" / name
     if not planted.exists():
         planted.write_text('{"kind": "run_started"}\n')
@@ -141,7 +143,7 @@ def test_a_dopemux_folder_writable_by_all_users_is_refused(
     installation: Path, migrations: MigrationWriter
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py")
-    assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    assert main(["stamp", "1.0", *common(installation, migrations)]) == 0
     (installation / ".dopemux").chmod(0o775)  # shared with a group (umask 002): let be
     assert cli("status", *common(installation, migrations)).returncode == 0
     (installation / ".dopemux").chmod(0o777)
@@ -272,7 +274,7 @@ def test_a_flood_of_output_keeps_memory_bounded_and_the_log_keeps_it_all(
     migrations.add("v1.1_to_v1.2", "1_loud.py", forward=flood.replace("COUNT", "20_000"))
     migrations.add("v1.1_to_v1.2", "2_long.py", forward="print('z' * 100_000)\nreturn True")
     args = common(installation, migrations)
-    assert cli("stamp", "1.0", *args).returncode == 0
+    assert main(["stamp", "1.0", *args]) == 0
     code, _, small = peak_rss_of("upgrade", "--to", "1.1", "--json", *args)
     assert code == 0
     code, out, big = peak_rss_of("upgrade", "--json", *args)
@@ -387,8 +389,10 @@ def test_one_damaged_manifest_is_shown_as_damaged_and_the_other_backups_are_list
 ) -> None:
     migrations.add("v1.0_to_v1.1", "1_a.py")
     args = common(installation, migrations)
-    assert cli("stamp", "1.0", *args).returncode == 0
-    ids = [json_of(cli("backups", "create", "--json", *args))["backup"]["id"] for _ in range(3)]
+    assert main(["stamp", "1.0", *args]) == 0
+    assert [main(["backups", "create", *args]) for _ in range(3)] == [0, 0, 0]
+    ids = BackupStore(installation / ".dopemux" / "update" / "backups").ids()
+    assert len(ids) == 3
     manifest = installation / ".dopemux" / "update" / "backups" / ids[1] / "manifest.json"
     manifest.write_bytes(manifest.read_bytes().replace(b'"files"', b'"filez"', 1) + b" ")
     listed = cli("backups", "list", "--json", *args)
@@ -429,7 +433,7 @@ def test_a_damaged_file_with_the_sqlite_header_is_backed_up_as_a_plain_file(
         forward="(project_root / 'data' / 'cache.db').write_bytes(b'overwritten')\nreturn True",
     )
     migrations.add("v1.0_to_v1.1", "2_b.py", forward="return False")
-    assert cli("stamp", "1.0", *args).returncode == 0
+    assert main(["stamp", "1.0", *args]) == 0
     before = tree_digest(installation)
     created = cli("backups", "create", "--json", *args)
     assert created.returncode == 0, created.stderr
