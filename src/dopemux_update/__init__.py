@@ -31,6 +31,7 @@ from ._exceptions import Problem as Problem
 from ._exceptions import RecoveryNeededError as RecoveryNeededError
 from ._exceptions import RestartError as RestartError
 from ._exceptions import StateError as StateError
+from ._exceptions import UnsafeStateError as UnsafeStateError
 from ._exceptions import UpdateError as UpdateError
 from ._exceptions import VersionError as VersionError
 from ._models import Direction as Direction
@@ -121,6 +122,7 @@ __all__ = [
     "Step",
     "Transition",
     "TreeDiff",
+    "UnsafeStateError",
     "UpdateError",
     "UpdateFinished",
     "UpdatePhase",

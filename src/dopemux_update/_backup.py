@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -165,19 +166,29 @@ def _capture_one(root: Path, tree: Path, job: _Job) -> Entry:
     info = job.entry.info
     mode = stat.S_IMODE(info.st_mode)
     if job.action == "sqlite":
-        _sqlite.capture(source, stored)
-        stored.chmod(0o600)
-        digest, size = hash_file(stored)
-        after = source.stat(follow_symlinks=False)
-        return Entry(
-            type="sqlite",
-            mode=mode,
-            size=size,
-            mtime_ns=after.st_mtime_ns,
-            hash=digest,
-            wal=_sqlite.is_wal(source),
-            sig=database_signature(source, after),
-        )
+        try:
+            _sqlite.capture(source, stored)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise
+            # SQLite's header on a damaged database, or on some other format: kept byte
+            # for byte as a plain file, which is all that can be kept of it.
+            logger.warning("backup.not_a_database", path=job.rel, error=str(exc))
+            for leftover in (stored, *(Path(f"{stored}{s}") for s in _sqlite.SIDECARS)):
+                leftover.unlink(missing_ok=True)
+        else:
+            stored.chmod(0o600)
+            digest, size = hash_file(stored)
+            after = source.stat(follow_symlinks=False)
+            return Entry(
+                type="sqlite",
+                mode=mode,
+                size=size,
+                mtime_ns=after.st_mtime_ns,
+                hash=digest,
+                wal=_sqlite.is_wal(source),
+                sig=database_signature(source, after),
+            )
     digest, size = copy_and_hash(source, stored)
     after = source.stat(follow_symlinks=False)
     if file_signature(after) != file_signature(info) or size != info.st_size:
@@ -336,7 +347,12 @@ class BackupStore:
         Raises :class:`InsufficientSpaceError` before writing anything when the disk cannot
         hold what would be copied.
         """
-        found = list(walk(scope))
+        try:
+            found = list(walk(scope))
+        except OSError as exc:  # a folder this user may not read: name it, take nothing
+            raise BackupError(
+                f"{exc.filename}: cannot be read ({exc.strerror}); no backup was taken"
+            ) from exc
         previous = self._previous()
         jobs, skipped = self._plan(scope, found, previous)
         needed = sum(j.entry.info.st_size for j in jobs if j.action != "link")

@@ -7,33 +7,117 @@ Other threads' output (the command line's progress, the test runner) is untouche
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["capture_thread", "routing_installed"]
+__all__ = [
+    "MAX_KEPT_LINES",
+    "MAX_LINE_CHARS",
+    "KeptLines",
+    "capture_thread",
+    "clip_line",
+    "omitted_lines",
+    "routing_installed",
+]
 
 LineHandler = Callable[[str, str], None]
 
 
+# A line end: ``\r\n``, ``\n``, or a lone ``\r`` (a progress bar redrawing its line).
+_LINE_END = re.compile(r"\r\n|\r|\n")
+# A line longer than this without an end is handed on in pieces: memory stays bounded.
+MAX_PENDING = 1 << 20
+
+
+# What is *held in memory* of a migration's output (for the summary, the JSON result): its
+# last lines, each clipped. The run log receives every line whole, as it is printed.
+MAX_KEPT_LINES = 200
+MAX_LINE_CHARS = 4_000
+
+
+def clip_line(line: str) -> str:
+    """``line``, or its first :data:`MAX_LINE_CHARS` characters and how many more there were."""
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    more = len(line) - MAX_LINE_CHARS
+    return f"{line[:MAX_LINE_CHARS]}… ({more:,} more characters in the run log)"
+
+
+def omitted_lines(count: int) -> str:
+    """The marker that stands for ``count`` lines no longer held in memory."""
+    return f"… {count:,} earlier line{'s' if count != 1 else ''} not shown (see the run log)"
+
+
+class KeptLines:
+    """The last :data:`MAX_KEPT_LINES` lines of one call's output, each clipped, and how many
+    earlier ones were let go (they are in the run log)."""
+
+    def __init__(self) -> None:
+        self._lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_KEPT_LINES)
+        self._omitted = 0
+
+    def add(self, stream: str, line: str) -> None:
+        if len(self._lines) == MAX_KEPT_LINES:
+            self._omitted += 1
+        self._lines.append((stream, clip_line(line)))
+
+    def kept(self) -> tuple[tuple[str, str], ...]:
+        """``(stream, line)`` pairs; a marker (stream ``omitted``) first when lines went."""
+        marker = (("omitted", omitted_lines(self._omitted)),) if self._omitted else ()
+        return (*marker, *self._lines)
+
+
 class _LineSink:
+    """Cuts what a thread writes into lines; each write costs time in its own length only.
+
+    ``\r`` ends a line as ``\n`` does: a progress bar that redraws its line 40,000 times
+    gives 40,000 lines (what a terminal showed, one after another), never one line that
+    grows and is re-scanned at each write.
+    """
+
     def __init__(self, stream: str, handler: LineHandler) -> None:
         self._stream = stream
         self._handler = handler
-        self._pending = ""
+        self._pending: list[str] = []  # the line so far, in pieces
+        self._size = 0
+        self._after_cr = False  # the last write ended with \r: a \n now ends no new line
 
     def write(self, text: str) -> None:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self._handler(self._stream, line.rstrip("\r"))
+        start = 1 if self._after_cr and text.startswith("\n") else 0
+        if text:
+            self._after_cr = False
+        for match in _LINE_END.finditer(text, start):
+            lone_cr = match.group() == "\r"
+            self._add(text[start : match.start()])
+            if self._size or not lone_cr:  # "\r" at the start of a line draws nothing
+                self._emit()
+            start = match.end()
+            self._after_cr = lone_cr and start == len(text)
+        self._add(text[start:])
+
+    def _add(self, piece: str) -> None:
+        while piece:
+            room = MAX_PENDING - self._size
+            self._pending.append(piece[:room])
+            self._size += min(room, len(piece))
+            piece = piece[room:]
+            if self._size >= MAX_PENDING:
+                self._emit()
+
+    def _emit(self) -> None:
+        line = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        self._handler(self._stream, line)
 
     def close(self) -> None:
-        if self._pending:
-            line, self._pending = self._pending, ""
-            self._handler(self._stream, line.rstrip("\r"))
+        if self._size:
+            self._emit()
 
 
 class _Local(threading.local):

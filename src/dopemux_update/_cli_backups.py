@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ._journal import Journal
 from ._lock import holding_lock
 from ._tree import Scope
 
-__all__ = ["backups"]
+__all__ = ["DamagedBackup", "backups", "read_backups"]
 
 
 def _store(ctx: Context) -> BackupStore:
@@ -55,6 +56,26 @@ def _describe(info: BackupInfo) -> str:
     )
 
 
+@dataclass(frozen=True)
+class DamagedBackup:
+    """A backup whose manifest cannot be read or fails its checksum."""
+
+    id: str
+    error: str
+
+
+def read_backups(store: BackupStore) -> list[BackupInfo | DamagedBackup]:
+    """Every backup, oldest first; one that cannot be read is listed as damaged, so that
+    one bad manifest does not hide the others."""
+    found: list[BackupInfo | DamagedBackup] = []
+    for backup_id in store.ids():
+        try:
+            found.append(store.info(store.read_manifest(backup_id)))
+        except BackupError as exc:
+            found.append(DamagedBackup(backup_id, str(exc)))
+    return found
+
+
 @click.group()
 def backups() -> None:
     """List, take, verify, restore and prune backups of the installation."""
@@ -65,9 +86,16 @@ def backups() -> None:
 def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """List the backups, oldest first."""
     ctx = make_context(root, migrations, as_json, verbose)
-    found = _store(ctx).list()
-    lines = [_describe(info) for info in found] or ["No backups."]
-    emit(ctx, {"command": "backups list", "backups": [backup_payload(i) for i in found]}, lines)
+    found = read_backups(_store(ctx))
+    lines = [
+        f"{i.id}  DAMAGED: {i.error}" if isinstance(i, DamagedBackup) else _describe(i)
+        for i in found
+    ] or ["No backups."]
+    listed = [
+        {"id": i.id, "error": i.error} if isinstance(i, DamagedBackup) else backup_payload(i)
+        for i in found
+    ]
+    emit(ctx, {"command": "backups list", "backups": listed}, lines)
     return EXIT_OK
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +20,12 @@ import structlog
 from packaging.version import Version
 
 from ._exceptions import UpdateError
+from ._private import check_state_dir, make_private_dirs, open_private
 from ._runner import DEFAULT_GRACE
 from ._state import DEFAULT_STATE_DIR, StateStore
 from ._versions import parse_version
+
+_HELD_IN_MEMORY = 4 << 20  # characters of a run log held in memory before it starts
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -61,14 +66,19 @@ class RunLog:
     """Every structlog event of one command, as JSON lines, in ``<state>/logs/``.
 
     Written whatever the console's verbosity: migration output, tracebacks, debug events.
-    Events are held in memory until :meth:`start`, which the command calls once validation
-    has passed, so that a refused command leaves nothing behind.
+    Events are held until :meth:`start`, which the command calls once validation has passed,
+    so that a refused command leaves nothing behind: in memory, and beyond
+    :data:`_HELD_IN_MEMORY` characters in an anonymous temporary file, so that a flood of
+    output before the start (a migration printing at import, a whole ``verify``) does not
+    fill the memory.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: TextIO | None = None
         self._buffer: list[str] = []
+        self._buffered = 0
+        self._spill: TextIO | None = None
         self._lock = threading.Lock()
 
     @property
@@ -79,26 +89,46 @@ class RunLog:
         with self._lock:
             if self._handle is not None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._handle = self.path.open("a", encoding="utf-8")
+            make_private_dirs(self.path.parent)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._handle = os.fdopen(fd, "a", encoding="utf-8")
+            if self._spill is not None:
+                self._spill.seek(0)
+                shutil.copyfileobj(self._spill, self._handle)
             self._handle.writelines(self._buffer)
             self._handle.flush()
-            self._buffer.clear()
+            self._drop_held()
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
         line = json.dumps(dict(event_dict), default=repr) + "\n"
         with self._lock:
-            if self._handle is None:
-                self._buffer.append(line)
-            else:
+            if self._handle is not None:
                 self._handle.write(line)
                 self._handle.flush()
+                return event_dict
+            self._buffer.append(line)
+            self._buffered += len(line)
+            if self._buffered > _HELD_IN_MEMORY:
+                if self._spill is None:
+                    # Closed by _drop_held(), when the log starts or is closed or discarded.
+                    self._spill = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+                self._spill.writelines(self._buffer)
+                self._buffer.clear()
+                self._buffered = 0
         return event_dict
+
+    def _drop_held(self) -> None:
+        self._buffer.clear()
+        self._buffered = 0
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
     def close(self) -> None:
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
+            self._drop_held()
 
     def discard(self) -> None:
         """Close and remove the log: the command turned out to be refused."""
@@ -107,7 +137,7 @@ class RunLog:
                 self._handle.close()
                 self._handle = None
                 self.path.unlink(missing_ok=True)
-            self._buffer.clear()
+            self._drop_held()
 
 
 def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
@@ -231,13 +261,17 @@ def time_limit_options(function: F) -> F:
 
 
 def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
+    """Where the command works; a state folder that another user could change is refused
+    here, before any command reads it (those that write check again under the lock)."""
     configure_logging(verbose, json_logs=as_json)
-    return Context(
+    ctx = Context(
         root=root,
         migrations=migrations if migrations is not None else root / "migrations",
         state_dir=root / DEFAULT_STATE_DIR,
         json=as_json,
     )
+    check_state_dir(ctx.state_dir)
+    return ctx
 
 
 def emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:

@@ -9,6 +9,7 @@ JSON run does not pay for it.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Literal, Protocol, TextIO
 import click
 
 from . import _events as ev
+from ._capture import MAX_KEPT_LINES, clip_line, omitted_lines
 from ._models import Plan
 from ._summary import Summary, format_seconds, plain_summary
 
@@ -138,21 +140,57 @@ def show_plan(plan: Plan, mode: Mode) -> None:
 
 
 @dataclass
-class OutputCollector:
-    """Keeps every line the migrations printed, tagged with the migration's id, and what the
-    summary needs besides the result: the plan, and each undo's outcome and duration."""
+class _Kept:
+    """The last lines one migration printed, each with its place in the whole output."""
 
-    lines: list[dict[str, str]] = field(default_factory=list)
+    lines: collections.deque[tuple[int, dict[str, str]]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_KEPT_LINES)
+    )
+    omitted: int = 0
+
+
+@dataclass
+class OutputCollector:
+    """Keeps what the migrations printed, tagged with the migration's id, and what the
+    summary needs besides the result: the plan, and each undo's outcome and duration.
+
+    Memory stays bounded however much is printed: the last :data:`MAX_KEPT_LINES` lines of
+    each migration, each clipped (``clip_line``); a marker line (stream ``omitted``) says how
+    many earlier ones are only in the run log."""
+
     plan: Plan | None = None
     undo: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    _kept: dict[str, _Kept] = field(default_factory=dict)
+    _seen: int = 0
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.MigrationOutput):
-            self.lines.append({"id": event.id, "stream": event.stream, "line": event.line})
+            kept = self._kept.setdefault(event.id, _Kept())
+            if len(kept.lines) == MAX_KEPT_LINES:
+                kept.omitted += 1
+            entry = {"id": event.id, "stream": event.stream, "line": clip_line(event.line)}
+            kept.lines.append((self._seen, entry))
+            self._seen += 1
         elif isinstance(event, ev.PlanReady):
             self.plan = event.plan
         elif isinstance(event, ev.RollbackStep):
             self.undo[event.id] = (event.ok, event.seconds)
+
+    @property
+    def lines(self) -> list[dict[str, str]]:
+        """The lines kept, in the order they were printed, each marker before its lines."""
+        found: list[tuple[float, dict[str, str]]] = []
+        for migration_id, kept in self._kept.items():
+            if kept.omitted:
+                marker = {
+                    "id": migration_id,
+                    "stream": "omitted",
+                    "line": omitted_lines(kept.omitted),
+                }
+                found.append((kept.lines[0][0] - 0.5, marker))
+            found.extend(kept.lines)
+        found.sort(key=lambda item: item[0])
+        return [entry for _, entry in found]
 
 
 def verified_words(verified: bool | None) -> str:

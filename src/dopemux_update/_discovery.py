@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from ._exceptions import MigrationValidationError, PreflightError, Problem
 from ._log import get_logger
 from ._models import Migration, MigrationInfo, Transition
+from ._shown import exception_text, is_real_interrupt, shown
 from ._versions import cached_version, parse_transition_name
 
 __all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
@@ -149,7 +150,25 @@ def load_migration(
     module = _import_source(path, source)
     if isinstance(module, Problem):
         return [module]
+    try:
+        return _validate(path, module, transition, number=number, name=name, source=source)
+    except BaseException as exc:  # the file's own code ran here: even a SystemExit is its problem
+        if is_real_interrupt(exc):
+            raise
+        return [Problem(path, f"cannot be validated: {exception_text(exc)}")]
 
+
+def _validate(
+    path: Path,
+    module: types.ModuleType,
+    transition: Transition,
+    *,
+    number: int,
+    name: str,
+    source: bytes,
+) -> Migration | list[Problem]:
+    """Check the imported module's functions and MIGRATION_INFO. Migration code may run here
+    (a module ``__getattr__``, a ``__repr__`` of a value): the caller guards it."""
     problems: list[Problem] = []
     functions = [_check_function(path, module, n) for n in ("migrate_forward", "migrate_backward")]
     problems.extend(p for p in functions if isinstance(p, Problem))
@@ -219,8 +238,12 @@ def _import_source(path: Path, source: bytes) -> types.ModuleType | Problem:
     sys.modules[module_name] = module
     try:
         exec(code, module.__dict__)  # noqa: S102 - running migration code is the purpose
-    except Exception as exc:  # noqa: BLE001 - any import-time error is reported as a problem
-        return Problem(path, f"import failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # any import-time error is a problem, even an exit
+        if is_real_interrupt(exc):
+            raise
+        if isinstance(exc, SystemExit):
+            return Problem(path, f"import failed: called sys.exit({shown(exc.code)})")
+        return Problem(path, f"import failed: {exception_text(exc)}")
     finally:
         sys.modules.pop(module_name, None)
     return module
@@ -301,5 +324,5 @@ def _describe(exc: ValidationError) -> Sequence[str]:
             reasons.append(f"MIGRATION_INFO is missing the key {key!r}")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            reasons.append(f"MIGRATION_INFO {key!r}: {message} (got {error['input']!r})")
+            reasons.append(f"MIGRATION_INFO {key!r}: {message} (got {shown(error['input'])})")
     return reasons

@@ -8,7 +8,8 @@ Every exception the library raises derives from :class:`UpdateError`::
     │   ├── PlanError                  no path, or competing paths, between two versions
     │   ├── VersionError               a version string that is not PEP 440
     │   ├── RecoveryNeededError        an earlier run was interrupted: recover first
-    │   └── LockError                  another updater holds the installation's lock
+    │   ├── LockError                  another updater holds the installation's lock
+    │   └── UnsafeStateError           the state folder is writable by, or belongs to, others
     ├── StateError                 the recorded state under .dopemux/update/ is unreadable
     ├── BackupError                taking, reading or restoring a backup failed
     ├── RestartError               a service restart failed (after a committed update)
@@ -72,6 +73,18 @@ class PlanError(PreflightError):
 
 class LockError(PreflightError):
     """Another update holds the installation's lock (or the lock cannot be used)."""
+
+
+class UnsafeStateError(PreflightError):
+    """The state folder (or a file in it) could be changed by another user: refused.
+
+    Another user who can write there could plant a forged journal or backup for this
+    process (often root) to act on. ``path`` is the folder or file concerned.
+    """
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
 
 
 class RecoveryNeededError(PreflightError):

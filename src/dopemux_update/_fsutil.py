@@ -63,16 +63,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
     Writes a temporary file beside it, fsyncs it, renames it over ``path`` and fsyncs the folder.
-    A symlink at ``path`` is replaced, never written through.
+    A symlink at ``path`` is replaced, never written through. The new file has exactly
+    ``mode`` (private to the owner unless asked otherwise), whatever the umask.
     """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

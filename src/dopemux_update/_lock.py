@@ -3,7 +3,8 @@
 The kernel releases the lock when the holding process ends, however it ends, so a crash never
 leaves a stale lock. The holder writes who it is (pid, host, start time, command) into the
 file, so that a second updater can say who is in the way. A symlink at the lock's path is
-refused. The lock is re-entrant within one context (the command line holds it, and the
+refused, and so is a state folder that another user could change (see ``_private``). The
+lock is re-entrant within one context (the command line holds it, and the
 orchestration it runs takes it again).
 """
 
@@ -25,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from ._exceptions import LockError
+from ._private import check_state_dir, make_private_dirs, open_private
 
 __all__ = ["holding_lock", "holding_lock_async", "lock_holder"]
 
@@ -52,7 +54,7 @@ def _describe_holder(fd: int, path: Path) -> str:
 
 def _open(path: Path) -> int:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return open_private(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise LockError(f"{path} is a symlink; refusing to use it as the update lock") from exc
@@ -60,8 +62,13 @@ def _open(path: Path) -> int:
 
 
 def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
-    """Open and lock ``<state>/lock``; None if this context already holds it. Blocking I/O."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Open and lock ``<state>/lock``; None if this context already holds it. Blocking I/O.
+
+    Every command that changes anything comes through here first: a state folder that
+    another user could change is refused before anything in it is used.
+    """
+    make_private_dirs(state_dir)
+    check_state_dir(state_dir)
     path = state_dir / "lock"
     fd = _open(path)
     info = os.fstat(fd)

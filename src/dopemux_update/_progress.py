@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import _events as ev
+from ._capture import clip_line
 from ._console import (
     PROGRESS_ENV,
     OutputCollector,
@@ -287,7 +288,7 @@ class LiveDisplay:
             )
         elif isinstance(event, ev.MigrationOutput):
             output = self._outputs.setdefault(event.id, _Output())
-            output.tail.append(event.line)
+            output.tail.append(clip_line(event.line))
             output.count += 1
         elif isinstance(event, ev.MigrationFinished):
             self._finished_migration(event)

@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 from packaging.version import Version
 
-from ._capture import routing_installed
+from ._capture import KeptLines, routing_installed
 from ._exceptions import PreflightError, UpdateError
 from ._log import get_logger
 from ._models import Direction, MigrationFunction, Step
@@ -183,10 +183,10 @@ class _Rehearsal:
         undo = stage == REVERT
         function = step.undo if undo else step.function
         forward = (step.direction is Direction.UPGRADE) != undo
-        output: list[tuple[str, str]] = []
+        output = KeptLines()  # the run log gets every line; memory, the last ones
 
         def line(stream: str, text: str) -> None:
-            output.append((stream, text))
+            output.add(stream, text)
             logger.info("verify.output", id=step.id, stage=stage, stream=stream, line=text)
 
         outcome, stopping = self._call_with_limits(function, line)
@@ -198,7 +198,7 @@ class _Rehearsal:
             seconds=outcome.seconds,
             error=outcome.error,
             traceback=outcome.traceback,
-            output=tuple(output),
+            output=output.kept(),
         )
         self.calls.append(call)
         if call.ok:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import anyio.to_thread
 from ._capture import capture_thread
 from ._faults import crash_point
 from ._models import MigrationFunction
+from ._shown import exception_text, shown, traceback_text
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -90,11 +90,8 @@ def _judge(value: object) -> str | None:
         return None
     if value is False:
         return "returned False"
-    try:
-        shown = repr(value)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the verdict
-        shown = f"<{type(value).__name__} object>"
-    return f"returned {shown} ({type(value).__name__}), not a bool"
+    # A broken __repr__ (even one raising SystemExit) must not hide the verdict.
+    return f"returned {shown(value)} ({type(value).__name__}), not a bool"
 
 
 def call_function(
@@ -109,8 +106,8 @@ def call_function(
             return CallOutcome(
                 ok=False,
                 seconds=time.perf_counter() - start,
-                error=f"raised {type(exc).__name__}: {exc}",
-                traceback="".join(traceback.format_exception(exc)),
+                error=f"raised {exception_text(exc)}",
+                traceback=traceback_text(exc),
             )
     problem = _judge(value)
     return CallOutcome(ok=problem is None, seconds=time.perf_counter() - start, error=problem)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._exceptions import StateError
 from ._fsutil import atomic_write
+from ._private import make_private_dirs
 from ._versions import parse_version
 
 __all__ = ["DEFAULT_STATE_DIR", "MigrationRecord", "RunRecord", "State", "StateStore", "utcnow"]
@@ -87,7 +88,7 @@ class StateStore:
         return state
 
     def write(self, state: State) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.state_dir)
         data = state.model_dump_json(indent=2, exclude_defaults=False) + "\n"
         atomic_write(self.path, data.encode())
 

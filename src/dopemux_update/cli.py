@@ -20,7 +20,7 @@ import anyio
 import click
 
 from ._backup import BackupStore
-from ._cli_backups import backups
+from ._cli_backups import DamagedBackup, backups, read_backups
 from ._cli_common import (
     COMPOSE_FILES,
     EXIT_FAILED,
@@ -134,7 +134,9 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         except PlanError as exc:
             problem = str(exc)
     last = state.history[-1] if state.history else None
-    backups = BackupStore(ctx.state_dir / "backups").list()
+    found = read_backups(BackupStore(ctx.state_dir / "backups"))
+    backups = [b for b in found if not isinstance(b, DamagedBackup)]
+    damaged = [b for b in found if isinstance(b, DamagedBackup)]
     drift = find_drift(state.history, ctx.migrations)
     running = lock_holder(ctx.state_dir)
     interrupted = Journal(ctx.state_dir).exists() and running is None
@@ -149,6 +151,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "last_run": last.model_dump(mode="json") if last else None,
         "backups": len(backups),
         "backups_bytes": sum(b.copied_bytes for b in backups),
+        "damaged_backups": [{"id": b.id, "error": b.error} for b in damaged],
         "needs_recovery": interrupted,
         "running": running,
         "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
@@ -169,6 +172,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         )
     stored = format_bytes(sum(b.copied_bytes for b in backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
+    lines.extend(f"WARNING: backup {b.id} is DAMAGED: {b.error}" for b in damaged)
     if running is not None:
         lines.append(f"An update is running now: {running}.")
     if interrupted:
