@@ -185,7 +185,17 @@ class FakeDocker:
         return result
 
     def calls(self) -> list[str]:
-        return self.log_path.read_text().splitlines()
+        """The arguments of every call, in order."""
+        return [line.split("\t", 1)[1] for line in self.log_path.read_text().splitlines()]
+
+    def calls_with_cwd(self) -> list[tuple[str, str]]:
+        """``(working directory, arguments)`` of every call, in order."""
+        return [
+            (cwd, args)
+            for cwd, args in (
+                line.split("\t", 1) for line in self.log_path.read_text().splitlines()
+            )
+        ]
 
     def env(self) -> dict[str, str]:
         return {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLE_MIGRATIONS, MigrationWriter, tree_digest
+from conftest import EXAMPLE_MIGRATIONS, FakeDocker, MigrationWriter, tree_digest
 from dopemux_update.cli import main
 
 
@@ -367,22 +366,12 @@ def test_a_restart_command_that_does_not_exist_is_refused_before_any_migration(
 
 
 def test_the_compose_restarter_works_with_a_relative_root(
-    installation: Path, migrations: MigrationWriter, tmp_path: Path
+    installation: Path, migrations: MigrationWriter, fake_docker: FakeDocker
 ) -> None:
     """docker compose runs in the root: its -f path must not be relative to elsewhere."""
     (installation / "docker-compose.yml").write_text("services:\n  alpha:\n    image: x\n")
     migrations.add("v1.0_to_v1.1", "1_a.py", info={"requires_restart": ["alpha"]})
-    bin_dir, record = tmp_path / "bin", tmp_path / "docker.log"
-    bin_dir.mkdir()
-    fake = bin_dir / "docker"
-    fake.write_text(
-        f"#!{sys.executable}\n"
-        "import os, sys\n"
-        f"open({str(record)!r}, 'a').write(os.getcwd() + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n"
-        "sys.exit(0 if os.path.isfile(sys.argv[3]) else 1)\n"
-    )
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    fake_docker.set(services={"alpha": {"state": "running"}})
     result = subprocess.run(
         [
             sys.executable,
@@ -398,21 +387,17 @@ def test_the_compose_restarter_works_with_a_relative_root(
             str(migrations.root),
         ],
         cwd=installation.parent,
-        env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["restarted"] == ["alpha"]
-    cwd, *args = record.read_text().split()
-    assert cwd == str(installation.resolve())
-    assert args == [
-        "compose",
-        "-f",
-        str(installation.resolve() / "docker-compose.yml"),
-        "restart",
-        "alpha",
+    compose = f"compose -f {installation.resolve() / 'docker-compose.yml'}"
+    assert fake_docker.calls_with_cwd() == [
+        (str(installation.resolve()), f"{compose} ps --all --format json"),
+        (str(installation.resolve()), f"{compose} restart alpha"),
+        (str(installation.resolve()), f"{compose} ps --all --format json"),
     ]
 
 

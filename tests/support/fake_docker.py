@@ -19,7 +19,7 @@ def main() -> int:
     state_path = Path(os.environ["FAKE_DOCKER_STATE"])
     args = sys.argv[1:]
     with Path(os.environ["FAKE_DOCKER_LOG"]).open("a") as log:
-        log.write(" ".join(args) + "\n")
+        log.write(os.getcwd() + "\t" + " ".join(args) + "\n")
     state = json.loads(state_path.read_text())
     if not args or args[0] != "compose":
         print("fake docker: only 'compose' is known", file=sys.stderr)
