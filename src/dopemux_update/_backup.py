@@ -411,12 +411,12 @@ class BackupStore:
                     break
         return affected
 
-    def shared_files(self, manifest: Manifest) -> int:
+    def shared_files(self, backup_id: str) -> int:
         """How many of the backup's stored files are shared with other backups (hard-linked
         because they had not changed): damage to one of them damages every backup holding it."""
-        tree = os.fspath(self.backups_dir / manifest.id / TREE)
+        tree = os.fspath(self.path_of(backup_id) / TREE)
         shared = 0
-        for rel, entry in manifest.decoded().items():
+        for rel, entry in self.read_manifest(backup_id).decoded().items():
             if entry.type in ("file", "sqlite"):
                 with contextlib.suppress(OSError):
                     shared += os.stat(f"{tree}/{rel}").st_nlink > 1  # noqa: PTH116 - hot loop

@@ -76,8 +76,7 @@ def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: in
     """List the backups, oldest first."""
     ctx = make_context(root, migrations, as_json, verbose)
     store = _store(ctx)
-    manifests = [store.read_manifest(backup_id) for backup_id in store.ids()]
-    found = [(store.info(m), store.shared_files(m)) for m in manifests]
+    found = [(info, store.shared_files(info.id)) for info in store.list()]
     lines = [_describe(info, shared_files=shared) for info, shared in found] or ["No backups."]
     if any(shared for _, shared in found):
         lines.append(_SHARING_NOTE)
