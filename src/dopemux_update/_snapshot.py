@@ -324,14 +324,15 @@ def database_hash(database: DatabaseDigest) -> str:
 
 def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
     """Hard links among ``entries``: each file that shares its inode with an earlier one (in
-    sorted order) mapped to that first path. Links to files outside ``entries`` do not count."""
+    the sorted order of names as a manifest stores them) mapped to that first path. Links to
+    files outside ``entries`` do not count."""
     groups: dict[tuple[int, int], list[str]] = {}
     for entry in entries:
         if entry.kind == "file" and entry.info.st_nlink > 1:
             groups.setdefault((entry.info.st_dev, entry.info.st_ino), []).append(entry.rel)
     leaders: dict[str, str] = {}
     for names in groups.values():
-        first, *others = sorted(names)
+        first, *others = sorted(names, key=encode_name)
         leaders.update(dict.fromkeys(others, first))
     return leaders
 
