@@ -59,6 +59,10 @@ def failing_upgrade(installation: Path, migrations: MigrationWriter, forward: st
     return result
 
 
+def rolled_back_identical(result: Any) -> None:
+    assert (result.rolled_back, result.verified_identical) == ((), True)
+
+
 def sql(db: Path, *statements: str) -> None:
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
         for statement in statements:
@@ -99,8 +103,11 @@ def test_an_edit_keeping_size_and_mtime_is_not_reverted_by_a_failed_upgrade(
     config.write_text(edited)
     os.utime(config, ns=(old.st_atime_ns, old.st_mtime_ns))  # as cp -p / rsync -a leave it
     assert config.stat().st_size == old.st_size
-    failing_upgrade(installation, migrations, "(project_root / 'config/app.yaml').write_text('x')")
+    result = failing_upgrade(
+        installation, migrations, "(project_root / 'config/app.yaml').write_text('x')"
+    )
     assert config.read_text() == edited  # the operator's edit, not the stale backup's copy
+    rolled_back_identical(result)
 
 
 def test_a_file_linked_from_the_previous_backup_is_recopied_after_an_edit(
@@ -172,12 +179,13 @@ def test_a_rolled_back_in_place_edit_keeps_the_files_owner(
 ) -> None:
     secret = installation / "secret.env"
     os.chown(secret, 1000, 1000)
-    failing_upgrade(
+    result = failing_upgrade(
         installation,
         migrations,
         "with open(project_root / 'secret.env', 'r+') as f:\n    f.write('TOKEN=xyz')",
     )
     assert secret.read_text() == "TOKEN=abc\n"
+    rolled_back_identical(result)
     info = secret.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1000, 1000, 0o600)
 
@@ -256,7 +264,7 @@ def test_a_rolled_back_switch_from_wal_to_delete_is_wal_again(
 ) -> None:
     db = installation / "data.db"
     settings_db(db)
-    failing_upgrade(
+    result = failing_upgrade(
         installation,
         migrations,
         "import sqlite3\n"
@@ -268,6 +276,7 @@ def test_a_rolled_back_switch_from_wal_to_delete_is_wal_again(
     with contextlib.closing(sqlite3.connect(db)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    rolled_back_identical(result)
 
 
 # -- 4: hard links and sparse files ----------------------------------------------------------
@@ -312,13 +321,14 @@ def test_a_rolled_back_migration_that_split_hard_links_joins_them_again(
 ) -> None:
     (installation / "one").write_text("shared")
     os.link(installation / "one", installation / "two")
-    failing_upgrade(
+    result = failing_upgrade(
         installation,
         migrations,
         "(project_root / 'two').unlink()\n(project_root / 'two').write_text('split')",
     )
     assert (installation / "two").stat().st_ino == (installation / "one").stat().st_ino
     assert (installation / "two").read_text() == "shared"
+    rolled_back_identical(result)
 
 
 def test_a_2gb_sparse_file_is_stored_sparse_and_comes_back_sparse_and_identical(
