@@ -6,8 +6,17 @@ own checksum) describes every folder, file, symlink and SQLite database in scope
 ``.building-<id>`` folder, synced, and renamed into place: a backup that is listed is whole.
 Folders are 0700 and files 0600 (backups hold secrets such as ``.env``).
 
-Backups are immutable, so a file unchanged since the previous backup (same size, mtime and
-mode) is hard-linked to that backup's copy: backing up an unchanged tree costs stat calls.
+Backups are immutable, so a file unchanged since the previous backup is hard-linked to that
+backup's copy: backing up an unchanged tree costs stat calls. "Unchanged" is decided on what
+no one can set back: the same inode, size, mtime and ctime (``cp -p``, ``rsync -a`` and
+``tar x`` restore an mtime, never a ctime), mode and owners. One stored copy is then shared by
+several backups: a damaged one damages them all, which ``verify`` reports; a *full* backup
+(``create(full=True)``) copies everything and shares nothing.
+
+Everything is captured in one pass over the data: owners, hard links (files sharing an inode
+in scope are stored once: the first path in sorted order as a ``file``, the others as
+``hardlink`` entries naming it) and holes (a sparse file is stored sparse, see ``_copy``) come
+from the walk's ``stat`` results and the copy itself.
 """
 
 from __future__ import annotations
@@ -31,16 +40,18 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import _sqlite
-from ._copy import HASH_NAME, copy_and_hash, hash_file
+from ._copy import HASH_NAME, allocated, copy_and_hash, hash_file
 from ._exceptions import BackupError, PreflightError
 from ._faults import crash_point
 from ._fsutil import atomic_write, fsync_dir, sync_filesystem
 from ._log import get_logger
+from ._snapshot import database_settings, link_leaders
 from ._tree import Scope, TreeEntry, decode_name, encode_name, walk
 
 __all__ = [
     "BackupInfo",
     "BackupStore",
+    "DamagedBackupError",
     "Entry",
     "InsufficientSpaceError",
     "Manifest",
@@ -65,6 +76,26 @@ ProgressCallback = Callable[[int, int], None]
 
 class InsufficientSpaceError(BackupError, PreflightError):
     """The disk cannot hold the backup; nothing was written."""
+
+
+class DamagedBackupError(BackupError):
+    """Stored files of a backup are missing or differ from its manifest.
+
+    ``damaged`` names them; ``affected`` lists the other backups that share one of the
+    damaged stored copies (the same file, hard-linked), and are damaged with it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backup_id: str,
+        damaged: tuple[str, ...],
+        affected: tuple[str, ...] = (),
+    ) -> None:
+        self.damaged = damaged
+        self.affected = affected
+        super().__init__(message, backup_id=backup_id)
 
 
 class Entry(BaseModel):
@@ -119,7 +150,7 @@ class Manifest(BaseModel):
         out = {}
         for stored, entry in self.entries.items():
             real = entry
-            if entry.type == "symlink":
+            if entry.type in ("symlink", "hardlink"):
                 real = entry.model_copy(update={"target": decode_name(entry.target)})
             out[decode_name(stored)] = real
         return out
@@ -180,14 +211,18 @@ def _capture_one(root: Path, tree: Path, job: _Job) -> Entry:
             stored.chmod(0o600)
             digest, size = hash_file(stored)
             after = source.stat(follow_symlinks=False)
+            wal = _sqlite.is_wal(source)  # the live file's header: read, nothing opened
             return Entry(
                 type="sqlite",
                 mode=mode,
                 size=size,
                 mtime_ns=after.st_mtime_ns,
                 hash=digest,
-                wal=_sqlite.is_wal(source),
+                wal=wal,
                 sig=database_signature(source, after),
+                uid=after.st_uid,
+                gid=after.st_gid,
+                sqlite=_settings(stored, wal=wal),
             )
     digest, size = copy_and_hash(source, stored)
     after = source.stat(follow_symlinks=False)
@@ -200,7 +235,22 @@ def _capture_one(root: Path, tree: Path, job: _Job) -> Entry:
         mtime_ns=info.st_mtime_ns,
         hash=digest,
         sig=file_signature(info),
+        uid=info.st_uid,
+        gid=info.st_gid,
     )
+
+
+def _settings(stored: Path, *, wal: bool) -> dict[str, int | str]:
+    """A captured database's settings: read from the stored copy, which the backup API gave
+    the live database's pages (page size, auto-vacuum and the header's numbers), except the
+    journal mode, which the copy does not keep (it is stored in rollback-journal mode)."""
+    connection = _sqlite.open_for_reading(stored)
+    try:
+        settings = database_settings(connection)
+    finally:
+        connection.close()
+    settings["journal_mode"] = "wal" if wal else "delete"
+    return settings
 
 
 def _new_id() -> str:
@@ -209,11 +259,12 @@ def _new_id() -> str:
 
 
 def _unchanged(old: Entry, info: os.stat_result) -> bool:
-    """Same size, mtime and mode as when ``old`` was stored: its copy can be shared."""
+    """Nothing written to the file since ``old`` recorded it: the same inode, size, mtime and
+    ctime (no one can set a ctime back), mode and owners. Its stored copy can be shared."""
     return (
-        old.size == info.st_size
-        and old.mtime_ns == info.st_mtime_ns
+        old.sig == file_signature(info)
         and old.mode == stat.S_IMODE(info.st_mode)
+        and (old.uid, old.gid) == (info.st_uid, info.st_gid)
     )
 
 
@@ -300,8 +351,9 @@ class BackupStore:
         """Check stored files against the manifest's sizes and hashes (all, or ``only``).
 
         ``manifest`` and its ``entries`` (decoded), when the caller already read them, save
-        reading and checking the manifest again. Raises :class:`BackupError` naming every
-        flipped, truncated or missing file.
+        reading and checking the manifest again. Raises :class:`DamagedBackupError` naming
+        every flipped, truncated or missing file, and every other backup that shares one of
+        the damaged copies.
         """
         if manifest is None:
             manifest = self.read_manifest(backup_id)
@@ -311,26 +363,75 @@ class BackupStore:
         names = list(entries) if only is None else list(only)
         stored = [rel for rel in names if entries[rel].type in ("file", "sqlite")]
 
-        def check(rel: str) -> str | None:
+        def check(rel: str) -> tuple[str, str] | None:
             entry = entries[rel]
             try:
                 digest, size = hash_file(tree / rel)
             except FileNotFoundError:
-                return f"{rel} (missing)"
+                return rel, f"{rel} (missing)"
             except OSError as exc:
-                return f"{rel} ({exc.strerror or exc})"
+                return rel, f"{rel} ({exc.strerror or exc})"
             if size != entry.size and entry.type == "file":
-                return f"{rel} (truncated or resized: {size} bytes, expected {entry.size})"
+                return rel, f"{rel} (truncated or resized: {size} bytes, expected {entry.size})"
             if digest != entry.hash:
-                return f"{rel} (content differs from the manifest)"
+                return rel, f"{rel} (content differs from the manifest)"
             return None
 
         with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
             bad = [problem for problem in pool.map(check, stored) if problem]
         if bad:
-            raise BackupError(f"failed verification: {', '.join(bad)}", backup_id=backup_id)
+            damaged = tuple(rel for rel, _ in bad)
+            affected = self._sharing(backup_id, damaged)
+            message = f"failed verification: {', '.join(problem for _, problem in bad)}"
+            if affected:
+                message += (
+                    f"; the damaged copies are shared with backup(s) {', '.join(affected)},"
+                    " which are damaged too"
+                )
+            logger.error(
+                "backup.damaged", backup_id=backup_id, damaged=list(damaged), affected=affected
+            )
+            raise DamagedBackupError(
+                message, backup_id=backup_id, damaged=damaged, affected=tuple(affected)
+            )
         logger.info("backup.verified", backup_id=backup_id, files=len(stored))
         return manifest
+
+    def _sharing(self, backup_id: str, rels: Iterable[str]) -> builtins.list[str]:
+        """The other backups holding one of ``rels`` of ``backup_id`` as the same stored file
+        (hard-linked: unchanged files share one copy, always under the same path)."""
+        tree = os.fspath(self.path_of(backup_id) / TREE)
+        inodes = {}
+        for rel in rels:
+            with contextlib.suppress(OSError):
+                info = os.stat(f"{tree}/{rel}", follow_symlinks=False)  # noqa: PTH116
+                if info.st_nlink > 1:
+                    inodes[rel] = (info.st_dev, info.st_ino)
+        affected = []
+        for other in self.ids():
+            if other == backup_id or not inodes:
+                continue
+            other_tree = os.fspath(self.backups_dir / other / TREE)
+            for rel, inode in inodes.items():
+                try:
+                    info = os.stat(f"{other_tree}/{rel}", follow_symlinks=False)  # noqa: PTH116
+                except OSError:
+                    continue
+                if (info.st_dev, info.st_ino) == inode:
+                    affected.append(other)
+                    break
+        return affected
+
+    def shared_files(self, backup_id: str) -> int:
+        """How many of the backup's stored files are shared with other backups (hard-linked
+        because they had not changed): damage to one of them damages every backup holding it."""
+        tree = os.fspath(self.path_of(backup_id) / TREE)
+        shared = 0
+        for rel, entry in self.read_manifest(backup_id).decoded().items():
+            if entry.type in ("file", "sqlite"):
+                with contextlib.suppress(OSError):
+                    shared += os.stat(f"{tree}/{rel}").st_nlink > 1  # noqa: PTH116 - hot loop
+        return shared
 
     # -- creating ---------------------------------------------------------------------------
 
@@ -341,11 +442,14 @@ class BackupStore:
         version_from: str | None = None,
         version_to: str | None = None,
         on_progress: ProgressCallback | None = None,
+        full: bool = False,
     ) -> BackupInfo:
         """Snapshot ``scope`` into a new, verified backup and return it.
 
-        Raises :class:`InsufficientSpaceError` before writing anything when the disk cannot
-        hold what would be copied.
+        Files unchanged since the previous backup are hard-linked to its copies, unless
+        ``full``: then everything is copied, and the new backup shares no stored file with
+        another. Raises :class:`InsufficientSpaceError` before writing anything when the disk
+        cannot hold what would be copied.
         """
         try:
             found = list(walk(scope))
@@ -353,9 +457,9 @@ class BackupStore:
             raise BackupError(
                 f"{exc.filename}: cannot be read ({exc.strerror}); no backup was taken"
             ) from exc
-        previous = self._previous()
-        jobs, skipped = self._plan(scope, found, previous)
-        needed = sum(j.entry.info.st_size for j in jobs if j.action != "link")
+        previous = None if full else self._previous()
+        jobs, links, skipped = self._plan(scope, found, previous)
+        needed = sum(allocated(j.entry.info) for j in jobs if j.action != "link")
         self._check_space(needed)
 
         backup_id = _new_id()
@@ -372,6 +476,7 @@ class BackupStore:
                 tree,
                 found=found,
                 jobs=jobs,
+                links=links,
                 previous=previous,
                 total=needed,
                 on_progress=on_progress,
@@ -427,7 +532,9 @@ class BackupStore:
 
     def _plan(
         self, scope: Scope, found: Sequence[TreeEntry], previous: Manifest | None
-    ) -> tuple[builtins.list[_Job], builtins.list[tuple[str, str]]]:
+    ) -> tuple[builtins.list[_Job], dict[str, str], builtins.list[tuple[str, str]]]:
+        """What to copy, link or capture; the hard links (a file's other names, each mapped
+        to its first name); what is skipped."""
         before = previous.decoded() if previous else {}
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
@@ -442,8 +549,11 @@ class BackupStore:
             if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
                 databases.add(item.rel)
         sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
+        links = link_leaders(
+            item for item in found if item.rel not in databases and item.rel not in sidecars
+        )
         for item in found:
-            if item.kind in ("dir", "symlink") or item.rel in sidecars:
+            if item.kind in ("dir", "symlink") or item.rel in sidecars or item.rel in links:
                 continue
             if item.kind != "file":
                 skipped.append((encode_name(item.rel), item.kind))
@@ -458,6 +568,8 @@ class BackupStore:
                     and old.type == "sqlite"
                     and old.sig == database_signature(path, info)
                     and old.mode == stat.S_IMODE(info.st_mode)
+                    and (old.uid, old.gid) == (info.st_uid, info.st_gid)
+                    and old.sqlite  # an older backup's entry lacks the settings
                 ):
                     jobs.append(_Job(item.rel, item, "link", old))
                 else:
@@ -467,7 +579,7 @@ class BackupStore:
                 jobs.append(_Job(item.rel, item, "link", old))
             else:
                 jobs.append(_Job(item.rel, item, "copy"))
-        return jobs, skipped
+        return jobs, links, skipped
 
     def _check_space(self, needed: int) -> None:
         probe = self.backups_dir
@@ -488,6 +600,7 @@ class BackupStore:
         *,
         found: Sequence[TreeEntry],
         jobs: Sequence[_Job],
+        links: dict[str, str],
         previous: Manifest | None,
         total: int,
         on_progress: ProgressCallback | None,
@@ -499,17 +612,24 @@ class BackupStore:
                 parts = rel.split("/")
                 holders.update("/".join(parts[:n]) for n in range(1, len(parts)))
         for item in found:  # folders and symlinks first, parents before children
-            mode = stat.S_IMODE(item.info.st_mode)
+            info = item.info
+            mode = stat.S_IMODE(info.st_mode)
             if item.kind == "dir":
                 if not item.in_scope and item.rel not in holders:
                     continue
                 entries[encode_name(item.rel)] = Entry(
-                    type="dir", mode=mode, parent_only=not item.in_scope
+                    type="dir",
+                    mode=mode,
+                    parent_only=not item.in_scope,
+                    uid=info.st_uid,
+                    gid=info.st_gid,
                 )
                 (tree / item.rel).mkdir(mode=0o700)
             elif item.kind == "symlink":
                 target = encode_name(str((scope.root / item.rel).readlink()))
-                entries[encode_name(item.rel)] = Entry(type="symlink", target=target)
+                entries[encode_name(item.rel)] = Entry(
+                    type="symlink", target=target, uid=info.st_uid, gid=info.st_gid
+                )
         if previous is not None:
             entries.update(
                 self._link_unchanged(tree, previous, [j for j in jobs if j.action == "link"])
@@ -523,13 +643,27 @@ class BackupStore:
                     job = futures[future]
                     entries[encode_name(job.rel)] = future.result()
                     crash_point("backup.file")
-                    done += job.entry.info.st_size
+                    done += allocated(job.entry.info)
                     if on_progress is not None:
                         on_progress(done, total)
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
+        by_name = {item.rel: item for item in found if item.rel in links}
+        for rel, first in links.items():
+            info = by_name[rel].info
+            entries[encode_name(rel)] = Entry(
+                type="hardlink",
+                target=encode_name(first),
+                mode=stat.S_IMODE(info.st_mode),
+                size=info.st_size,
+                mtime_ns=info.st_mtime_ns,
+                hash=entries[encode_name(first)].hash,
+                sig=file_signature(info),
+                uid=info.st_uid,
+                gid=info.st_gid,
+            )
         return dict(sorted(entries.items()))
 
     def _link_unchanged(

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._backup import BackupInfo, BackupStore
+from ._backup import BackupInfo, BackupStore, DamagedBackupError
 from ._cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -33,7 +33,15 @@ def _store(ctx: Context) -> BackupStore:
     return BackupStore(ctx.state_dir / "backups")
 
 
-def backup_payload(info: BackupInfo) -> dict[str, Any]:
+_SHARING_NOTE = (
+    "Unchanged files are stored once and shared (hard-linked) between backups: a damaged"
+    " shared file damages every backup holding it. `backups create --full` (or"
+    " `upgrade --full-backup`) takes a backup that shares nothing."
+)
+
+
+def backup_payload(info: BackupInfo, *, shared_files: int | None = None) -> dict[str, Any]:
+    extra = {} if shared_files is None else {"shared_files": shared_files}
     return {
         "id": info.id,
         "created_at": info.created_at,
@@ -43,16 +51,18 @@ def backup_payload(info: BackupInfo) -> dict[str, Any]:
         "version_from": info.version_from,
         "version_to": info.version_to,
         "path": str(info.path),
+        **extra,
     }
 
 
-def _describe(info: BackupInfo) -> str:
+def _describe(info: BackupInfo, *, shared_files: int | None = None) -> str:
     versions = info.version_from or "?"
     if info.version_to:
         versions += f" → {info.version_to}"
+    shared = "" if shared_files is None else f", {shared_files} shared with other backups"
     return (
         f"{info.id}  {info.created_at}  {versions:<20} {info.files:>7} files"
-        f"  {format_bytes(info.bytes):>10}  ({format_bytes(info.copied_bytes)} copied)"
+        f"  {format_bytes(info.bytes):>10}  ({format_bytes(info.copied_bytes)} copied{shared})"
     )
 
 
@@ -86,26 +96,39 @@ def backups() -> None:
 def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """List the backups, oldest first."""
     ctx = make_context(root, migrations, as_json, verbose)
-    found = read_backups(_store(ctx))
-    lines = [
-        f"{i.id}  DAMAGED: {i.error}" if isinstance(i, DamagedBackup) else _describe(i)
-        for i in found
-    ] or ["No backups."]
-    listed = [
-        {"id": i.id, "error": i.error} if isinstance(i, DamagedBackup) else backup_payload(i)
-        for i in found
-    ]
-    emit(ctx, {"command": "backups list", "backups": listed}, lines)
+    store = _store(ctx)
+    lines: list[str] = []
+    payload: list[dict[str, Any]] = []
+    sharing = False
+    for item in read_backups(store):
+        if isinstance(item, DamagedBackup):
+            lines.append(f"{item.id}  DAMAGED: {item.error}")
+            payload.append({"id": item.id, "error": item.error})
+            continue
+        shared = store.shared_files(item.id)
+        sharing = sharing or bool(shared)
+        lines.append(_describe(item, shared_files=shared))
+        payload.append(backup_payload(item, shared_files=shared))
+    if sharing:
+        lines.append(_SHARING_NOTE)
+    emit(ctx, {"command": "backups list", "backups": payload}, lines or ["No backups."])
     return EXIT_OK
 
 
 @backups.command("create")
 @click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out what matches.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Copy every file, sharing none with older backups (unchanged files are hard-linked"
+    " to the previous backup's copies by default).",
+)
 @common_options
 def create_backup(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    full: bool,
     root: Path,
     migrations: Path | None,
     as_json: bool,
@@ -126,7 +149,7 @@ def create_backup(
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     with holding_lock(ctx.state_dir):
-        info = _store(ctx).create(scope, version_from=ctx.state.installed_version())
+        info = _store(ctx).create(scope, version_from=ctx.state.installed_version(), full=full)
     emit(
         ctx,
         {"command": "backups create", "backup": backup_payload(info)},
@@ -141,23 +164,48 @@ def create_backup(
 def verify_backup(
     backup_id: str, root: Path, migrations: Path | None, as_json: bool, verbose: int
 ) -> int:
-    """Re-hash every file of backup ID against its manifest (exit 1 if any differs)."""
+    """Re-hash every file of backup ID against its manifest (exit 1 if any differs).
+
+    Unchanged files are shared between backups: a damaged one names every backup it damages.
+    """
     ctx = make_context(root, migrations, as_json, verbose)
     try:
         manifest = _store(ctx).verify(backup_id)
     except BackupError as exc:
         if "does not exist" in str(exc) or "not a valid" in str(exc):
             raise
+        damaged = list(exc.damaged) if isinstance(exc, DamagedBackupError) else []
+        affected = list(exc.affected) if isinstance(exc, DamagedBackupError) else []
+        lines = [f"Backup {backup_id} FAILED verification: {exc}"]
+        if affected:
+            lines.append(
+                f"Also damaged (they share the damaged files): {', '.join(affected)}."
+                " Take a new backup (`backups create --full`) before relying on them."
+            )
         emit(
             ctx,
-            {"command": "backups verify", "id": backup_id, "ok": False, "error": str(exc)},
-            [f"Backup {backup_id} FAILED verification: {exc}"],
+            {
+                "command": "backups verify",
+                "id": backup_id,
+                "ok": False,
+                "error": str(exc),
+                "damaged": damaged,
+                "affected": affected,
+            },
+            lines,
         )
         return EXIT_FAILED
     info = _store(ctx).info(manifest)
     emit(
         ctx,
-        {"command": "backups verify", "id": backup_id, "ok": True, "error": None},
+        {
+            "command": "backups verify",
+            "id": backup_id,
+            "ok": True,
+            "error": None,
+            "damaged": [],
+            "affected": [],
+        },
         [f"Backup {backup_id} is intact: {info.files} files, {format_bytes(info.bytes)}."],
     )
     return EXIT_OK

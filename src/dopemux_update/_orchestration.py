@@ -151,6 +151,7 @@ class OrchestrationPhase:
         keep_backups: int | None = 5,
         timeout: float | None = None,
         grace: float = DEFAULT_GRACE,
+        full_backup: bool = False,
     ) -> None:
         self.project_root = Path(project_root)
         self.migrations_dir = (
@@ -178,6 +179,7 @@ class OrchestrationPhase:
         self.keep_backups = keep_backups
         self.timeout = timeout
         self.grace = grace
+        self.full_backup = full_backup  # copy every file: share none with older backups
         self._plan: Plan | None = None
         self._executed = False
         #: What the run did, set when it ends: also when ``execute()`` was cancelled, which
@@ -326,6 +328,7 @@ class OrchestrationPhase:
                 version_from=str(run.plan.current),
                 version_to=str(run.plan.target),
                 on_progress=report,
+                full=self.full_backup,
             ),
             ev.BackupProgress,
         )

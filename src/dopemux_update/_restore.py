@@ -56,7 +56,7 @@ class _Plan:
 
 
 def _matches(entry: Entry, item: TreeEntry) -> bool:
-    if entry.type in ("file", "sqlite"):
+    if entry.type in ("file", "sqlite", "hardlink"):
         return item.kind == "file"
     return entry.type == item.kind
 

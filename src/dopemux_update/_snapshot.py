@@ -1,21 +1,26 @@
 """What a tree holds, compared by content, and how two such snapshots differ.
 
-Files are compared by hash and permission bits, symlinks by target, folders by mode. SQLite
-databases are compared *logically*: their tables' columns, their other schema objects
-(indexes, views, triggers) and their rows. Two databases holding the same data compare equal
-even when their pages differ, which is what happens after a column is added and dropped again.
-Modification times are ignored: a migration that rewrites a file with the same bytes has not
-changed it. SQLite's ``-wal``/``-shm``/``-journal`` files belong to their database and are not
-compared on their own.
+Files are compared by hash, permission bits, owners and hard links, symlinks by target,
+folders by mode and owners (see :func:`item_difference`, the one definition of identity that
+``verify`` and the post-restore check share). SQLite databases are compared *logically*: their
+tables' columns, their other schema objects (indexes, views, triggers), their rows, and the
+settings their content does not carry (page size, journal mode, auto-vacuum, ``user_version``,
+``application_id``). Two databases holding the same data compare equal even when their pages
+differ, which is what happens after a column is added and dropped again. Modification times
+are ignored here: a migration that rewrites a file with the same bytes has not changed it.
+SQLite's ``-wal``/``-shm``/``-journal`` files belong to their database and are not compared on
+their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sqlite3
 import stat
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +38,9 @@ __all__ = [
     "TreeDiff",
     "TreeSnapshot",
     "diff_snapshots",
+    "item_difference",
+    "link_leaders",
+    "may_set_owner",
     "same_database",
     "take_snapshot",
 ]
@@ -65,17 +73,30 @@ class DatabaseDigest:
 
     tables: dict[str, TableDigest]
     objects: dict[str, str]  # "index name" / "view name" / "trigger name" -> normalised SQL
-    pragmas: dict[str, int] = field(default_factory=dict)  # user_version, application_id
+    #: The settings the content does not carry (see ``SETTINGS``).
+    pragmas: dict[str, int | str] = field(default_factory=dict)
+
+
+#: A database's settings that are part of its identity: ``journal_mode`` is ``wal`` or
+#: ``delete`` (the only mode a database file keeps), the others are numbers.
+SETTINGS = ("page_size", "journal_mode", "auto_vacuum", "user_version", "application_id")
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One path of a snapshot."""
+    """One path of a snapshot: what :func:`item_difference` compares."""
 
     kind: str  # file, dir, symlink, sqlite, other
     mode: int
     digest: str = ""  # file hash, link target, or "" for folders
     database: DatabaseDigest | None = field(default=None, compare=False)
+    uid: int = -1  # -1: unknown
+    gid: int = -1
+    #: For a file sharing its inode with other paths in scope: the first of them in sorted
+    #: order ("" for that first one itself, and for a file with one name).
+    link: str = ""
+    #: Compared only when both sides have one (a backup records it; a snapshot does not).
+    mtime_ns: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,21 +280,32 @@ def database_digest(path: Path) -> DatabaseDigest:
                 tables[name] = table
             else:
                 objects[f"{kind} {name}"] = normalise_sql(sql or "")
-        pragmas = {
-            name: int(connection.execute(f"PRAGMA {name}").fetchone()[0])
-            for name in ("user_version", "application_id")
-        }
+        pragmas = database_settings(connection)
     finally:
         connection.close()
     return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas)
 
 
+def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
+    """The :data:`SETTINGS` of the database ``connection`` reads, read without changing any
+    (``PRAGMA journal_mode`` without a value only answers)."""
+    settings: dict[str, int | str] = {}
+    for name in SETTINGS:
+        value = connection.execute(f"PRAGMA {name}").fetchone()[0]
+        if name == "journal_mode":
+            settings[name] = "wal" if str(value).lower() == "wal" else "delete"
+        else:
+            settings[name] = int(value)
+    return settings
+
+
 def same_database(first: Path, second: Path) -> bool:
-    """Whether two SQLite databases hold the same tables, schema, rows and version pragmas."""
-    return _database_hash(database_digest(first)) == _database_hash(database_digest(second))
+    """Whether two SQLite databases hold the same tables, schema, rows and settings."""
+    return database_hash(database_digest(first)) == database_hash(database_digest(second))
 
 
-def _database_hash(database: DatabaseDigest) -> str:
+def database_hash(database: DatabaseDigest) -> str:
+    """One hash of a database's content and settings: equal hashes, equal databases."""
     digest = xxhash.xxh3_128()
     digest.update(repr(sorted(database.objects.items())).encode("utf-8", "surrogateescape"))
     digest.update(repr(sorted(database.pragmas.items())).encode())
@@ -290,23 +322,45 @@ def _database_hash(database: DatabaseDigest) -> str:
     return digest.hexdigest()
 
 
+def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
+    """Hard links among ``entries``: each file that shares its inode with an earlier one (in
+    the sorted order of names as a manifest stores them) mapped to that first path. Links to
+    files outside ``entries`` do not count."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for entry in entries:
+        if entry.kind == "file" and entry.info.st_nlink > 1:
+            groups.setdefault((entry.info.st_dev, entry.info.st_ino), []).append(entry.rel)
+    leaders: dict[str, str] = {}
+    for names in groups.values():
+        first, *others = sorted(names, key=encode_name)
+        leaders.update(dict.fromkeys(others, first))
+    return leaders
+
+
 def take_snapshot(scope: Scope) -> TreeSnapshot:
-    """Read everything under ``scope`` (symlinks are never followed), the root's own mode
-    included (as ``"."``). Raises :class:`~dopemux_update.UpdateError` naming a path that
-    cannot be read."""
+    """Read everything under ``scope`` (symlinks are never followed), the root's own mode and
+    owners included (as ``"."``). Raises :class:`~dopemux_update.UpdateError` naming a path
+    that cannot be read."""
     root = scope.root.resolve()
     entries = list(walk(Scope(root, scope.excluded, scope.included)))
     databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
-    items: dict[str, Item] = {".": Item("dir", stat.S_IMODE(root.stat().st_mode))}
+    leaders = link_leaders(entries)
+    top = root.stat()
+    items: dict[str, Item] = {
+        ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
+    }
     for entry in entries:
         if entry.kind == "file" and any(
             entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
         ):
             continue  # part of its database, which is compared by content
         try:
-            items[entry.rel] = _item(root, entry, databases)
+            item = _item(root, entry, databases)
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
+        items[entry.rel] = dataclasses.replace(
+            item, uid=entry.info.st_uid, gid=entry.info.st_gid, link=leaders.get(entry.rel, "")
+        )
     return TreeSnapshot(root=scope.root, items=items)
 
 
@@ -325,8 +379,90 @@ def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
         return Item("other", mode, entry.kind)
     if entry.rel in databases:
         database = database_digest(path)
-        return Item("sqlite", mode, _database_hash(database), database)
+        return Item("sqlite", mode, database_hash(database), database)
     return Item("file", mode, hash_file(path)[0])
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def may_set_owner(uid: int, gid: int) -> bool:
+    """Whether this process may give a path owner ``uid`` and group ``gid``: as root, any
+    known owner; otherwise only its own user with one of its own groups. Owners are compared,
+    and a restore sets them, exactly where this holds."""
+    if uid < 0 or gid < 0:
+        return False
+    if os.geteuid() == 0:
+        return True
+    return uid == os.geteuid() and (gid == os.getegid() or gid in os.getgroups())
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One way a path differs from what was expected: ``aspect`` is one of ``kind``,
+    ``target``, ``mode``, ``owner``, ``link``, ``content``, ``PRAGMA <setting>``, ``mtime``."""
+
+    aspect: str
+    expected: str
+    actual: str
+
+
+def item_difference(expected: Item, actual: Item) -> list[Difference]:
+    """Every way the path ``actual`` differs from ``expected`` (empty: identical).
+
+    This is what "identical" means for a tree, for ``verify`` and for the check after a
+    restore alike. Two trees are identical when they hold the same paths (empty folders
+    included), and each path has the same:
+
+    - kind: folder, file, symlink, SQLite database, or special file (fifo, socket, device);
+    - permission bits, setuid, setgid and sticky bits included (folders, files, databases);
+    - owner and group, wherever the process may set them: as root always, otherwise where
+      they are the process's own user and one of its groups;
+    - symlink target, as written (never followed);
+    - file content, byte for byte; a hole in a sparse file reads as zeros, so sparseness is
+      how the content is stored, not part of it;
+    - hard links: which other paths in scope share the file's inode;
+    - SQLite database content (tables with their columns and rows, indexes, views, triggers,
+      AUTOINCREMENT counters) and settings (page size, journal mode WAL or not, auto-vacuum,
+      ``user_version``, ``application_id``); not the page layout, nor the ``-wal``, ``-shm``
+      and ``-journal`` files, which belong to SQLite;
+    - modification time of files, only where both sides record one: a backup does, ``verify``
+      does not (a migration that writes a file back with the same bytes has not changed it).
+    """
+    if expected.kind != actual.kind:
+        return [Difference("kind", expected.kind, actual.kind)]
+    found: list[Difference] = []
+    if expected.kind == "symlink" and expected.digest != actual.digest:
+        found.append(Difference("target", expected.digest, actual.digest))
+    if expected.mode != actual.mode:
+        found.append(Difference("mode", f"{expected.mode:o}", f"{actual.mode:o}"))
+    if (expected.uid, expected.gid) != (actual.uid, actual.gid) and may_set_owner(
+        expected.uid, expected.gid
+    ):
+        found.append(
+            Difference("owner", f"{expected.uid}:{expected.gid}", f"{actual.uid}:{actual.gid}")
+        )
+    if expected.link != actual.link:
+        found.append(Difference("link", expected.link, actual.link))
+    if expected.kind != "symlink" and expected.digest != actual.digest:
+        old, new = expected.database, actual.database
+        settings = []
+        if old is not None and new is not None:
+            settings = [
+                Difference(f"PRAGMA {name}", str(old.pragmas.get(name)), str(new.pragmas.get(name)))
+                for name in SETTINGS
+                if old.pragmas.get(name) != new.pragmas.get(name)
+            ]
+        found.extend(settings)
+        if not settings or old is None or new is None or _content_hash(old) != _content_hash(new):
+            found.append(Difference("content", expected.digest, actual.digest))
+    if None not in (expected.mtime_ns, actual.mtime_ns) and expected.mtime_ns != actual.mtime_ns:
+        found.append(Difference("mtime", str(expected.mtime_ns), str(actual.mtime_ns)))
+    return found
+
+
+def _content_hash(database: DatabaseDigest) -> str:
+    return database_hash(dataclasses.replace(database, pragmas={}))
 
 
 # -- comparing ------------------------------------------------------------------------------
@@ -406,30 +542,37 @@ def _database_changes(path: str, old: DatabaseDigest, new: DatabaseDigest) -> li
     return changes
 
 
-def _what_changed(old: Item, new: Item) -> str:
-    if old.kind != new.kind:
-        return f"was a {old.kind}, now a {new.kind}"
-    if old.digest != new.digest:
-        return {"symlink": "link target", "other": "kind"}.get(old.kind, "content")
-    return f"mode {old.mode:o} → {new.mode:o}"
+def _what_changed(difference: Difference) -> str:
+    aspect, old, new = difference.aspect, difference.expected, difference.actual
+    if aspect == "kind":
+        return f"was a {old}, now a {new}"
+    if aspect == "target":
+        return "link target"
+    if aspect == "content":
+        return "content"
+    if aspect == "link":
+        return f"hard link {old or 'none'} → {new or 'none'}"
+    return f"{aspect} {old} → {new}"
 
 
 def diff_snapshots(before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
-    """What changed from ``before`` to ``after``; empty when they hold the same."""
+    """What changed from ``before`` to ``after``; empty when they hold the same (in the sense
+    of :func:`item_difference`)."""
     added = tuple(sorted(after.items.keys() - before.items.keys()))
     removed = tuple(sorted(before.items.keys() - after.items.keys()))
     changed: list[PathChange] = []
     databases: list[DatabaseChange] = []
     for rel in sorted(before.items.keys() & after.items.keys()):
         old, new = before.items[rel], after.items[rel]
-        if old == new:
+        if old.kind == "other" and old.kind == new.kind and old.digest != new.digest:
+            changed.append(PathChange(rel, "kind"))
             continue
-        if old.kind == new.kind == "sqlite" and old.digest != new.digest:
+        found = item_difference(old, new)
+        if old.kind == "sqlite" and new.kind == "sqlite" and old.digest != new.digest:
             assert old.database is not None  # noqa: S101 - always set for kind "sqlite"
             assert new.database is not None  # noqa: S101
             databases.extend(_database_changes(rel, old.database, new.database))
-            if old.mode != new.mode:
-                changed.append(PathChange(rel, f"mode {old.mode:o} → {new.mode:o}"))
-        else:
-            changed.append(PathChange(rel, _what_changed(old, new)))
+            found = [d for d in found if d.aspect in ("mode", "owner", "link")]
+        if found:
+            changed.append(PathChange(rel, "; ".join(_what_changed(d) for d in found)))
     return TreeDiff(added, removed, tuple(changed), tuple(databases))

@@ -237,6 +237,11 @@ def _update_options(function: F) -> F:
             show_default=True,
             help="Backups kept after a successful update.",
         ),
+        click.option(
+            "--full-backup",
+            is_flag=True,
+            help="Copy every file into the backup, sharing none with older backups.",
+        ),
         common_options,
     ]
     for decorator in reversed(decorators):
@@ -312,6 +317,7 @@ class UpdateOptions:
     keep_backups: int
     timeout: float | None
     grace: float
+    full_backup: bool = False
 
 
 def _update(expected: Direction, to_version: str | None, **options: Any) -> int:
@@ -356,6 +362,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         keep_backups=opts.keep_backups,
         timeout=opts.timeout,
         grace=opts.grace,
+        full_backup=opts.full_backup,
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
     the_plan = anyio.run(phase.plan)
