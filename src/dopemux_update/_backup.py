@@ -274,10 +274,11 @@ def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
         Scope(Path(manifest.root), manifest.excluded, manifest.included).matchers()
     except ValueError as exc:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
-    earlier: set[str] = set()
-    for rel, entry in entries.items():
+    earlier: set[str] = set()  # in the order a backup writes them: sorted by stored name
+    for stored in sorted(manifest.entries):
+        rel = decode_name(stored)
         _check_relative(rel, backup_id)
-        problem = _check_entry(rel, entry, entries, earlier)
+        problem = _check_entry(rel, entries[rel], entries, earlier)
         if problem:
             raise BackupError(
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
