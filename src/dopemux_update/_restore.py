@@ -47,6 +47,7 @@ __all__ = ["RestoreReport", "restore"]
 logger = structlog.get_logger("dopemux_update")
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_HELD_FOLDERS = 256
 _GLOB = re.compile(r"\[([*?\[])\]|([*?\[])")
 
 
@@ -231,10 +232,10 @@ class _Folders:
             return found
         parent_rel, name = _split(rel)
         parent = self.fd(parent_rel)
-        self._widen(parent_rel)
         try:
             fd = os.open(name, _OPEN_DIR, dir_fd=parent)
-        except PermissionError:
+        except PermissionError:  # made unreadable, or its parent unsearchable, by its owner
+            self._widen(parent_rel)
             self._widen(rel)
             fd = os.open(name, _OPEN_DIR, dir_fd=parent)
         except OSError as exc:
@@ -254,6 +255,13 @@ class _Folders:
         if widen:
             self._widen(parent_rel)
         return fd, name
+
+    def trim(self) -> None:
+        """Close the folders held open but the root, when there are many (a deep or wide
+        tree must not run out of descriptors); they are opened again when needed."""
+        if len(self.fds) > _HELD_FOLDERS:
+            for rel in [r for r in self.fds if r]:
+                os.close(self.fds.pop(rel))
 
     def forget(self, rel: str) -> None:
         """Close ``rel`` and what is under it: that folder is about to go."""
@@ -320,9 +328,20 @@ def _owner(entry: Entry, info: os.stat_result) -> tuple[int, int] | None:
     if (uid, gid) == (info.st_uid, info.st_gid):
         return None
     if not _may_own(uid if uid != info.st_uid else -1, gid if gid != info.st_gid else -1):
-        logger.warning("restore.owner_skipped", uid=uid, gid=gid)
+        logger.debug("restore.owner_skipped", uid=uid, gid=gid)
         return None
     return uid, gid
+
+
+def _differs(entry: Entry, info: os.stat_result) -> bool:
+    """Whether the owner, mode or (for a file) mtime differ from what ``entry`` says."""
+    uid = info.st_uid if entry.uid == -1 else entry.uid
+    gid = info.st_gid if entry.gid == -1 else entry.gid
+    return (
+        (uid, gid) != (info.st_uid, info.st_gid)
+        or (entry.type != "symlink" and stat.S_IMODE(info.st_mode) != entry.mode)
+        or (entry.type == "file" and info.st_mtime_ns != entry.mtime_ns)
+    )
 
 
 def _put_file(source: Path, folder: int, name: str, entry: Entry) -> None:
@@ -395,6 +414,7 @@ class _Restorer:
         """Name the path in any OS or SQLite error."""
         try:
             yield
+            self.folders.trim()
         except (OSError, sqlite3.Error) as exc:
             reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             raise BackupError(
@@ -449,9 +469,12 @@ class _Restorer:
         if entry.type == "hardlink":
             return False  # the file it links to carries them
         item = self.live.get(rel)
-        folder, name = self.folders.parent(rel, widen=False)
         opened = self.folders.widened.pop(rel, None)  # its mode before the restore opened it
-        if touched or item is None or opened is not None:
+        fresh = touched or item is None or opened is not None
+        if not fresh and item is not None and not _differs(entry, item.info):
+            return False
+        folder, name = self.folders.parent(rel, widen=False)
+        if fresh or item is None:
             info = os.stat(name, dir_fd=folder, follow_symlinks=False)
         else:
             info = item.info
