@@ -25,6 +25,7 @@ import anyio.to_thread
 import pytest
 import xxhash
 
+from conftest import MigrationWriter
 from dopemux_update import BackupError, BackupStore, Scope
 from dopemux_update import _sqlite as sqlite_module
 from dopemux_update._backup import sign_manifest
@@ -604,3 +605,70 @@ def test_a_file_edited_keeping_size_and_mtime_is_put_back(installation: Path) ->
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p / rsync -a leave it
     store.restore(info.id, installation)
     assert path.read_text() == "# keep me\nlog_level: info\n"
+
+
+# -- end to end: a failed upgrade whose rollback meets these -----------------------------------
+
+
+def upgrade(installation: Path, migrations: MigrationWriter) -> subprocess.CompletedProcess[str]:
+    where = ("--root", str(installation), "--migrations", str(migrations.root))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dopemux_update", *args, *where],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    assert cli("stamp", "1.0").returncode == 0
+    done = cli("upgrade", "--yes", "--json")
+    assert cli("status").returncode == 0  # nothing left to recover
+    return done
+
+
+def test_a_rollback_puts_back_a_database_whose_page_size_changed_under_wal(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    db = installation / "app.db"
+    make_wal_database(db)
+    before = rows(db)
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_page_size.py",
+        forward=(
+            "import sqlite3\n"
+            "conn = sqlite3.connect(project_root / 'app.db', isolation_level=None)\n"
+            "for s in ('PRAGMA journal_mode=DELETE', 'PRAGMA page_size=8192', 'VACUUM',\n"
+            "          'PRAGMA journal_mode=WAL', 'DELETE FROM notes WHERE id > 5'):\n"
+            "    conn.execute(s)\n"
+            "conn.close()\n"
+            "return True"
+        ),
+    )
+    migrations.add("v1.0_to_v1.1", "2_fails.py", forward="return False")
+    done = upgrade(installation, migrations)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert rows(db) == before
+    assert settings(db)["page_size"] == 4096
+
+
+def test_a_rollback_removes_a_folder_a_failed_migration_cloned_a_repository_into(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_clone.py",
+        forward=(
+            "clone = project_root / 'plugins' / 'extra'\n"
+            "(clone / '.git' / 'refs').mkdir(parents=True)\n"
+            "(clone / '.git' / 'HEAD').write_text('ref: refs/heads/main')\n"
+            "(clone / 'plugin.py').write_text('pass')\n"
+            "return False"
+        ),
+    )
+    done = upgrade(installation, migrations)
+    assert done.returncode == 1, done.stderr
+    assert not (installation / "plugins").exists()
