@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -550,6 +551,20 @@ async def test_a_cancelled_run_stops_waiting_for_a_held_database(
         await anyio.to_thread.run_sync(sqlite_module.capture, held_database, tmp_path / "copy")
     assert scope.cancelled_caught
     assert time.monotonic() - started < 10
+
+
+def test_a_pool_thread_waiting_for_a_held_database_stops_when_told(
+    held_database: Path, tmp_path: Path
+) -> None:
+    """Threads that are no anyio workers (the backup's copy pool) learn of a cancellation
+    through an event; BUSY_SECONDS is 30 here."""
+    cancelled = threading.Event()
+    cancelled.set()
+    started = time.monotonic()
+    with pytest.raises(BackupError, match=r"app\.db was cancelled"):
+        sqlite_module.capture(held_database, tmp_path / "copy", cancelled=cancelled)
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "copy-journal").exists()
 
 
 # -- owners, hard links, unchanged files (issue 11 items 1, 2 and 4, restore side) ------------

@@ -22,6 +22,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -106,18 +107,24 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 class _Deadline:
     """The one wait a database gets, shared by every step that may meet its lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cancelled: threading.Event | None = None) -> None:
         self.path = path
         self.ends = time.monotonic() + BUSY_SECONDS
+        self.cancelled = cancelled
 
     def check(self) -> None:
-        _check_cancelled()
+        self.check_cancelled()
         if time.monotonic() >= self.ends:
             raise BackupError(
                 f"the database {self.path} is locked by another program; waited"
                 f" {BUSY_SECONDS:g} s (a service holding it with locking_mode=EXCLUSIVE?)."
                 " Nothing was changed: stop that program and try again"
             )
+
+    def check_cancelled(self) -> None:
+        _check_cancelled()
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise BackupError(f"the copy of the database {self.path} was cancelled")
 
     def retry(self, call: Callable[[], _T]) -> _T:
         """``call()``, again after each "database is locked" until the deadline."""
@@ -137,22 +144,24 @@ class _Deadline:
             if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 self.check()
             elif status != sqlite3.SQLITE_DONE:
-                _check_cancelled()
+                self.check_cancelled()
 
         self.retry(
             lambda: source.backup(target, pages=_STEP_PAGES, progress=progress, sleep=_POLL_SECONDS)
         )
 
 
-def capture(live: Path, copy: Path) -> None:
+def capture(live: Path, copy: Path, *, cancelled: threading.Event | None = None) -> None:
     """Copy the database at ``live`` into a new file ``copy``, consistently, while it may be
     in use. The copy is left in rollback-journal mode, so that reading it never creates
     ``-wal``/``-shm`` files beside it.
 
     Raises :class:`BackupError` when another program keeps the database locked longer than
-    :data:`BUSY_SECONDS`; other SQLite errors (a damaged file) are raised as they are.
+    :data:`BUSY_SECONDS`, or when ``cancelled`` is set (a thread that is no anyio worker,
+    e.g. of a pool, learns of a cancellation so); other SQLite errors (a damaged file) are
+    raised as they are.
     """
-    deadline = _Deadline(live)
+    deadline = _Deadline(live, cancelled)
     try:
         with contextlib.ExitStack() as stack:
             source = deadline.retry(lambda: open_for_reading(live, timeout=_POLL_SECONDS))
