@@ -191,9 +191,16 @@ class _Folders:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.fds = {"": os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)}
         self.widened: dict[str, int] = {}
         self._root_user = os.geteuid() == 0
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except PermissionError:
+            mode = stat.S_IMODE(root.stat().st_mode)
+            root.chmod(mode | stat.S_IRWXU)
+            self.widened[""] = mode
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fds = {"": fd}
 
     def close(self) -> None:
         for rel, mode in sorted(self.widened.items(), reverse=True):
@@ -578,7 +585,12 @@ def restore(
         if on_progress is not None:
             on_progress(done, total)
 
-    folders = _Folders(scope.root)
+    try:
+        folders = _Folders(scope.root)
+    except OSError as exc:
+        raise BackupError(
+            f"could not open {scope.root}: {exc.strerror or exc}", backup_id=backup_id
+        ) from exc
     try:
         restorer = _Restorer(
             folders, tree, wanted, live, _literal_exclusions(manifest.excluded), backup_id
