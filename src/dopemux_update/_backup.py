@@ -12,6 +12,7 @@ mode) is hard-linked to that backup's copy: backing up an unchanged tree costs s
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import concurrent.futures
 import contextlib
@@ -213,8 +214,8 @@ def _unchanged(old: Entry, info: os.stat_result) -> bool:
 
 def _check_relative(rel: str, backup_id: str) -> None:
     """A manifest path must be relative, with no empty, ``.`` or ``..`` part and no NUL."""
-    parts = rel.split("/")
-    if "\x00" in rel or any(part in ("", ".", "..") for part in parts):
+    wrapped = f"/{rel}/"
+    if "\x00" in rel or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise BackupError(
             f"manifest names a path outside the installation: {rel!r}", backup_id=backup_id
         )
@@ -246,18 +247,25 @@ def _check_entry(rel: str, entry: Entry, entries: dict[str, Entry], earlier: set
             problem = f"a hard link to {entry.target!r}, which is no earlier file of the backup"
     elif entry.type != "sqlite" and entry.sqlite:
         problem = "SQLite settings on something that is no database"
-    if problem:
+    if problem or not entry.sqlite:
         return problem
-    parts = rel.split("/")
-    for depth in range(1, len(parts)):
-        above = entries.get("/".join(parts[:depth]))
-        if above is not None and above.type != "dir":
-            return f"it sits under {'/'.join(parts[:depth])!r}, which is a {above.type}"
     try:
         _sqlite.check_settings(entry.sqlite)
     except ValueError as exc:
         return str(exc)
     return ""
+
+
+def _under_a_non_folder(entries: dict[str, Entry]) -> tuple[str, str] | None:
+    """An entry that sits under one that is no folder (a symlink, a file), and that one."""
+    names = sorted(entries)
+    for rel, entry in entries.items():
+        if entry.type == "dir":
+            continue
+        below = bisect.bisect_left(names, rel + "/")
+        if below < len(names) and names[below].startswith(rel + "/"):
+            return names[below], rel
+    return None
 
 
 def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
@@ -284,6 +292,14 @@ def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
             )
         earlier.add(rel)
+    found = _under_a_non_folder(entries)
+    if found is not None:
+        rel, above = found
+        raise BackupError(
+            f"manifest is unreadable: entry {rel!r}: it sits under {above!r}, which is a"
+            f" {entries[above].type}",
+            backup_id=backup_id,
+        )
 
 
 def _key_path(backups_dir: Path) -> Path:
