@@ -333,15 +333,19 @@ def test_include_and_a_folder_a_migration_replaced_by_a_symlink(
     assert not list(elsewhere.iterdir())
 
 
-def test_a_file_name_of_255_bytes_is_restored(installation: Path) -> None:
+def test_file_and_database_names_near_name_max_are_restored(installation: Path) -> None:
     long = installation / ("n" * 251 + ".txt")
     long.write_text("original\n")
     (installation / "config" / ("é" * 127)).write_text("two-byte name\n")  # 254 bytes
+    db = installation / ("d" * 236 + ".db")  # its -journal is 247 bytes: SQLite's limit
+    make_wal_database(db)
     store, scope = store_and_scope(installation)
     info = store.create(scope)
     long.write_text("migrated, longer\n")
     (installation / "config" / ("é" * 127)).unlink()
+    db.unlink()
     store.restore(info.id, installation)
+    assert len(rows(db)) == 50
     assert long.read_text() == "original\n"
     assert (installation / "config" / ("é" * 127)).read_text() == "two-byte name\n"
     assert not list(installation.rglob(".dmx-restore-*"))
