@@ -447,6 +447,21 @@ class _Restorer:
                 return
             _purge(folder, name)  # made after the backup, with excluded names in it
 
+    def hardlink(self, rel: str) -> None:
+        """``rel`` as another name of the file its entry's target names."""
+        source, source_name = self.folders.parent(self.wanted[rel].target, widen=False)
+        folder, name = self.folders.parent(rel)
+
+        def make(tmp: str) -> None:
+            os.link(source_name, tmp, src_dir_fd=source, dst_dir_fd=folder, follow_symlinks=False)
+
+        _put_link(folder, name, make)
+
+    def symlink(self, rel: str) -> None:
+        folder, name = self.folders.parent(rel)
+        target = self.wanted[rel].target
+        _put_link(folder, name, lambda tmp: os.symlink(target, tmp, dir_fd=folder))
+
     def database(self, rel: str) -> None:
         entry = self.wanted[rel]
         folder, name = self.folders.parent(rel)
@@ -517,30 +532,15 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
         crash_point("restore.file")
         progress(rel)
     for rel in plan.hardlinks:
-        target = wanted[rel].target
         with restorer.at(rel):
-            source, source_name = folders.parent(target, widen=False)
-            folder, name = folders.parent(rel)
-            _put_link(
-                folder,
-                name,
-                lambda tmp, s=source, n=source_name, f=folder: os.link(  # type: ignore[misc]
-                    n, tmp, src_dir_fd=s, dst_dir_fd=f, follow_symlinks=False
-                ),
-            )
+            restorer.hardlink(rel)
     for rel in plan.databases:
         with restorer.at(rel):
             restorer.database(rel)
         progress(rel)
     for rel in plan.links:  # last: no later step can meet a link the restore made
         with restorer.at(rel):
-            folder, name = folders.parent(rel)
-            link_target = wanted[rel].target
-            _put_link(
-                folder,
-                name,
-                lambda tmp, t=link_target, f=folder: os.symlink(t, tmp, dir_fd=f),  # type: ignore[misc]
-            )
+            restorer.symlink(rel)
     touched = plan.touched() | set(plan.databases) | set(plan.metadata)
     created = {*plan.mkdir, *plan.write, *plan.links, *plan.databases, *plan.hardlinks}
     fixed = []
