@@ -26,6 +26,7 @@ from dopemux_update import (
     recover,
 )
 from dopemux_update import _backup as backup_module
+from dopemux_update._backup import sign_manifest
 
 
 def store_and_scope(root: Path, **kw: Any) -> tuple[BackupStore, Scope]:
@@ -189,6 +190,7 @@ def test_a_manifest_naming_paths_outside_the_root_is_refused(installation: Path)
     raw = json.dumps(document).encode()
     manifest.write_bytes(raw)
     (info.path / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
+    (info.path / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))
     with pytest.raises(BackupError, match="outside the installation"):
         store.restore(info.id, installation)
     assert not (installation.parent / "escaped").exists()

@@ -28,11 +28,6 @@ from dopemux_update._identical import differences
 from dopemux_update._snapshot import diff_snapshots, item_difference, take_snapshot
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
-needs_restore_of_owners_links_and_settings = pytest.mark.xfail(
-    strict=True,
-    reason="the restore puts back owners, hard links and SQLite settings in helper B's"
-    " _restore change (issue 11); this passes once it is merged",
-)
 
 
 def store_and_scope(root: Path) -> tuple[BackupStore, Scope]:
@@ -173,7 +168,6 @@ def test_owners_the_process_may_not_set_are_not_compared(installation: Path) -> 
 
 
 @as_root
-@needs_restore_of_owners_links_and_settings
 def test_a_rolled_back_in_place_edit_keeps_the_files_owner(
     installation: Path, migrations: MigrationWriter
 ) -> None:
@@ -258,7 +252,6 @@ def test_verify_snapshots_compare_sqlite_settings(tmp_path: Path) -> None:
     ]
 
 
-@needs_restore_of_owners_links_and_settings
 def test_a_rolled_back_switch_from_wal_to_delete_is_wal_again(
     installation: Path, migrations: MigrationWriter
 ) -> None:
@@ -315,7 +308,6 @@ def test_a_snapshot_compares_hard_links(installation: Path) -> None:
     assert [(c.path, c.what) for c in diff.changed] == [("two", "hard link one → none")]
 
 
-@needs_restore_of_owners_links_and_settings
 def test_a_rolled_back_migration_that_split_hard_links_joins_them_again(
     installation: Path, migrations: MigrationWriter
 ) -> None:

@@ -450,20 +450,28 @@ def test_a_damaged_file_with_the_sqlite_header_is_backed_up_as_a_plain_file(
     assert damaged.read_bytes() == b"overwritten"
 
 
-def test_an_unreadable_folder_stops_the_backup_with_an_error_naming_it(reachable: Path) -> None:
+def _unprivileged_installation(reachable: Path) -> Path:
     root = reachable / "install"
     (root / "migrations" / "v1.0_to_v1.1").mkdir(parents=True)
     (root / "migrations" / "v1.0_to_v1.1" / "1_a.py").write_text(
         "MIGRATION_INFO = {'version_from': '1.0', 'version_to': '1.1', 'description': 'd',"
         " 'breaking_changes': False, 'estimated_duration_seconds': 1, 'requires_restart': []}\n"
-        "def migrate_forward(root):\n    (root / 'changed').write_text('x')\n    return True\n"
+        "def migrate_forward(root):\n    (root / 'changed').write_text('x')\n    return False\n"
         "def migrate_backward(root):\n    return True\n"
     )
     (root / "private").mkdir()
     (root / "private" / "key").write_text("k")
     for path in (root, *root.rglob("*")):
         os.chown(path, UNPRIVILEGED, UNPRIVILEGED, follow_symlinks=False)
-    (root / "private").chmod(0)
+    return root
+
+
+def test_a_folder_another_user_owns_and_keeps_closed_stops_the_backup_naming_it(
+    reachable: Path,
+) -> None:
+    root = _unprivileged_installation(reachable)
+    os.chown(root / "private", 0, 0)
+    (root / "private").chmod(0o700)
     assert as_unprivileged("stamp", "1.0", "--root", str(root)).returncode == 0
     before = tree_digest(root)
     for command in (["backups", "create"], ["upgrade", "--no-restart"]):
@@ -473,6 +481,22 @@ def test_an_unreadable_folder_stops_the_backup_with_an_error_naming_it(reachable
         error = json_of(done)["error"]
         assert f"{root / 'private'}: cannot be read (Permission denied)" in error
         assert tree_digest(root) == before
+
+
+def test_a_folder_its_owner_made_unreadable_is_backed_up_and_closed_again(
+    reachable: Path,
+) -> None:
+    root = _unprivileged_installation(reachable)
+    (root / "private").chmod(0)
+    assert as_unprivileged("stamp", "1.0", "--root", str(root)).returncode == 0
+    before = tree_digest(root)
+    done = as_unprivileged("backups", "create", "--json", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((root / "private").stat().st_mode) == 0
+    failed = as_unprivileged("upgrade", "--no-restart", "--json", "--root", str(root))
+    assert failed.returncode == 1, failed.stderr
+    assert json_of(failed)["verified_identical"] is True
+    assert tree_digest(root) == before
 
 
 def test_a_rehearsal_keeps_the_last_lines_of_a_flood_of_output(

@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = [
     "Scope",
     "TreeEntry",
+    "close_opened",
     "decode_name",
     "encode_name",
     "kind_of",
@@ -174,24 +175,63 @@ class TreeEntry:
     in_scope: bool  # False for a folder walked only because included paths lie inside it
 
 
-def walk(scope: Scope) -> Iterator[TreeEntry]:
-    """Every path of ``scope``, parents before children; symlinks are never followed."""
+def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Iterator[TreeEntry]:
+    """Every path of ``scope``, parents before children; symlinks are never followed.
+
+    A folder its owner made unreadable (``chmod 000``) is opened for the owner (``u+rx``)
+    while it is walked and given its mode back at the end; the entries report the modes
+    they had. A caller that reads files inside after the walk passes ``opened``: those
+    folders are listed there (with their modes) and stay open until it calls
+    :func:`close_opened`. One the process may not open (another user's) raises
+    PermissionError.
+    """
     excluded, included = scope.matchers()
     stack: list[tuple[str, bool]] = [("", not included)]
-    while stack:
-        relative, inside = stack.pop()
-        folder = scope.root / relative if relative else scope.root
-        with os.scandir(folder) as entries:
-            children = sorted(entries, key=lambda e: e.name, reverse=True)
-        for child in children:
-            rel = f"{relative}/{child.name}" if relative else child.name
-            if any(p.fullmatch(rel) for p in excluded):
-                continue
-            in_scope = inside or any(p.fullmatch(rel) for p in included)
-            info = child.stat(follow_symlinks=False)
-            kind = kind_of(info.st_mode)
-            if kind == "dir":
-                yield TreeEntry(rel, info, kind, in_scope)
-                stack.append((rel, in_scope))
-            elif in_scope:
-                yield TreeEntry(rel, info, kind, in_scope)
+    keep_open = opened is not None
+    opened = [] if opened is None else opened
+    try:
+        while stack:
+            relative, inside = stack.pop()
+            folder = scope.root / relative if relative else scope.root
+            with _scandir(folder, opened) as entries:
+                children = sorted(entries, key=lambda e: e.name, reverse=True)
+            for child in children:
+                rel = f"{relative}/{child.name}" if relative else child.name
+                if any(p.fullmatch(rel) for p in excluded):
+                    continue
+                in_scope = inside or any(p.fullmatch(rel) for p in included)
+                info = child.stat(follow_symlinks=False)
+                kind = kind_of(info.st_mode)
+                if kind == "dir":
+                    yield TreeEntry(rel, info, kind, in_scope)
+                    stack.append((rel, in_scope))
+                elif in_scope:
+                    yield TreeEntry(rel, info, kind, in_scope)
+    finally:
+        if not keep_open:
+            close_opened(opened)
+
+
+def close_opened(opened: list[tuple[Path, int]]) -> None:
+    """Give the folders a walk opened for their owner their modes back, deepest first."""
+    for path, mode in reversed(opened):
+        with contextlib.suppress(OSError):
+            path.chmod(mode, follow_symlinks=False)
+    opened.clear()
+
+
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _scandir(
+    folder: Path, opened: list[tuple[Path, int]]
+) -> contextlib.AbstractContextManager[Iterator[os.DirEntry[str]]]:
+    """``os.scandir(folder)``, first giving its owner ``u+rx`` if that is what it lacks
+    (the original mode is added to ``opened``, to be put back)."""
+    if not os.access(folder, os.R_OK | os.X_OK, effective_ids=_EFFECTIVE, follow_symlinks=False):
+        info = folder.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            wanted = stat.S_IMODE(info.st_mode) | stat.S_IRUSR | stat.S_IXUSR
+            folder.chmod(wanted, follow_symlinks=False)
+            opened.append((folder, stat.S_IMODE(info.st_mode)))
+    return os.scandir(folder)
