@@ -33,6 +33,7 @@ import secrets
 import shutil
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +76,7 @@ TREE = "tree"
 FORMAT = 3  # 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest
 _KEY_BYTES = 32
 _WORKERS = max(2, min(8, os.cpu_count() or 2))  # copying is CPU-bound: one per core
+_CANCEL_POLL_SECONDS = 0.2  # how soon a cancelled backup notices, between stored files
 _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
 
 ProgressCallback = Callable[[int, int], None]
@@ -197,14 +199,18 @@ class _Job:
     previous: Entry | None = None
 
 
-def _capture_one(root: Path, tree: Path, job: _Job) -> Entry:
-    """Copy one file (hashing what is written) or capture one database; runs in a worker."""
+def _capture_one(
+    root: Path, tree: Path, job: _Job, cancelled: threading.Event | None = None
+) -> Entry:
+    """Copy one file (hashing what is written) or capture one database; runs in a worker.
+
+    ``cancelled`` stops a database capture waiting for a lock between its steps."""
     source, stored = root / job.rel, tree / job.rel
     info = job.entry.info
     mode = stat.S_IMODE(info.st_mode)
     if job.action == "sqlite":
         try:
-            _sqlite.capture(source, stored)
+            _sqlite.capture(source, stored, cancelled=cancelled)
         except sqlite3.DatabaseError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
                 raise
@@ -257,6 +263,44 @@ def _settings(stored: Path, *, wal: bool) -> dict[str, int | str]:
         connection.close()
     settings["journal_mode"] = "wal" if wal else "delete"
     return settings
+
+
+def _capture_all(
+    root: Path,
+    tree: Path,
+    copies: Sequence[_Job],
+    total: int,
+    on_progress: ProgressCallback | None,
+) -> dict[str, Entry]:
+    """Copy or capture every job in a pool of threads; the caller's thread reports progress
+    and watches for a cancellation, which it passes on to the pool."""
+    entries: dict[str, Entry] = {}
+    done = 0
+    cancelled = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+        futures = {pool.submit(_capture_one, root, tree, job, cancelled): job for job in copies}
+        pending = set(futures)
+        try:
+            while pending:
+                # The pool's threads are no anyio workers: this one learns of a
+                # cancellation (Ctrl-C) and tells them through ``cancelled``.
+                _sqlite.check_cancelled()
+                finished, pending = concurrent.futures.wait(
+                    pending, timeout=_CANCEL_POLL_SECONDS, return_when="FIRST_COMPLETED"
+                )
+                for future in finished:
+                    job = futures[future]
+                    entries[encode_name(job.rel)] = future.result()
+                    crash_point("backup.file")
+                    done += allocated(job.entry.info)
+                    if on_progress is not None:
+                        on_progress(done, total)
+        except BaseException:
+            cancelled.set()
+            for future in futures:
+                future.cancel()
+            raise
+    return entries
 
 
 def _new_id() -> str:
@@ -836,21 +880,7 @@ class BackupStore:
                 self._link_unchanged(tree, previous, [j for j in jobs if j.action == "link"])
             )
         copies = [j for j in jobs if j.action != "link"]
-        done = 0
-        with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-            futures = {pool.submit(_capture_one, scope.root, tree, job): job for job in copies}
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    job = futures[future]
-                    entries[encode_name(job.rel)] = future.result()
-                    crash_point("backup.file")
-                    done += allocated(job.entry.info)
-                    if on_progress is not None:
-                        on_progress(done, total)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        entries.update(_capture_all(scope.root, tree, copies, total, on_progress))
         by_name = {item.rel: item for item in found if item.rel in links}
         for rel, first in links.items():
             info = by_name[rel].info

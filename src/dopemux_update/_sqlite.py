@@ -38,6 +38,7 @@ __all__ = [
     "SIDECARS",
     "apply_settings",
     "capture",
+    "check_cancelled",
     "check_settings",
     "is_sqlite",
     "is_wal",
@@ -84,16 +85,16 @@ def _uri(path: Path, **params: str) -> str:
     return f"file:{urllib.parse.quote(os.fsencode(path.resolve()))}?{query}"
 
 
-def _check_cancelled() -> None:
+def check_cancelled() -> None:
     """Raise the run's cancellation if this worker thread's task was cancelled (Ctrl-C).
 
     Only in a thread started by ``anyio.to_thread.run_sync``; called elsewhere (the plain
     sync API) it does nothing, and a Ctrl-C arrives between two steps as KeyboardInterrupt.
     """
-    from anyio.from_thread import check_cancelled  # noqa: PLC0415 - only when copying
+    from anyio import from_thread  # noqa: PLC0415 - only when copying
 
     with contextlib.suppress(RuntimeError):  # not an anyio worker thread
-        check_cancelled()
+        from_thread.check_cancelled()
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -121,7 +122,7 @@ class _Deadline:
             )
 
     def check_cancelled(self) -> None:
-        _check_cancelled()
+        check_cancelled()
         if self.cancelled is not None and self.cancelled.is_set():
             raise BackupError(f"the copy of the database {self.path} was cancelled")
 
