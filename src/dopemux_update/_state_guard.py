@@ -1,0 +1,122 @@
+"""Protect a run from its own migrations: its state folder and the working directory.
+
+A migration is arbitrary code. One that deletes ``.dopemux/`` (a "move the database out"
+restructure) takes the run's journal and backup with it; one that calls ``os.chdir`` would
+send every relative path elsewhere. The run resolves its paths once, before any migration is
+imported, and after each migration call checks, with a few ``stat`` calls, that the state
+folder, the journal and the backup are the very files it made, and that the working
+directory is where it was.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from ._backup import MANIFEST, MANIFEST_SUM
+from ._exceptions import UpdateError
+
+__all__ = ["StateGuard", "StateTamperedError", "absolute", "restore_cwd"]
+
+logger = structlog.get_logger("dopemux_update")
+
+_Identity = tuple[int, ...]
+
+
+class StateTamperedError(UpdateError):
+    """A migration deleted or replaced the run's state folder, journal or backup."""
+
+    def __init__(self, migration_id: str, what: str) -> None:
+        self.migration_id = migration_id
+        self.what = what
+        super().__init__(f"{migration_id} {what}")
+
+
+def _identity(path: Path, *, content: bool = False) -> _Identity | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if content:
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    return info.st_dev, info.st_ino
+
+
+@dataclass
+class StateGuard:
+    """What the state folder held when the run began its migrations."""
+
+    state_dir: Path
+    journal: Path
+    backup: Path | None
+    backup_files: tuple[Path, ...]
+    _ids: dict[Path, _Identity | None]
+
+    @classmethod
+    def capture(cls, state_dir: Path, journal: Path, backup: Path | None) -> StateGuard:
+        files: tuple[Path, ...] = ()
+        if backup is not None:
+            files = (backup / MANIFEST, backup / MANIFEST_SUM)
+        ids = {state_dir: _identity(state_dir), journal: _identity(journal)}
+        if backup is not None:
+            ids[backup] = _identity(backup)
+        ids.update({path: _identity(path, content=True) for path in files})
+        return cls(state_dir, journal, backup, files, ids)
+
+    def problems(self) -> list[str]:
+        """What is no longer as it was: ``["the journal ... was deleted", ...]``."""
+        found = []
+        if _identity(self.state_dir) != self._ids[self.state_dir]:
+            found.append(f"the state folder {self.state_dir} was deleted or replaced")
+        if _identity(self.journal) != self._ids[self.journal]:
+            found.append(f"the journal {self.journal} was deleted or replaced")
+        if self.backup is not None:
+            if _identity(self.backup) != self._ids[self.backup]:
+                found.append(f"the backup {self.backup} was deleted or replaced")
+            elif any(_identity(f, content=True) != self._ids[f] for f in self.backup_files):
+                found.append(f"the backup {self.backup} was changed")
+        return found
+
+    def backup_usable(self) -> bool:
+        """The backup's folder and manifest are still the ones the run wrote."""
+        if self.backup is None:
+            return False
+        return _identity(self.backup) == self._ids[self.backup] and all(
+            _identity(f, content=True) == self._ids[f] for f in self.backup_files
+        )
+
+    def check(self, migration_id: str) -> None:
+        """Raise :class:`StateTamperedError` naming ``migration_id`` if anything changed."""
+        found = self.problems()
+        if found:
+            what = "deleted or changed the update's own state: " + "; ".join(found)
+            logger.error("migration.touched_state", migration_id=migration_id, problems=found)
+            raise StateTamperedError(migration_id, what)
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` made absolute against the working directory now (links are not followed)."""
+    return Path(path).absolute()
+
+
+def restore_cwd(expected: str, migration_id: str) -> str | None:
+    """If the working directory is no longer ``expected``, log it and go back there.
+
+    Returns where it had gone (None when it had not moved). A folder that was removed under
+    the process reads as ``"(deleted)"``.
+    """
+    try:
+        now = str(Path.cwd())
+    except OSError:
+        now = "(deleted)"
+    if now == expected:
+        return None
+    logger.warning("migration.changed_cwd", migration_id=migration_id, cwd=now, restored=expected)
+    try:
+        os.chdir(expected)
+    except OSError as exc:
+        logger.error("migration.cwd_not_restored", cwd=expected, error=str(exc))
+    return now
