@@ -232,6 +232,9 @@ def time_limit_options(function: F) -> F:
 
 def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
     configure_logging(verbose, json_logs=as_json)
+    # Absolute once: a migration that changes the working directory cannot redirect anything.
+    root = root.absolute()
+    migrations = migrations.absolute() if migrations is not None else None
     return Context(
         root=root,
         migrations=migrations if migrations is not None else root / "migrations",
