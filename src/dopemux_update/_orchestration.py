@@ -745,6 +745,8 @@ class OrchestrationPhase:
             store.record(installed_version=None, run=self._record(run, verdict))
             if run.journal is not None and not run.needs_recovery:
                 run.journal.retire()  # the run is over and its outcome recorded
+            if run.journal is not None:
+                run.journal.close()  # also a journal rebuilt after a migration removed ours
 
         try:
             await anyio.to_thread.run_sync(close)
