@@ -528,3 +528,26 @@ def test_a_stamp_force_closes_a_run_recover_cannot_settle(installation: Path) ->
     assert len(list(state.glob("journal.jsonl.closed-*"))) == 1
     again = cli("recover", "--root", str(installation), "--json")
     assert json.loads(again.stdout)["action"] == "none"
+
+
+def test_recover_over_a_corrupt_state_file_says_what_to_do_and_stamp_force_does_it(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    add_config_migration(migrations)
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    before = tree_digest(installation)
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    killed = cli("upgrade", *args, env={"DOPEMUX_UPDATE_CRASH_AT": "runner.call_returned"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (state_of(installation) / "state.json").write_text("{ not json")
+    done = cli("recover", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "state.json" in error
+    assert "stamp VERSION --force" in error
+    stamped = cli("stamp", "1.0", "--force", *args)
+    assert stamped.returncode == 0, stamped.stdout + stamped.stderr
+    assert tree_digest(installation) == before  # the interrupted run was undone first
+    assert installed(state_of(installation)) == "1.0"
+    assert json.loads(cli("recover", *args).stdout)["action"] == "none"
