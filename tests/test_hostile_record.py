@@ -551,3 +551,33 @@ def test_recover_over_a_corrupt_state_file_says_what_to_do_and_stamp_force_does_
     assert tree_digest(installation) == before  # the interrupted run was undone first
     assert installed(state_of(installation)) == "1.0"
     assert json.loads(cli("recover", *args).stdout)["action"] == "none"
+
+
+def test_an_undo_deleting_the_state_folder_is_noticed_and_recover_says_why(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_undo_wipes.py",
+        forward="(project_root / 'config' / 'app.yaml').write_text('x')\nreturn True",
+        backward=(
+            "import shutil\n"
+            "(project_root / 'config' / 'app.yaml').write_text('# keep me\\nlog_level: info\\n')\n"
+            "shutil.rmtree(project_root / '.dopemux')\n"
+            "return True"
+        ),
+    )
+    migrations.add("v1.0_to_v1.1", "2_fails.py", forward="return False")
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    done = cli("upgrade", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["backup_lost"] is True
+    assert "v1.0_to_v1.1/1_undo_wipes (undoing it)" in result["error"]
+    recovered = cli("recover", *args)
+    assert recovered.returncode == 3, recovered.stdout + recovered.stderr
+    error = json.loads(recovered.stdout)["error"]
+    assert "v1.0_to_v1.1/1_undo_wipes" in error
+    assert "cannot be restored" in error
+    assert "undone by their backward functions: v1.0_to_v1.1/1_undo_wipes" in error

@@ -96,6 +96,7 @@ class _Run:
     recorded: bool = False
     #: A migration deleted or changed the state folder (journal, backup): what it did.
     tampered: str | None = None
+    tampered_by: str | None = None  # the migration whose forward or backward did it
     backup_lost: bool = False
     guard: StateGuard | None = None
 
@@ -330,6 +331,7 @@ class OrchestrationPhase:
     def _note_failure(run: _Run, exc: OSError | UpdateError) -> None:
         if isinstance(exc, StateTamperedError):  # a migration deleted or changed our state
             run.failed_id, run.tampered = exc.migration_id, str(exc)
+            run.tampered_by = exc.migration_id
             run.error = str(exc)
             return
         run.failed_id = run.failed_id or "(update)"
@@ -636,7 +638,8 @@ class OrchestrationPhase:
         steps = list(reversed(run.completed))
         self._emit(ev.RollbackStarted(run.failed_id or "", len(steps)))
         logger.warning("rollback.started", failed=run.failed_id, steps=len(steps))
-        if run.tampered is not None:
+        rebuilt = run.tampered is not None
+        if rebuilt:
             await anyio.to_thread.run_sync(self._rebuild_journal, run)
         # A journal that cannot be written (a full disk) does not stop the rollback: the
         # restore does not depend on it. The run then ends needing recovery.
@@ -649,6 +652,15 @@ class OrchestrationPhase:
                 {"kind": "rollback_step", "id": call.id, "ok": outcome.ok}, sync=run.sync_steps
             )
             restore_cwd(self._cwd, call.id)
+            if run.guard is not None and run.tampered is None:
+                found = run.guard.problems()
+                if found:  # an undo deleted or changed the state folder: noted, not raised
+                    logger.error("migration.touched_state", migration_id=call.id, problems=found)
+                    run.tampered_by = call.id
+                    run.tampered = (
+                        f"{call.id} (undoing it) deleted or changed the update's own state: "
+                        + "; ".join(found)
+                    )
             crash_point("rollback.step")
             logger.info(
                 "rollback.step",
@@ -688,6 +700,8 @@ class OrchestrationPhase:
                 run.rolled_back.append(step.id)
             else:
                 run.needs_recovery = True
+        if run.tampered is not None and not rebuilt:
+            await anyio.to_thread.run_sync(self._rebuild_journal, run)
         if run.abandoned:
             logger.error("rollback.abandoned", reason="an undo is still running")
         elif run.backup_lost:
@@ -709,9 +723,11 @@ class OrchestrationPhase:
         assert run.guard is not None  # noqa: S101 - set before any migration ran
         run.needs_recovery = True
         run.backup_lost = run.backup_id is not None and not run.guard.backup_usable()
+        if run.error != run.tampered:
+            run.error = f"{run.error}; then {run.tampered}" if run.error else run.tampered
         if run.backup_lost:
             run.error = (
-                f"{run.tampered}. Its backup {run.backup_id} is gone or changed, so the"
+                f"{run.error}. Its backup {run.backup_id} is gone or changed, so the"
                 " installation cannot be restored to its state before the update; the"
                 " backward functions of the migrations that ran are run, but the result"
                 " cannot be verified"
@@ -730,9 +746,10 @@ class OrchestrationPhase:
         run.journal_if_possible(
             {
                 "kind": "state_lost",
-                "migration": run.failed_id,
+                "migration": run.tampered_by,
                 "reason": run.tampered,
                 "backup_lost": run.backup_lost,
+                "undone": list(run.rolled_back),
             }
         )
 

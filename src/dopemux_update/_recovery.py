@@ -300,7 +300,12 @@ def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
     if lost is not None and (backup_id is None or lost.get("backup_lost")):
         ran = ", ".join(r["id"] for r in records if r.get("kind") == "step_begun") or "none"
         undone = ", ".join(
-            r["id"] for r in records if r.get("kind") == "rollback_step" and r.get("ok")
+            dict.fromkeys(
+                [
+                    *lost.get("undone", ()),
+                    *(r["id"] for r in records if r.get("kind") == "rollback_step" and r.get("ok")),
+                ]
+            )
         )
         return RecoveryResult(
             "failed",
