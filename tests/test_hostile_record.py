@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from conftest import MigrationWriter, tree_digest
 from dopemux_update import OrchestrationPhase
 from dopemux_update._journal import _line
 from dopemux_update._recovery import recover
+from dopemux_update._state import StateStore
 
 CONFIG_AFTER = "# keep me\nlog_level: debug\n"
 
@@ -581,3 +583,40 @@ def test_an_undo_deleting_the_state_folder_is_noticed_and_recover_says_why(
     assert "v1.0_to_v1.1/1_undo_wipes" in error
     assert "cannot be restored" in error
     assert "undone by their backward functions: v1.0_to_v1.1/1_undo_wipes" in error
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_arriving_during_the_commit_goes_forward_not_back(
+    installation: Path, migrations: MigrationWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_config_migration(migrations)
+    expected = post_digest(installation)
+    entered, release = threading.Event(), threading.Event()
+    real_record = StateStore.record
+
+    def record_slowly(self: StateStore, **kwargs: Any) -> Any:
+        if kwargs.get("installed_version") == "1.1":  # the commit's state write
+            entered.set()
+            release.wait(60)
+        return real_record(self, **kwargs)
+
+    monkeypatch.setattr(StateStore, "record", record_slowly)
+    phase = OrchestrationPhase(
+        project_root=installation,
+        migrations_dir=migrations.root,
+        current_version="1.0",
+        target_version="1.1",
+    )
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(phase.execute)
+            await anyio.to_thread.run_sync(entered.wait)
+            scope.cancel()  # arrives while the commit's thread writes state.json
+            release.set()
+    assert scope.cancelled_caught
+    assert phase.result is not None
+    assert phase.result.ok, phase.result
+    assert phase.result.rolled_back == ()
+    assert tree_digest(installation) == expected
+    assert installed(state_of(installation)) == "1.1"
+    assert not (state_of(installation) / "journal.jsonl").exists()

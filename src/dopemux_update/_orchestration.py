@@ -749,6 +749,7 @@ class OrchestrationPhase:
                 "migration": run.tampered_by,
                 "reason": run.tampered,
                 "backup_lost": run.backup_lost,
+                "ran": [step.id for step in run.completed],
                 "undone": list(run.rolled_back),
             }
         )

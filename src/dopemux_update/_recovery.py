@@ -298,27 +298,13 @@ def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
     lost = next((r for r in records if r.get("kind") == "state_lost"), None)
     backup_id = common["backup_id"]
     if lost is not None and (backup_id is None or lost.get("backup_lost")):
-        ran = ", ".join(r["id"] for r in records if r.get("kind") == "step_begun") or "none"
-        undone = ", ".join(
-            dict.fromkeys(
-                [
-                    *lost.get("undone", ()),
-                    *(r["id"] for r in records if r.get("kind") == "rollback_step" and r.get("ok")),
-                ]
-            )
-        )
-        return RecoveryResult(
-            "failed",
-            error=(
-                f"the migration {lost.get('migration')} deleted or changed the update's own"
-                f" state folder ({lost.get('reason')}). The backup taken before the update"
-                f" ({backup_id or 'none'}) is gone, so the installation cannot be restored"
-                f" to {started['version_from']}. Migrations that ran: {ran}; undone by their"
-                f" backward functions: {undone or 'none'}; the result is not verified."
-                f" {_NEXT_STEP}"
-            ),
-            **common,
-        )
+        return _state_lost_report(started, records, lost)
+    note = (
+        f"the migration {lost.get('migration')} had deleted or changed the update's own state"
+        " folder; its backup was intact"
+        if lost is not None
+        else ""
+    )
 
     began = [r for r in records if r.get("kind") == "step_begun"]
     if backup_id is None:
@@ -332,7 +318,35 @@ def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
             return RecoveryResult("failed", error=error, **common)
         journal.retire()
         return RecoveryResult("none", **common)
-    return _restore_run(project_root, backups, state, journal, started)
+    return _restore_run(project_root, backups, state, journal, started, note=note)
+
+
+def _state_lost_report(started: Record, records: list[Record], lost: Record) -> RecoveryResult:
+    """A migration took the state folder, and the backup with it: say plainly what cannot
+    be restored, why, what was done, and what to do."""
+    ran = [*lost.get("ran", ()), *(r["id"] for r in records if r.get("kind") == "step_begun")]
+    undone = [
+        *lost.get("undone", ()),
+        *(r["id"] for r in records if r.get("kind") == "rollback_step" and r.get("ok")),
+    ]
+    backup_id = started.get("backup_id")
+    backup = (
+        f"The backup taken before the update ({backup_id}) is gone or changed"
+        if backup_id is not None
+        else "No backup was taken (no migration on the plan asked for one)"
+    )
+    return RecoveryResult(
+        "failed",
+        error=(
+            f"the migration {lost.get('migration')} deleted or changed the update's own"
+            f" state folder ({lost.get('reason')}). {backup}, so the installation cannot be"
+            f" restored to {started.get('version_from')}. Migrations that ran:"
+            f" {', '.join(dict.fromkeys(ran)) or 'none'}; undone by their backward functions:"
+            f" {', '.join(dict.fromkeys(undone)) or 'none'}; the result is not verified."
+            f" {_NEXT_STEP}"
+        ),
+        **_common(started),
+    )
 
 
 _FIRST_KINDS = ("run_started", "restore_started")
