@@ -658,7 +658,7 @@ class OrchestrationPhase:
                     logger.error("migration.touched_state", migration_id=call.id, problems=found)
                     run.tampered_by = call.id
                     run.tampered = (
-                        f"{call.id} (undoing it) deleted or changed the update's own state: "
+                        f"{call.id} (undoing it) touched the update's own state folder: "
                         + "; ".join(found)
                     )
             crash_point("rollback.step")
@@ -729,7 +729,7 @@ class OrchestrationPhase:
             run.error = (
                 f"{run.error}. Its backup {run.backup_id} is gone or changed, so the"
                 " installation cannot be restored to its state before the update; the"
-                " backward functions of the migrations that ran are run, but the result"
+                " backward functions of the migrations that ran were run, but the result"
                 " cannot be verified"
             )
         if run.journal is not None:

@@ -300,8 +300,8 @@ def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
     if lost is not None and (backup_id is None or lost.get("backup_lost")):
         return _state_lost_report(started, records, lost)
     note = (
-        f"the migration {lost.get('migration')} had deleted or changed the update's own state"
-        " folder; its backup was intact"
+        f"the migration {lost.get('migration')} had touched the update's own state folder;"
+        " its backup was intact"
         if lost is not None
         else ""
     )
@@ -338,8 +338,7 @@ def _state_lost_report(started: Record, records: list[Record], lost: Record) -> 
     return RecoveryResult(
         "failed",
         error=(
-            f"the migration {lost.get('migration')} deleted or changed the update's own"
-            f" state folder ({lost.get('reason')}). {backup}, so the installation cannot be"
+            f"{lost.get('reason')}. {backup}, so the installation cannot be"
             f" restored to {started.get('version_from')}. Migrations that ran:"
             f" {', '.join(dict.fromkeys(ran)) or 'none'}; undone by their backward functions:"
             f" {', '.join(dict.fromkeys(undone)) or 'none'}; the result is not verified."

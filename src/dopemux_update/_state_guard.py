@@ -67,17 +67,19 @@ class StateGuard:
         return cls(state_dir, journal, backup, files, ids)
 
     def problems(self) -> list[str]:
-        """What is no longer as it was: ``["the journal ... was deleted", ...]``."""
-        found = []
+        """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
         if _identity(self.state_dir) != self._ids[self.state_dir]:
-            found.append(f"the state folder {self.state_dir} was deleted or replaced")
+            return [
+                f"it deleted or replaced the state folder {self.state_dir}, journal and backups"
+            ]
+        found = []
         if _identity(self.journal) != self._ids[self.journal]:
-            found.append(f"the journal {self.journal} was deleted or replaced")
+            found.append(f"it deleted or replaced the journal {self.journal}")
         if self.backup is not None:
             if _identity(self.backup) != self._ids[self.backup]:
-                found.append(f"the backup {self.backup} was deleted or replaced")
+                found.append(f"it deleted or replaced the backup {self.backup}")
             elif any(_identity(f, content=True) != self._ids[f] for f in self.backup_files):
-                found.append(f"the backup {self.backup} was changed")
+                found.append(f"it changed the backup {self.backup}")
         return found
 
     def backup_usable(self) -> bool:
@@ -92,7 +94,7 @@ class StateGuard:
         """Raise :class:`StateTamperedError` naming ``migration_id`` if anything changed."""
         found = self.problems()
         if found:
-            what = "deleted or changed the update's own state: " + "; ".join(found)
+            what = "touched the update's own state folder: " + "; ".join(found)
             logger.error("migration.touched_state", migration_id=migration_id, problems=found)
             raise StateTamperedError(migration_id, what)
 

@@ -7,6 +7,7 @@ validation error, nothing changed; 3 needs recovery; 4 another update holds the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -137,11 +138,13 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
     backups = BackupStore(ctx.state_dir / "backups").list()
     drift = find_drift(state.history, ctx.migrations)
     running = lock_holder(ctx.state_dir)
-    traces = Journal(ctx.state_dir).inspect() if running is None else None
-    interrupted = traces is not None
+    journal = Journal(ctx.state_dir)
+    interrupted = running is None and journal.exists()
     what = "update"
-    if traces is not None and traces.records and not traces.first_damaged:
-        what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
+    with contextlib.suppress(OSError):  # unreadable: still an interrupted run, of some kind
+        traces = journal.inspect() if interrupted else None
+        if traces is not None and traces.records and not traces.first_damaged:
+            what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
     payload = {
         "command": "status",
         "root": str(ctx.root),
