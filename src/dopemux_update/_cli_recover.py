@@ -169,8 +169,11 @@ def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose:
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.root.is_dir():
         raise CommandError(f"{ctx.root}: installation folder does not exist")
-    with holding_lock(ctx.state_dir):
-        result = recover_sync(ctx.root, state_dir=ctx.state_dir)  # never raises: see its doc
+    if not ctx.state_dir.is_dir():
+        result = RecoveryResult("none")  # no state folder, no traces: and none is created
+    else:
+        with holding_lock(ctx.state_dir):
+            result = recover_sync(ctx.root, state_dir=ctx.state_dir)  # never raises
     code = EXIT_OK if result.ok else EXIT_RECOVERY
     emit(
         ctx,
