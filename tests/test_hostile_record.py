@@ -620,3 +620,21 @@ async def test_a_cancellation_arriving_during_the_commit_goes_forward_not_back(
     assert tree_digest(installation) == expected
     assert installed(state_of(installation)) == "1.1"
     assert not (state_of(installation) / "journal.jsonl").exists()
+
+
+def test_recover_reports_the_half_built_backup_of_a_run_killed_during_its_backup(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    add_config_migration(migrations)
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    before = tree_digest(installation)
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    killed = cli("upgrade", *args, env={"DOPEMUX_UPDATE_CRASH_AT": "backup.file:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = cli("recover", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["action"] == "none"
+    assert "half-built backup" in report["note"]
+    assert tree_digest(installation) == before
+    assert not list((state_of(installation) / "backups").iterdir())

@@ -86,12 +86,18 @@ def _already_recorded(state: StateStore, run_id: str | None, outcome: str) -> bo
     return bool(history) and history[-1].run_id == run_id and history[-1].outcome == outcome
 
 
-def _clean_leftovers(backups_dir: Path) -> None:
-    """Half-built or half-deleted backup folders left by a crash: never listed, now removed."""
+def _clean_leftovers(backups_dir: Path) -> int:
+    """Half-built or half-deleted backup folders left by a crash: never listed, now removed.
+
+    Returns how many half-built ones there were (a backup cut short: a trace to report).
+    """
+    built = 0
     if backups_dir.is_dir():
         for leftover in backups_dir.iterdir():
             if leftover.name.startswith((".building-", ".deleting-")):
+                built += leftover.name.startswith(".building-")
                 shutil.rmtree(leftover, ignore_errors=True)
+    return built
 
 
 def _common(started: Record) -> dict[str, Any]:
@@ -277,9 +283,15 @@ def _damaged_journal(
 def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
     journal = Journal(state_dir)
     backups = BackupStore(state_dir / "backups")
-    _clean_leftovers(backups.backups_dir)
+    half_built = _clean_leftovers(backups.backups_dir)
     contents = journal.inspect()
     if contents is None:
+        if half_built:  # a backup cut short, before its run wrote anything else
+            return RecoveryResult(
+                "none",
+                note=f"removed {half_built} half-built backup(s) left by an interrupted update"
+                " or `backups create`; the installation itself had not been changed",
+            )
         return RecoveryResult("none")
     state = StateStore(state_dir)
     records = contents.records
