@@ -638,3 +638,36 @@ def test_recover_reports_the_half_built_backup_of_a_run_killed_during_its_backup
     assert "half-built backup" in report["note"]
     assert tree_digest(installation) == before
     assert not list((state_of(installation) / "backups").iterdir())
+
+
+def test_a_migration_writing_into_the_journal_is_caught_and_the_backup_still_restores(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    add_config_migration(migrations)
+    migrations.add(
+        "v1.0_to_v1.1",
+        "2_scribbles.py",
+        forward=(
+            "with open(project_root / '.dopemux/update/journal.jsonl', 'a') as f:\n"
+            "    f.write('{}\\n')\n"
+            "return True"
+        ),
+    )
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    before = tree_digest(installation)
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    done = cli("upgrade", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["failed_migration"] == "v1.0_to_v1.1/2_scribbles"
+    assert "changed the journal" in result["error"]
+    assert result["backup_lost"] is False
+    assert result["verified_identical"] is True
+    assert tree_digest(installation) == before
+    recovered = cli("recover", *args)
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    report = json.loads(recovered.stdout)
+    assert report["action"] == "restored"
+    assert "v1.0_to_v1.1/2_scribbles" in report["note"]
+    assert tree_digest(installation) == before
+    assert installed(state_of(installation)) == "1.0"

@@ -80,6 +80,9 @@ class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL
         self._fd: int | None = None
+        #: How long this process made the file (None until it wrote it): a file of another
+        #: length was changed behind its back.
+        self.size: int | None = None
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -120,7 +123,9 @@ class Journal:
     def start(self, record: Record) -> None:
         """Create the journal with its first record, atomically and durably."""
         check_write()
-        atomic_write(self.path, _line(record), mode=0o600)
+        data = _line(record)
+        atomic_write(self.path, data, mode=0o600)
+        self.size = len(data)
         crash_point(f"journal.{record['kind']}")
 
     def append(self, records: Iterable[Record], *, sync: bool = True) -> None:
@@ -140,6 +145,7 @@ class Journal:
                 written += os.write(self._fd, data[written:])
             if sync:
                 os.fdatasync(self._fd)
+            self.size = size + len(data)
         except OSError:
             # Cut a half-written record back off: records appended later must not sit behind
             # a damaged line, and a record that failed must not count as written.

@@ -11,6 +11,7 @@ directory is where it was.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,13 @@ class StateTamperedError(UpdateError):
         super().__init__(f"{migration_id} {what}")
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return None
+
+
 def _identity(path: Path, *, content: bool = False) -> _Identity | None:
     try:
         info = path.lstat()
@@ -54,9 +62,17 @@ class StateGuard:
     backup: Path | None
     backup_files: tuple[Path, ...]
     _ids: dict[Path, _Identity | None]
+    journal_size: Callable[[], int | None] | None = None
 
     @classmethod
-    def capture(cls, state_dir: Path, journal: Path, backup: Path | None) -> StateGuard:
+    def capture(
+        cls,
+        state_dir: Path,
+        journal: Path,
+        backup: Path | None,
+        journal_size: Callable[[], int | None] | None = None,
+    ) -> StateGuard:
+        """What is there now; ``journal_size`` tells how long the run made its journal."""
         files: tuple[Path, ...] = ()
         if backup is not None:
             files = (backup / MANIFEST, backup / MANIFEST_SUM)
@@ -64,7 +80,7 @@ class StateGuard:
         if backup is not None:
             ids[backup] = _identity(backup)
         ids.update({path: _identity(path, content=True) for path in files})
-        return cls(state_dir, journal, backup, files, ids)
+        return cls(state_dir, journal, backup, files, ids, journal_size)
 
     def problems(self) -> list[str]:
         """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
@@ -75,6 +91,11 @@ class StateGuard:
         found = []
         if _identity(self.journal) != self._ids[self.journal]:
             found.append(f"it deleted or replaced the journal {self.journal}")
+        elif self.journal_size is not None and self.journal_size() not in (
+            None,
+            _size(self.journal),
+        ):
+            found.append(f"it changed the journal {self.journal}")
         if self.backup is not None:
             if _identity(self.backup) != self._ids[self.backup]:
                 found.append(f"it deleted or replaced the backup {self.backup}")
