@@ -512,11 +512,18 @@ def test_a_journal_damaged_beyond_use_is_reported_not_retired(installation: Path
     state.mkdir(parents=True)
     journal = state / "journal.jsonl"
     journal.write_bytes(b"garbage that is no record\n")
-    assert cli("backups", "create", "--root", str(installation)).returncode == 0  # manual
+    created = cli("backups", "create", "--root", str(installation), "--json")  # manual
+    backup_id = json.loads(created.stdout)["backup"]["id"]
     done = cli("recover", "--root", str(installation), "--json")
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "damaged" in json.loads(done.stdout)["error"]
+    error = json.loads(done.stdout)["error"]
+    assert "damaged" in error
     assert journal.exists()
+    # What it says to do works: close the journal, then put a backup back.
+    assert "stamp VERSION --force" in error
+    assert cli("stamp", "1.0", "--force", "--root", str(installation)).returncode == 0
+    restored = cli("backups", "restore", backup_id, "--yes", "--root", str(installation))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
 
 
 def test_a_stamp_force_closes_a_run_recover_cannot_settle(installation: Path) -> None:

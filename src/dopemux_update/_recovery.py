@@ -253,6 +253,19 @@ def _damaged_journal(
         return _complete_commit(state, journal, {}, committed)
     named = next((r["backup_id"] for r in records if r.get("backup_id")), None)
     note = f"the journal {journal.path} is damaged (its first record is unreadable); "
+    if named is None and any("backup_id" in r for r in records):
+        # Its other records say the run took no backup: nothing to restore from.
+        began = [str(r.get("id")) for r in records if r.get("kind") == "step_begun"]
+        if not began:
+            journal.retire()
+            return RecoveryResult("none", note=note + "no migration had started; it was removed")
+        return RecoveryResult(
+            "failed",
+            error=(
+                f"{note}the interrupted run took no backup, so its changes cannot be undone"
+                f" automatically; migrations that ran: {', '.join(began)}. {_NEXT_STEP}"
+            ),
+        )
     if named is None:
         named = _fallback_backup(backups, state)
         if named is not None:
@@ -273,9 +286,10 @@ def _damaged_journal(
         "failed",
         error=(
             f"{note}it names no backup, and no backup can be told to belong to the"
-            f" interrupted run, so it cannot be undone automatically. If one of the backups"
-            f" (`dopemux-update backups list`) holds the installation as it was, restore it"
-            f" with `dopemux-update backups restore ID`; otherwise: {_NEXT_STEP}"
+            " interrupted run, so it cannot be undone automatically. Close it with"
+            " `dopemux-update stamp VERSION --force` (VERSION: what the installation was"
+            " at); then, if one of the backups (`dopemux-update backups list`) holds the"
+            " installation as it was, put it back with `dopemux-update backups restore ID`"
         ),
     )
 
