@@ -24,6 +24,7 @@ from ._console import format_bytes
 from ._exceptions import BackupError
 from ._journal import Journal
 from ._lock import holding_lock
+from ._recovery import journaled_restore
 from ._tree import Scope
 
 __all__ = ["DamagedBackup", "backups", "read_backups"]
@@ -236,10 +237,8 @@ def restore_backup(
             raise CommandError("cancelled; nothing was changed")
     with holding_lock(ctx.state_dir):
         recover_first(ctx)  # an interrupted run is settled before the tree is replaced
-        report = store.restore(backup_id, ctx.root)
-        version = manifest.version_from
-        if version is not None:
-            ctx.state.record(installed_version=version)
+        # Journaled like a run: one cut short is seen by `status` and finished by `recover`.
+        report, version = journaled_restore(ctx.root, ctx.state_dir, backup_id)
     emit(
         ctx,
         {

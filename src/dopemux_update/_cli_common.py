@@ -264,6 +264,9 @@ def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: in
     """Where the command works; a state folder that another user could change is refused
     here, before any command reads it (those that write check again under the lock)."""
     configure_logging(verbose, json_logs=as_json)
+    # Absolute once: a migration that changes the working directory cannot redirect anything.
+    root = root.absolute()
+    migrations = migrations.absolute() if migrations is not None else None
     ctx = Context(
         root=root,
         migrations=migrations if migrations is not None else root / "migrations",

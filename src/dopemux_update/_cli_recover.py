@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +22,13 @@ from ._cli_common import (
     emit,
     make_context,
 )
+from ._fsutil import fsync_dir
 from ._journal import Journal
 from ._lock import holding_lock
 from ._log import get_logger
 from ._recovery import RecoveryResult, recover_sync
 
-__all__ = ["recover_command", "recover_first", "run_interruptibly"]
+__all__ = ["close_unrecoverable", "recover_command", "recover_first", "run_interruptibly"]
 
 T = TypeVar("T")
 logger = get_logger()
@@ -42,15 +44,29 @@ def _payload(result: RecoveryResult) -> dict[str, Any]:
         "backup_id": result.backup_id,
         "restart_services": list(result.restart_services),
         "error": result.error,
+        "interrupted": result.kind,
+        "note": result.note,
     }
 
 
 def _describe(result: RecoveryResult) -> str:
-    run = f"the interrupted run {result.version_from} → {result.version_to}"
+    note = f" Note: {result.note}." if result.note else ""
+    if result.kind == "restore":
+        if result.action == "failed":
+            return f"Recovery FAILED: {result.error}"
+        return (
+            f"Finished the interrupted restore of backup {result.backup_id};"
+            f" installed version {result.installed_version or 'unchanged'}."
+        )
+    run = (
+        f"the interrupted run {result.version_from} → {result.version_to}"
+        if result.version_from is not None
+        else "the interrupted run"
+    )
     if result.action == "restored":
         return (
             f"Recovered {run}: the installation was restored from backup {result.backup_id};"
-            f" installed version {result.installed_version}."
+            f" installed version {result.installed_version}.{note}"
         )
     if result.action == "committed":
         services = ", ".join(result.restart_services) or "none"
@@ -60,19 +76,40 @@ def _describe(result: RecoveryResult) -> str:
         )
     if result.action == "failed":
         return f"Recovery of {run} FAILED: {result.error}"
-    return "Nothing to recover."
+    return f"Nothing to recover.{note}"
 
 
-def recover_first(ctx: Context) -> dict[str, Any] | None:
-    """Before a command changes anything: finish or undo an interrupted run (lock held)."""
+def recover_first(ctx: Context, *, force: bool = False) -> dict[str, Any] | None:
+    """Before a command changes anything: finish or undo an interrupted run (lock held).
+
+    With ``force`` (``stamp --force``), a run that recovery cannot settle is reported and
+    left to the caller, which records the version the operator vouches for and then closes
+    the journal with :func:`close_unrecoverable`.
+    """
     if not Journal(ctx.state_dir).exists():
         return None
     result = recover_sync(ctx.root, state_dir=ctx.state_dir)
     if not ctx.json:
-        click.echo(_describe(result))
-    if not result.ok:
+        click.echo(_describe(result), err=not result.ok and force)
+    if not result.ok and not force:
         raise CommandError(_describe(result), EXIT_RECOVERY)
     return _payload(result)
+
+
+def close_unrecoverable(ctx: Context) -> bool:
+    """``stamp --force`` recorded the version: close a journal recovery could not settle.
+
+    Kept beside it as ``journal.jsonl.closed-<time>`` for the record. True if there was one.
+    """
+    journal = Journal(ctx.state_dir)
+    if not journal.exists():
+        return False
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = journal.path.with_name(f"{journal.path.name}.closed-{stamp}")
+    journal.path.rename(aside)
+    fsync_dir(journal.path.parent)
+    logger.warning("recovery.closed_by_stamp", journal=str(aside))
+    return True
 
 
 def _tell(message: str) -> None:
@@ -132,8 +169,11 @@ def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose:
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.root.is_dir():
         raise CommandError(f"{ctx.root}: installation folder does not exist")
-    with holding_lock(ctx.state_dir):
-        result = recover_sync(ctx.root, state_dir=ctx.state_dir)
+    if not ctx.state_dir.is_dir():
+        result = RecoveryResult("none")  # no state folder, no traces: and none is created
+    else:
+        with holding_lock(ctx.state_dir):
+            result = recover_sync(ctx.root, state_dir=ctx.state_dir)  # never raises
     code = EXIT_OK if result.ok else EXIT_RECOVERY
     emit(
         ctx,

@@ -27,8 +27,9 @@ from ._cli_common import (
     version_option_value,
 )
 from ._cli_recover import run_interruptibly
+from ._exceptions import LockError
 from ._journal import Journal
-from ._lock import holding_lock
+from ._lock import holding_lock, lock_holder
 from ._rehearsal import RehearsalCall, RehearsalReport, rehearse
 
 __all__ = ["verify_command"]
@@ -105,6 +106,9 @@ def verify_command(
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.root.is_dir():
         raise CommandError(f"{ctx.root}: installation folder does not exist")
+    running = lock_holder(ctx.state_dir)  # before the journal: a running update has one
+    if running is not None:
+        raise LockError(f"another update is running on this installation: {running}")
     if Journal(ctx.state_dir).exists():
         raise CommandError(
             "an update of this installation was interrupted and needs recovery: run"

@@ -4,7 +4,8 @@ Off unless the environment asks for it, and then read once at import:
 
 - ``DOPEMUX_UPDATE_CRASH_AT=NAME`` or ``NAME:N``: the process kills itself (``SIGKILL``, no
   cleanup of any kind) the first, or the N-th, time it reaches the crash point ``NAME``.
-- ``DOPEMUX_UPDATE_FAIL_WRITE=N``: the N-th guarded write raises ``OSError(ENOSPC)``.
+- ``DOPEMUX_UPDATE_FAIL_WRITE=N``: the N-th guarded write raises ``OSError(ENOSPC)``;
+  ``N+``: the N-th and every later one (a disk that stays full).
 
 The hooks cost one comparison when these are unset.
 """
@@ -31,6 +32,8 @@ CRASH_POINTS = (
     "restore.file",  # after each file a restore writes
     "recovery.restored",  # recovery restored the tree, its journal record not yet written
     "recovery.before_clear",  # recovery is done but the journal is not yet retired
+    "journal.restore_started",  # `backups restore` journaled, the tree not yet touched
+    "restore.before_record",  # a journaled restore is done, its version not yet recorded
 )
 
 
@@ -42,7 +45,9 @@ def _parse(value: str | None) -> tuple[str, int] | None:
 
 
 _CRASH = _parse(os.environ.get("DOPEMUX_UPDATE_CRASH_AT"))
-_FAIL_WRITE = int(os.environ.get("DOPEMUX_UPDATE_FAIL_WRITE", "0") or 0)
+_FAIL_SPEC = os.environ.get("DOPEMUX_UPDATE_FAIL_WRITE", "0") or "0"
+_FAIL_WRITE = int(_FAIL_SPEC.rstrip("+"))
+_FAIL_LATER = _FAIL_SPEC.endswith("+")
 _counts: dict[str, int] = {}
 _writes = 0
 _lock = threading.Lock()
@@ -66,6 +71,6 @@ def check_write() -> None:
         return
     with _lock:
         _writes += 1
-        failing = _writes == _FAIL_WRITE
+        failing = _writes == _FAIL_WRITE or (_FAIL_LATER and _writes > _FAIL_WRITE)
     if failing:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -14,6 +14,11 @@ migration was running, so it does not need them. A thousand ``fdatasync`` calls 
 0.4 s here, more than a thousand small migrations. A journal that exists means a run that did not
 finish: the next command, or ``dopemux-update recover``, finishes or undoes it. The journal is
 retired (unlinked, folder fsynced) only once the run's outcome is recorded in ``state.json``.
+
+An append that fails (a full disk) is cut back off the file, so that a half-written record
+never sits in front of the records written after it. Reading keeps going past a damaged line:
+a crash can only tear the last line, so a damaged line in the middle is damage, and what
+comes after it is still reported (see :meth:`Journal.inspect`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ import xxhash
 from ._faults import check_write, crash_point
 from ._fsutil import atomic_write, fsync_dir
 
-__all__ = ["Journal", "Record"]
+__all__ = ["Journal", "JournalContents", "Record"]
 
 Record = dict[str, Any]
 JOURNAL = "journal.jsonl"
@@ -55,34 +61,71 @@ def _parse(line: bytes) -> Record | None:
     return record if isinstance(record, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class JournalContents:
+    """What a journal file holds: its intact records in order, and how many lines were not
+    readable (``damaged``) and whether the first one was among them."""
+
+    records: list[Record]
+    damaged: int = 0
+    first_damaged: bool = False
+
+    def kinds(self) -> set[str]:
+        return {str(r.get("kind")) for r in self.records}
+
+
 class Journal:
     """The journal of one installation's state folder."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL
         self._fd: int | None = None
+        #: How long this process made the file (None until it wrote it): a file of another
+        #: length was changed behind its back.
+        self.size: int | None = None
 
     def exists(self) -> bool:
         return self.path.exists()
 
     def read(self) -> list[Record] | None:
-        """The intact records, in order (a torn last line is dropped), or None if no journal."""
+        """The intact records, in order (damaged lines are skipped), or None if no journal."""
+        contents = self.inspect()
+        return None if contents is None else contents.records
+
+    def inspect(self) -> JournalContents | None:
+        """Every intact record, and how many lines were damaged; None if there is no journal.
+
+        A torn last line (a crash in the middle of an append) is not counted as damage.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        records = []
-        for line in raw.splitlines(keepends=True):
+        lines = raw.splitlines(keepends=True)
+        records: list[Record] = []
+        damaged = 0
+        first_damaged = False
+        for number, line in enumerate(lines):
             record = _parse(line)
             if record is None:
-                break  # a crash tore this line; nothing after it was made durable
+                torn = number == len(lines) - 1 and not line.endswith(b"\n")
+                if not torn:
+                    damaged += 1
+                    first_damaged = first_damaged or number == 0
+                elif number == 0:
+                    first_damaged = True
+                continue
             records.append(record)
-        return records
+        if not lines:
+            first_damaged = True  # an empty journal: its first record never arrived whole
+        return JournalContents(records, damaged, first_damaged)
 
     def start(self, record: Record) -> None:
         """Create the journal with its first record, atomically and durably."""
         check_write()
-        atomic_write(self.path, _line(record), mode=0o600)
+        data = _line(record)
+        atomic_write(self.path, data, mode=0o600)
+        self.size = len(data)
         crash_point(f"journal.{record['kind']}")
 
     def append(self, records: Iterable[Record], *, sync: bool = True) -> None:
@@ -93,15 +136,32 @@ class Journal:
             return
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        check_write()
         data = b"".join(_line(r) for r in batch)
-        written = 0
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
-        if sync:
-            os.fdatasync(self._fd)
+        size = os.fstat(self._fd).st_size
+        try:
+            check_write()
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            if sync:
+                os.fdatasync(self._fd)
+            self.size = size + len(data)
+        except OSError:
+            # Cut a half-written record back off: records appended later must not sit behind
+            # a damaged line, and a record that failed must not count as written.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
         for record in batch:
             crash_point(f"journal.{record['kind']}")
+
+    def identity(self) -> tuple[int, int] | None:
+        """The journal file's (device, inode), or None if it is gone."""
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
 
     def close(self) -> None:
         if self._fd is not None:

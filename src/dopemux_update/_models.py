@@ -203,6 +203,11 @@ class UpdateResult:
     durations: tuple[tuple[str, float], ...] = ()
     abandoned: bool = False
     verified_identical: bool | None = None
+    #: The journal holds the run's commit point: the tree is at ``version_to``. With ``ok``
+    #: False the new version could not be recorded; ``recover`` completes the commit.
+    committed: bool = False
+    #: A migration deleted or changed the run's backup: the tree could not be restored.
+    backup_lost: bool = False
 
     def __bool__(self) -> bool:
         """A result is its ``ok``: ``if not await phase.execute():`` is safe."""

@@ -41,6 +41,7 @@ from ._runner import (
     RunnerEvent,
 )
 from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, utcnow
+from ._state_guard import StateGuard, StateTamperedError, absolute, restore_cwd
 from ._tree import Scope
 from ._versions import parse_version
 
@@ -89,12 +90,44 @@ class _Run:
     abandoned: bool = False
     restored: bool = False
     verified_identical: bool | None = None
+    #: The journal holds the commit point: from here on the run only goes forward.
+    committed: bool = False
+    #: ... and the new version is recorded in state.json.
+    recorded: bool = False
+    #: A migration deleted or changed the state folder (journal, backup): what it did.
+    tampered: str | None = None
+    tampered_by: str | None = None  # the migration whose forward or backward did it
+    backup_lost: bool = False
+    guard: StateGuard | None = None
 
     def journal_now(self, *records: Record, sync: bool = True) -> None:
-        """Write what is pending plus ``records`` (in the calling thread)."""
+        """Write what is pending plus ``records`` (in the calling thread).
+
+        Every record carries the run's id and backup id, so that recovery can still act on a
+        journal whose first record was damaged.
+        """
         assert self.journal is not None  # noqa: S101 - set before the first migration
         batch, self.pending = [*self.pending, *records], []
-        self.journal.append(batch, sync=sync)
+        tagged = [{"run_id": self.run_id, "backup_id": self.backup_id, **r} for r in batch]
+        self.journal.append(tagged, sync=sync)
+
+    def journal_if_possible(self, *records: Record, sync: bool = True) -> bool:
+        """:meth:`journal_now`, but a failed write is logged, marks the run as needing
+        recovery, and returns False: a rollback goes on without its journal records."""
+        if self.journal is None:
+            return False
+        try:
+            self.journal_now(*records, sync=sync)
+        except (OSError, UpdateError) as exc:
+            self.needs_recovery = True
+            note = f"the journal could not be written ({exc})"
+            if self.error is None or note not in self.error:
+                self.error = f"{self.error}; {note}" if self.error else note
+            logger.error(
+                "journal.write_failed", error=str(exc), records=[r["kind"] for r in records]
+            )
+            return False
+        return True
 
     @property
     def sync_steps(self) -> bool:
@@ -153,9 +186,13 @@ class OrchestrationPhase:
         grace: float = DEFAULT_GRACE,
         full_backup: bool = False,
     ) -> None:
-        self.project_root = Path(project_root)
+        # Absolute once, here: a migration that changes the working directory (at import or
+        # while it runs) cannot redirect the lock, the state, the backups or the migrations.
+        self.project_root = absolute(project_root)
         self.migrations_dir = (
-            Path(migrations_dir) if migrations_dir is not None else self.project_root / "migrations"
+            absolute(migrations_dir)
+            if migrations_dir is not None
+            else self.project_root / "migrations"
         )
         self.current_version = parse_version(current_version, where="current_version")
         self.target_version = (
@@ -165,8 +202,9 @@ class OrchestrationPhase:
         )
         self.restart_phase = restart_phase
         self.state_dir = (
-            Path(state_dir) if state_dir is not None else self.project_root / DEFAULT_STATE_DIR
+            absolute(state_dir) if state_dir is not None else self.project_root / DEFAULT_STATE_DIR
         )
+        self._cwd = str(Path.cwd())
         self.on_event = on_event
         self.backup_include = tuple(backup_include)
         self.backup_exclude = tuple(backup_exclude)
@@ -199,7 +237,12 @@ class OrchestrationPhase:
             def prepare() -> Plan:
                 if not self.project_root.is_dir():
                     raise PreflightError(f"{self.project_root}: installation folder does not exist")
-                return prepare_plan(self.migrations_dir, self.current_version, self.target_version)
+                try:
+                    return prepare_plan(
+                        self.migrations_dir, self.current_version, self.target_version
+                    )
+                finally:
+                    restore_cwd(self._cwd, "(import of the migrations)")
 
             with routing_installed():
                 self._plan = await anyio.to_thread.run_sync(prepare)
@@ -244,6 +287,7 @@ class OrchestrationPhase:
             try:
                 await anyio.to_thread.run_sync(journal.start, self._started_record(run))
                 run.journal = journal
+                run.guard = await anyio.to_thread.run_sync(self._guard, run)
                 await self._run_steps(run)
                 if run.abandoned:
                     await self._abandon(run, store)
@@ -251,14 +295,17 @@ class OrchestrationPhase:
                 if run.failed_id is None:
                     await self._commit(run, store)
             except (OSError, UpdateError) as exc:  # the journal or state could not be written
+                if run.committed:  # past the commit point: never back
+                    return self._finish(run, ok=run.recorded)
                 self._adopt_journal(run, journal)
-                run.failed_id = run.failed_id or "(update)"
-                run.error = f"the update could not continue: {exc}"
-                logger.error("update.io_failed", error=run.error, completed=len(run.completed))
+                self._note_failure(run, exc)
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(run, store)
                 return self._finish(run, ok=False)
             except BaseException as exc:  # cancelled, or a bug: undo, then let it propagate
+                if run.committed:  # the commit point is durable: only forward, never back
+                    self._finish(run, ok=run.recorded)
+                    raise
                 self._adopt_journal(run, journal)
                 if run.abandoned:  # a migration still runs: touch nothing, leave it to recover
                     await self._abandon(run, store)
@@ -274,11 +321,39 @@ class OrchestrationPhase:
                     await self._roll_back(run, store)
                     self._finish(run, ok=False)
                 raise
+            if run.committed:
+                return self._finish(run, ok=run.recorded)
             if run.failed_id is not None:
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(run, store)
                 return self._finish(run, ok=False)
         return self._finish(run, ok=True)
+
+    @staticmethod
+    def _note_failure(run: _Run, exc: OSError | UpdateError) -> None:
+        if isinstance(exc, StateTamperedError):  # a migration deleted or changed our state
+            run.failed_id, run.tampered = exc.migration_id, str(exc)
+            run.tampered_by = exc.migration_id
+            run.error = str(exc)
+            return
+        run.failed_id = run.failed_id or "(update)"
+        run.error = f"the update could not continue: {exc}"
+        logger.error("update.io_failed", error=run.error, completed=len(run.completed))
+
+    def _guard(self, run: _Run) -> StateGuard:
+        backup = None
+        if run.backup_id is not None:
+            backup = BackupStore(self.state_dir / "backups").path_of(run.backup_id)
+        assert run.journal is not None  # noqa: S101 - the journal exists now
+        journal = run.journal
+        return StateGuard.capture(self.state_dir, journal.path, backup, lambda: journal.size)
+
+    def _after_call(self, run: _Run, migration_id: str) -> None:
+        """In the worker thread, after each migration call: put a changed working directory
+        back, and stop the run if the migration touched the state folder."""
+        restore_cwd(self._cwd, migration_id)
+        if run.guard is not None and run.tampered is None:
+            run.guard.check(migration_id)
 
     @staticmethod
     def _adopt_journal(run: _Run, journal: Journal) -> None:
@@ -401,6 +476,7 @@ class OrchestrationPhase:
                     error=outcome.error,
                     traceback=outcome.traceback,
                 )
+            self._after_call(run, call.id)  # raises if the migration touched our state
 
         def slow(call: Call, elapsed: float) -> None:
             estimate = steps[index_of[call.id]].migration.info.estimated_duration_seconds
@@ -475,22 +551,63 @@ class OrchestrationPhase:
                 )
             sequence.flush(deliver)
 
+    def _commit_record(self, run: _Run) -> Record:
+        """The commit point; it carries what recovery needs to complete the commit even if
+        the journal's first record were unreadable."""
+        plan = run.plan
+        return {
+            "kind": "committed",
+            "version_from": str(plan.current),
+            "version_to": str(plan.target),
+            "direction": plan.direction.value,
+            "started_at": run.started_at,
+            "restart_services": list(plan.restart_services),
+        }
+
     async def _commit(self, run: _Run, store: StateStore) -> None:
+        """Write the commit point, then record the new version; from the commit point on the
+        run only goes forward: a state write that fails is retried, and if it still fails the
+        run is left for ``recover`` to complete, never rolled back.
+
+        Everything happens in one worker thread, whose outcome is kept in ``run`` (a
+        cancellation waits for the thread, then finds ``run.committed`` set)."""
         record = self._record(run, "applied")
+        assert run.journal is not None  # noqa: S101 - the journal exists by now
+        journal = run.journal
 
         def commit() -> None:
-            run.journal_now({"kind": "committed"})  # the commit point
-            store.record(installed_version=str(run.plan.target), run=record)
+            try:
+                run.journal_now(self._commit_record(run))
+            except (OSError, UpdateError) as exc:
+                contents = journal.inspect()
+                if contents is None or "committed" not in contents.kinds():
+                    run.failed_id = "(commit)"
+                    run.error = f"could not write the commit point to the journal: {exc}"
+                    logger.error("update.commit_failed", error=run.error)
+                    return  # not committed: the run rolls back
+                logger.warning("journal.commit_written_despite_error", error=str(exc))
+            run.committed = True  # the commit point: from here on, only forward
+            try:
+                store.record_retrying(installed_version=str(run.plan.target), run=record)
+            except (OSError, UpdateError) as exc:
+                run.needs_recovery = True
+                run.error = (
+                    "committed: every migration succeeded and the commit point is in the"
+                    f" journal, but the version record could not be written ({exc});"
+                    " free space and run `dopemux-update recover` to complete the commit"
+                )
+                logger.error("update.commit_unrecorded", error=run.error)
+                run.journal_if_possible({"kind": "needs_recovery", "reason": run.error})
+                return
+            run.recorded = True
             crash_point("commit.state_written")
-            assert run.journal is not None  # noqa: S101
-            run.journal.retire()
+            try:
+                journal.retire()
+            except OSError as exc:  # recorded: a later `recover` only retires it
+                logger.warning("journal.retire_failed", error=str(exc))
 
-        try:
-            await anyio.to_thread.run_sync(commit)
-        except (OSError, UpdateError) as exc:
-            run.failed_id = "(commit)"
-            run.error = f"could not record the installed version: {exc}"
-            logger.error("update.commit_failed", error=run.error)
+        await anyio.to_thread.run_sync(commit)
+        if not run.recorded:
             return
         logger.info("update.committed", installed_version=str(run.plan.target))
         if self.keep_backups is not None:
@@ -525,17 +642,29 @@ class OrchestrationPhase:
         steps = list(reversed(run.completed))
         self._emit(ev.RollbackStarted(run.failed_id or "", len(steps)))
         logger.warning("rollback.started", failed=run.failed_id, steps=len(steps))
-        if run.journal is not None:
-            await anyio.to_thread.run_sync(
-                run.journal_now, {"kind": "rollback_started", "failed": run.failed_id}
-            )
+        rebuilt = run.tampered is not None
+        if rebuilt:
+            await anyio.to_thread.run_sync(self._rebuild_journal, run)
+        # A journal that cannot be written (a full disk) does not stop the rollback: the
+        # restore does not depend on it. The run then ends needing recovery.
+        await anyio.to_thread.run_sync(
+            lambda: run.journal_if_possible({"kind": "rollback_started", "failed": run.failed_id})
+        )
 
         def finished(call: Call, outcome: CallOutcome) -> None:
-            if run.journal is not None:
-                run.journal_now(
-                    {"kind": "rollback_step", "id": call.id, "ok": outcome.ok},
-                    sync=run.sync_steps,
-                )
+            run.journal_if_possible(
+                {"kind": "rollback_step", "id": call.id, "ok": outcome.ok}, sync=run.sync_steps
+            )
+            restore_cwd(self._cwd, call.id)
+            if run.guard is not None and run.tampered is None:
+                found = run.guard.problems()
+                if found:  # an undo deleted or changed the state folder: noted, not raised
+                    logger.error("migration.touched_state", migration_id=call.id, problems=found)
+                    run.tampered_by = call.id
+                    run.tampered = (
+                        f"{call.id} (undoing it) touched the update's own state folder: "
+                        + "; ".join(found)
+                    )
             crash_point("rollback.step")
             logger.info(
                 "rollback.step",
@@ -575,8 +704,12 @@ class OrchestrationPhase:
                 run.rolled_back.append(step.id)
             else:
                 run.needs_recovery = True
+        if run.tampered is not None and not rebuilt:
+            await anyio.to_thread.run_sync(self._rebuild_journal, run)
         if run.abandoned:
             logger.error("rollback.abandoned", reason="an undo is still running")
+        elif run.backup_lost:
+            logger.error("rollback.backup_lost", backup_id=run.backup_id)
         elif run.backup_id is not None:
             await self._restore(run)
         elif run.completed:
@@ -588,15 +721,54 @@ class OrchestrationPhase:
             needs_recovery=run.needs_recovery,
         )
 
+    def _rebuild_journal(self, run: _Run) -> None:
+        """A migration deleted or changed the state folder: say so in a new journal (the
+        folder re-created if need be), so that ``status`` and ``recover`` know of the run."""
+        assert run.guard is not None  # noqa: S101 - set before any migration ran
+        run.needs_recovery = True
+        run.backup_lost = run.backup_id is not None and not run.guard.backup_usable()
+        if run.error != run.tampered:
+            run.error = f"{run.error}; then {run.tampered}" if run.error else run.tampered
+        if run.backup_lost:
+            run.error = (
+                f"{run.error}. Its backup {run.backup_id} is gone or changed, so the"
+                " installation cannot be restored to its state before the update; the"
+                " backward functions of the migrations that ran were run, but the result"
+                " cannot be verified"
+            )
+        if run.journal is not None:
+            run.journal.close()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            journal = Journal(self.state_dir)
+            journal.start(self._started_record(run))
+        except OSError as exc:
+            logger.error("journal.rebuild_failed", error=str(exc))
+            run.journal = None
+            return
+        run.journal = journal
+        run.journal_if_possible(
+            {
+                "kind": "state_lost",
+                "migration": run.tampered_by,
+                "reason": run.tampered,
+                "backup_lost": run.backup_lost,
+                "ran": [step.id for step in run.completed],
+                "undone": list(run.rolled_back),
+            }
+        )
+
     async def _close_failed_run(self, run: _Run, store: StateStore) -> None:
         verdict = "needs_recovery" if run.needs_recovery else "rolled_back"
 
         def close() -> None:
-            if run.journal is not None and run.needs_recovery:
-                run.journal_now({"kind": "needs_recovery", "reason": run.error})
+            if run.needs_recovery:
+                run.journal_if_possible({"kind": "needs_recovery", "reason": run.error})
             store.record(installed_version=None, run=self._record(run, verdict))
             if run.journal is not None and not run.needs_recovery:
                 run.journal.retire()  # the run is over and its outcome recorded
+            if run.journal is not None:
+                run.journal.close()  # also a journal rebuilt after a migration removed ours
 
         try:
             await anyio.to_thread.run_sync(close)
@@ -673,10 +845,12 @@ class OrchestrationPhase:
             error=run.error,
             backup_id=run.backup_id,
             restored=run.restored,
-            installed_version=str(plan.target if ok else plan.current),
+            installed_version=str(plan.target if ok or run.committed else plan.current),
             durations=tuple(run.durations),
             abandoned=run.abandoned,
             verified_identical=run.verified_identical,
+            committed=run.committed,
+            backup_lost=run.backup_lost,
         )
         self.result = result
         self._emit(ev.UpdateFinished(result))

@@ -29,8 +29,10 @@ import anyio
 import anyio.to_thread
 from packaging.version import Version
 
+from ._backup import MANIFEST, MANIFEST_SUM
 from ._capture import KeptLines, routing_installed
 from ._exceptions import PreflightError, UpdateError
+from ._journal import JOURNAL
 from ._log import get_logger
 from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
@@ -38,6 +40,7 @@ from ._runner import DEFAULT_GRACE, CallOutcome, call_function
 from ._sandbox import copy_tree, remove_tree, temporary_folder
 from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
 from ._state import DEFAULT_STATE_DIR
+from ._state_guard import StateGuard
 from ._tree import Scope
 from ._versions import parse_version
 
@@ -163,8 +166,11 @@ class _Rehearsal:
         on_call: CallObserver | None,
         timeout: float | None = None,
         grace: float = DEFAULT_GRACE,
+        state_dir: str = DEFAULT_STATE_DIR.as_posix(),
     ) -> None:
         self.steps = tuple(steps)
+        self.state_dir = state_dir
+        self._guard: StateGuard | None = None
         self.scope = scope
         self.original = folder / "original"
         self.sandbox = folder / "sandbox"
@@ -190,6 +196,16 @@ class _Rehearsal:
             logger.info("verify.output", id=step.id, stage=stage, stream=stream, line=text)
 
         outcome, stopping = self._call_with_limits(function, line)
+        touched = self._guard.problems() if self._guard is not None else []
+        if touched and outcome.ok:
+            # A real run would stop here: its journal and backup live in that folder.
+            outcome = CallOutcome(
+                False,
+                outcome.seconds,
+                "deleted or changed the update's own state folder"
+                f" ({'; '.join(touched)}); a real run would lose its journal and backup",
+            )
+            self._plant_state()  # the next calls are checked against a fresh one
         call = RehearsalCall(
             stage=stage,
             id=step.id,
@@ -276,6 +292,20 @@ class _Rehearsal:
         self._check_stop()
         remove_tree(self.sandbox)
         copy_tree(Scope(self.original), self.sandbox)
+        self._plant_state()
+
+    def _plant_state(self) -> None:
+        """A stand-in for the installation's state folder, inside the sandbox, with a journal
+        and a backup: a migration that deletes or changes them fails the rehearsal."""
+        folder = self.sandbox / self.state_dir
+        if not folder.resolve().is_relative_to(self.sandbox.resolve()):
+            return  # the state folder is outside the installation: nothing to plant
+        backup = folder / "backups" / "rehearsal"
+        backup.mkdir(parents=True, exist_ok=True)
+        for name in (MANIFEST, MANIFEST_SUM):
+            (backup / name).write_text("rehearsal stand-in\n")
+        (folder / JOURNAL).write_text("rehearsal stand-in\n")
+        self._guard = StateGuard.capture(folder, folder / JOURNAL, backup)
 
     def _snapshot(self) -> TreeSnapshot:
         """What the sandbox holds, within the same include/exclude rules as the copy."""
@@ -364,8 +394,13 @@ def rehearse_steps(
     on_call: CallObserver | None = None,
     timeout: float | None = None,
     grace: float = DEFAULT_GRACE,
+    state_dir: str = DEFAULT_STATE_DIR.as_posix(),
 ) -> RehearsalReport:
     """Rehearse ``steps`` on a copy of what ``scope`` covers, in this thread.
+
+    ``state_dir`` is where the installation keeps the update's state, relative to its root:
+    a stand-in is planted there in the sandbox, and a migration that deletes or changes it
+    fails the rehearsal (a real run would lose its journal and backup).
 
     Each migration call runs in a thread of its own: one that runs past ``timeout`` seconds
     fails the rehearsal, and after ``grace`` more seconds (also after a stop request) it is
@@ -390,7 +425,14 @@ def rehearse_steps(
         )
     with routing_installed(), temporary_folder(sandbox_dir, keep=keep_sandbox) as folder:
         rehearsal = _Rehearsal(
-            steps, scope, folder, stop=stop, on_call=on_call, timeout=timeout, grace=grace
+            steps,
+            scope,
+            folder,
+            stop=stop,
+            on_call=on_call,
+            timeout=timeout,
+            grace=grace,
+            state_dir=state_dir,
         )
         try:
             found = rehearsal.run()
@@ -414,6 +456,14 @@ def rehearse_steps(
     )
     logger.info("verify.finished", ok=report.ok, stage=report.stage, culprit=report.culprit)
     return report
+
+
+def _relative_state(root: Path, state: Path) -> str:
+    """The state folder relative to the root (the default one when it lies outside)."""
+    try:
+        return state.absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return DEFAULT_STATE_DIR.as_posix()
 
 
 async def rehearse(
@@ -462,6 +512,7 @@ async def rehearse(
 
     with routing_installed():
         steps, scope, version_from, version_to = await anyio.to_thread.run_sync(prepare)
+    state_name = _relative_state(root, state)
     stop = threading.Event()
 
     def work() -> RehearsalReport:
@@ -474,6 +525,7 @@ async def rehearse(
             on_call=on_call,
             timeout=migration_timeout,
             grace=grace,
+            state_dir=state_name,
         )
 
     reports: list[RehearsalReport] = []

@@ -6,13 +6,17 @@ ever replaced atomically.
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._exceptions import StateError
+from ._faults import check_write
 from ._fsutil import atomic_write
+from ._log import get_logger
 from ._private import make_private_dirs
 from ._versions import parse_version
 
@@ -21,6 +25,9 @@ __all__ = ["DEFAULT_STATE_DIR", "MigrationRecord", "RunRecord", "State", "StateS
 DEFAULT_STATE_DIR = Path(".dopemux") / "update"
 _STATE_FILE = "state.json"
 _HISTORY_LIMIT = 200
+_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)  # between the attempts of ``record_retrying``
+
+logger = get_logger()
 
 
 def utcnow() -> str:
@@ -90,7 +97,19 @@ class StateStore:
     def write(self, state: State) -> None:
         make_private_dirs(self.state_dir)
         data = state.model_dump_json(indent=2, exclude_defaults=False) + "\n"
+        check_write()
         atomic_write(self.path, data.encode())
+
+    def set_aside(self) -> Path | None:
+        """Rename a (corrupt) ``state.json`` to ``state.json.corrupt-<time>``; its new name,
+        or None when there was none."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.rename(self.path, aside)  # noqa: PTH104 - the plain rename(2) is the point
+        except FileNotFoundError:
+            return None
+        return aside
 
     def installed_version(self) -> str | None:
         return self.read().installed_version
@@ -103,3 +122,16 @@ class StateStore:
         new = State(installed_version=version, history=history)
         self.write(new)
         return new
+
+    def record_retrying(self, *, installed_version: str | None, run: RunRecord | None) -> State:
+        """:meth:`record`, tried again a few times over about two seconds when the write
+        fails (a full disk that something else is freeing); the last error is raised."""
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                return self.record(installed_version=installed_version, run=run)
+            except OSError as exc:
+                if delay is None:
+                    raise
+                logger.warning("state.write_retry", error=str(exc), retry_in=delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -102,7 +102,7 @@ def _rows(
                 Row(migration_id, "rolled back" if ok else "undo failed", seconds, undo_seconds)
             )
         elif migration_id in applied:
-            status = done if result.ok else f"{done}, not undone"
+            status = done if result.ok or result.committed else f"{done}, not undone"
             rows.append(Row(migration_id, status, seconds))
         else:
             rows.append(Row(migration_id, "not run", seconds))
@@ -143,6 +143,35 @@ def _restart_details(
     return []
 
 
+def _failure_closing(result: UpdateResult) -> str:
+    """What a failed run left, in one true sentence or two."""
+    if result.backup_lost:
+        return (
+            "The installation NEEDS RECOVERY and CANNOT be restored automatically: the"
+            " backup taken before the update is gone. The backward functions ran, but the"
+            " tree is not verified. Run `dopemux-update recover` for what to do next."
+        )
+    if result.needs_recovery and result.backup_id is None:
+        return (
+            "The installation NEEDS RECOVERY; no backup was taken (no migration on the"
+            " plan asked for one): run `dopemux-update recover` for what to do next."
+        )
+    if result.needs_recovery:
+        return (
+            f"The installation NEEDS RECOVERY; the backup {result.backup_id} was kept:"
+            " run `dopemux-update recover`."
+        )
+    if result.backup_id is None:
+        return (
+            "The backward functions of the applied migrations ran, but no backup was"
+            " taken (no migration on the plan asked for one): what the failed migration"
+            " changed before it failed was not undone, and the tree was not verified."
+            f" The recorded version is still {result.version_from}."
+        )
+    restored = " and restored from its backup" if result.restored else ""
+    return f"The installation was rolled back{restored}; it is still at {result.version_from}."
+
+
 def build_summary(
     result: UpdateResult,
     restarted: RestartResult | None,
@@ -167,6 +196,19 @@ def build_summary(
         if result.backup_id is not None:
             details.append(Detail("Backup", result.backup_id))
         details += _restart_details(result, restarted, restarter_used=restarter_used)
+    elif result.committed:
+        headline = (
+            f"Update COMMITTED but not recorded: {len(result.applied)} migration(s) applied;"
+            " the version record could not be written."
+        )
+        details.append(Detail("Error", str(result.error), bad=True))
+        if result.backup_id is not None:
+            details.append(Detail("Backup", result.backup_id + " (kept)"))
+        closing.append(
+            f"The installation is at {result.version_to}, but state.json still records"
+            f" {result.version_from}: free space and run `dopemux-update recover` to complete"
+            " the commit (it records the new version; nothing is rolled back)."
+        )
     else:
         headline = (
             "Interrupted: the update was stopped before it finished."
@@ -176,20 +218,15 @@ def build_summary(
         details.append(Detail("Failed migration", str(result.failed_migration), bad=True))
         details.append(Detail("Error", str(result.error), bad=True))
         details.append(Detail("Rolled back", ", ".join(result.rolled_back) or "nothing"))
-        if result.backup_id is not None:
+        if result.backup_lost:
+            details.append(
+                Detail("Backup", f"{result.backup_id} (GONE: a migration removed it)", bad=True)
+            )
+        elif result.backup_id is not None:
             kept = " (kept)" if result.needs_recovery else ""
             details.append(Detail("Backup", result.backup_id + kept))
         details.append(_verified(result))
-        if result.needs_recovery:
-            closing.append(
-                f"The installation NEEDS RECOVERY; the backup {result.backup_id} was kept:"
-                " run `dopemux-update recover`."
-            )
-        else:
-            restored = " and restored from its backup" if result.restored else ""
-            closing.append(
-                f"The installation was rolled back{restored}; it is still at {result.version_from}."
-            )
+        closing.append(_failure_closing(result))
     if log_path is not None:
         details.append(Detail("Log", str(log_path)))
     return Summary(

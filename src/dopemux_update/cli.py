@@ -7,6 +7,7 @@ validation error, nothing changed; 3 needs recovery; 4 another update holds the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from ._cli_common import (
     time_limit_options,
     version_option_value,
 )
-from ._cli_recover import recover_command, recover_first, run_interruptibly
+from ._cli_recover import close_unrecoverable, recover_command, recover_first, run_interruptibly
 from ._cli_verify import verify_command
 from ._console import (
     Display,
@@ -54,7 +55,7 @@ from ._console import (
 )
 from ._discovery import scan_migrations
 from ._drift import find_drift
-from ._exceptions import LockError, PlanError, PreflightError, UpdateError
+from ._exceptions import LockError, PlanError, PreflightError, StateError, UpdateError
 from ._journal import Journal
 from ._lock import holding_lock, lock_holder
 from ._models import Direction, Plan, UpdateResult
@@ -139,7 +140,13 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
     damaged = [b for b in found if isinstance(b, DamagedBackup)]
     drift = find_drift(state.history, ctx.migrations)
     running = lock_holder(ctx.state_dir)
-    interrupted = Journal(ctx.state_dir).exists() and running is None
+    journal = Journal(ctx.state_dir)
+    interrupted = running is None and journal.exists()
+    what = "update"
+    with contextlib.suppress(OSError):  # unreadable: still an interrupted run, of some kind
+        traces = journal.inspect() if interrupted else None
+        if traces is not None and traces.records and not traces.first_damaged:
+            what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
     payload = {
         "command": "status",
         "root": str(ctx.root),
@@ -153,6 +160,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "backups_bytes": sum(b.copied_bytes for b in backups),
         "damaged_backups": [{"id": b.id, "error": b.error} for b in damaged],
         "needs_recovery": interrupted,
+        "interrupted": what if interrupted else None,
         "running": running,
         "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
     }
@@ -179,6 +187,9 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         lines.append(
             "WARNING: an update was interrupted and the installation NEEDS RECOVERY:"
             " run `dopemux-update recover`."
+            if what == "update"
+            else "WARNING: an interrupted restore (`backups restore` was cut short): the"
+            " installation NEEDS RECOVERY: run `dopemux-update recover` to finish it."
         )
     lines.extend(f"WARNING: {d.id} was applied but {d.reason} ({d.path})" for d in drift)
     emit(ctx, payload, lines)
@@ -439,6 +450,19 @@ def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path
     return code
 
 
+def _rollback_outcome(result: UpdateResult) -> str | None:
+    """What a failed run's rollback achieved, in one word a script can test."""
+    if result.ok or result.committed:
+        return None
+    if result.verified_identical:
+        return "restored_verified"
+    if result.backup_id is None:
+        return "backward_only_unverified"  # no backup: partial writes may remain
+    if result.backup_lost:
+        return "backup_lost"
+    return "incomplete"
+
+
 def _report_update(
     ctx: Context,
     result: UpdateResult,
@@ -479,6 +503,9 @@ def _report_update(
         "recovered": recovered,
         "abandoned": result.abandoned,
         "verified_identical": result.verified_identical,
+        "committed": result.committed,
+        "backup_lost": result.backup_lost,
+        "rollback": _rollback_outcome(result),
         "interrupted": interrupted,
         "log": str(log_path) if log_path else None,
     }
@@ -498,19 +525,53 @@ def _report_update(
 
 @cli.command()
 @click.argument("version")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Record VERSION even over a corrupt state.json (kept aside as"
+    " state.json.corrupt-TIME) or an interrupted run that `recover` cannot settle (its journal"
+    " kept aside as journal.jsonl.closed-TIME).",
+)
 @common_options
-def stamp(version: str, root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+def stamp(
+    version: str, force: bool, root: Path, migrations: Path | None, as_json: bool, verbose: int
+) -> int:
     """Record VERSION as installed, without running any migration."""
     ctx = make_context(root, migrations, as_json, verbose)
     parsed = version_option_value(version, option="VERSION")
+    aside = None
+    closed = False
     with holding_lock(ctx.state_dir):
-        recover_first(ctx)
-        previous = ctx.state.installed_version()
+        if force:
+            try:
+                ctx.state.read()
+            except StateError:
+                aside = ctx.state.set_aside()  # the one command that can repair it
+        recovered = recover_first(ctx, force=force)
+        try:
+            previous = ctx.state.installed_version()
+        except StateError as exc:
+            raise CommandError(
+                f"{exc}; to record {parsed} over it, pass --force (the file is kept aside)"
+            ) from exc
         ctx.state.record(installed_version=str(parsed))
+        if recovered is not None and recovered["action"] == "failed":
+            closed = close_unrecoverable(ctx)
+    lines = [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."]
+    if aside is not None:
+        lines.append(f"The corrupt state file was kept as {aside}.")
+    if closed:
+        lines.append("The interrupted run that could not be recovered is now closed.")
     emit(
         ctx,
-        {"command": "stamp", "installed_version": str(parsed), "previous_version": previous},
-        [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."],
+        {
+            "command": "stamp",
+            "installed_version": str(parsed),
+            "previous_version": previous,
+            "corrupt_state_kept": str(aside) if aside is not None else None,
+            "closed_interrupted_run": closed,
+        },
+        lines,
     )
     return EXIT_OK
 
