@@ -22,7 +22,7 @@ from packaging.version import Version
 from ._exceptions import UpdateError
 from ._private import check_state_dir, make_private_dirs, open_private
 from ._runner import DEFAULT_GRACE
-from ._state import DEFAULT_STATE_DIR, StateStore
+from ._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
 from ._versions import parse_version
 
 _HELD_IN_MEMORY = 4 << 20  # characters of a run log held in memory before it starts
@@ -59,7 +59,7 @@ class Context:
 
     @property
     def state(self) -> StateStore:
-        return StateStore(self.state_dir)
+        return StateStore(self.state_dir, version_file=self.root / VERSION_FILE)
 
 
 class RunLog:

@@ -21,7 +21,7 @@ import click
 
 from . import _events as ev
 from ._capture import MAX_KEPT_LINES, clip_line, omitted_lines
-from ._models import Plan
+from ._models import Direction, Plan
 from ._summary import Summary, format_seconds, plain_summary
 
 __all__ = [
@@ -82,12 +82,21 @@ def plan_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str, str]]:
     return rows
 
 
+def route_parts(plan: Plan) -> list[str]:
+    """The way from the current to the target version, in order: each hop's folder, and
+    each stretch of releases that ship no migrations (``0.2.0 → 0.2.1: no migrations``)."""
+    noop = [f"{a} → {b}: no migrations" for a, b in plan.noop]
+    hops = [hop.name for hop in plan.hops]
+    if plan.direction is Direction.UPGRADE:
+        return [*hops, *noop]
+    return [*noop, *hops]
+
+
 def plan_heading(plan: Plan) -> str:
-    hops = ", ".join(hop.name for hop in plan.hops)
     count = len(plan.hops)
     return (
         f"Plan: {plan.direction.value} {plan.current} → {plan.target}"
-        f" ({count} hop{'s' if count != 1 else ''}: {hops})"
+        f" ({count} hop{'s' if count != 1 else ''}: {', '.join(route_parts(plan))})"
     )
 
 
@@ -107,8 +116,13 @@ def plan_footer(plan: Plan) -> list[str]:
 def describe_plan(plan: Plan) -> list[str]:
     """The plan as plain lines: route, a table of the migrations, breaking changes, restarts,
     estimate. The description comes last, so that the short columns stay aligned."""
-    if plan.is_empty:
+    if plan.is_empty and not plan.moves:
         return [f"Nothing to do: the installation is at {plan.current}."]
+    if plan.is_empty:
+        return [
+            f"Plan: {plan.direction.value} {plan.current} → {plan.target}:"
+            f" {', '.join(route_parts(plan))}; only the version record changes."
+        ]
     header = ("#", "id", "description", "estimate", "breaking", "restarts", "backup")
     rows = plan_rows(plan)
     order = (0, 1, 3, 4, 5, 6, 2)

@@ -40,7 +40,14 @@ from ._runner import (
     CallStarted,
     RunnerEvent,
 )
-from ._state import DEFAULT_STATE_DIR, MigrationRecord, RunRecord, StateStore, utcnow
+from ._state import (
+    DEFAULT_STATE_DIR,
+    VERSION_FILE,
+    MigrationRecord,
+    RunRecord,
+    StateStore,
+    utcnow,
+)
 from ._state_guard import StateGuard, StateTamperedError, absolute, restore_cwd
 from ._tree import Scope
 from ._versions import parse_version
@@ -254,8 +261,9 @@ class OrchestrationPhase:
             raise UpdateError("this OrchestrationPhase has already run; create a new one")
         plan = await self.plan()  # validation reads only: nothing is written if it fails
         self._executed = True
-        if plan.is_empty:
+        if plan.is_empty and not plan.moves:
             return self._finish(_Run(plan), ok=True)
+        # A release without migrations still moves the version record: journaled like any run.
         async with holding_lock_async(self.state_dir):
             journal = Journal(self.state_dir)
             if await anyio.to_thread.run_sync(journal.exists):
@@ -280,7 +288,7 @@ class OrchestrationPhase:
             migrations=len(plan.steps),
         )
         run = _Run(plan)
-        store = StateStore(self.state_dir)
+        store = StateStore(self.state_dir, version_file=self.project_root / VERSION_FILE)
         if plan.backup_required:
             await self._backup(run)
         with routing_installed():

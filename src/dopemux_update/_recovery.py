@@ -24,7 +24,7 @@ from ._journal import Journal, Record
 from ._lock import holding_lock_async
 from ._log import get_logger
 from ._restore import RestoreReport
-from ._state import DEFAULT_STATE_DIR, RunRecord, StateStore, utcnow
+from ._state import DEFAULT_STATE_DIR, VERSION_FILE, RunRecord, StateStore, utcnow
 from ._state_guard import absolute
 
 __all__ = ["RecoveryResult", "journaled_restore", "recover", "recover_sync"]
@@ -135,7 +135,9 @@ def journaled_restore(
     report = backups.restore(backup_id, project_root)
     crash_point("restore.before_record")
     if manifest.version_from is not None:
-        StateStore(state_dir).record(installed_version=manifest.version_from)
+        StateStore(state_dir, version_file=project_root / VERSION_FILE).record(
+            installed_version=manifest.version_from
+        )
     journal.retire()
     return report, manifest.version_from
 
@@ -160,7 +162,7 @@ def _finish_restore(project_root: Path, state_dir: Path, started: Record) -> Rec
             ),
             **common,
         )
-    installed = StateStore(state_dir).installed_version()
+    installed = StateStore(state_dir, version_file=project_root / VERSION_FILE).installed_version()
     logger.warning("recovery.restore_finished", installed_version=installed, **common)
     return RecoveryResult(
         "restored", kind="restore", installed_version=installed or version, **common
@@ -307,7 +309,7 @@ def _recover(project_root: Path, state_dir: Path) -> RecoveryResult:
                 " or `backups create`; the installation itself had not been changed",
             )
         return RecoveryResult("none")
-    state = StateStore(state_dir)
+    state = StateStore(state_dir, version_file=project_root / VERSION_FILE)
     records = contents.records
     if contents.first_damaged or not records or records[0].get("kind") not in _FIRST_KINDS:
         return _damaged_journal(project_root, backups, state, journal, records)

@@ -2,6 +2,12 @@
 
 Lives in ``<root>/.dopemux/update/state.json`` (the state folder is configurable) and is only
 ever replaced atomically.
+
+Dopemux keeps its own record of the installed version in ``<root>/VERSION``. When a store is
+given that file (``version_file``), it reads the installed version from there while
+``state.json`` records none, and every version it records is written there too (in the file's
+own style: a leading ``v`` is kept), just before ``state.json``: the two records never
+disagree after one of our runs. A file that does not exist is never created.
 """
 
 from __future__ import annotations
@@ -20,14 +26,55 @@ from ._log import get_logger
 from ._private import make_private_dirs
 from ._versions import parse_version
 
-__all__ = ["DEFAULT_STATE_DIR", "MigrationRecord", "RunRecord", "State", "StateStore", "utcnow"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "VERSION_FILE",
+    "MigrationRecord",
+    "RunRecord",
+    "State",
+    "StateStore",
+    "read_version_file",
+    "utcnow",
+]
 
 DEFAULT_STATE_DIR = Path(".dopemux") / "update"
 _STATE_FILE = "state.json"
+VERSION_FILE = "VERSION"  # Dopemux's own record, at the installation's root
 _HISTORY_LIMIT = 200
 _RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)  # between the attempts of ``record_retrying``
 
 logger = get_logger()
+
+
+def read_version_file(path: Path) -> str | None:
+    """The version in a Dopemux ``VERSION`` file, without a leading ``v``; None when there is
+    no such file. Raises :class:`StateError` when it holds no valid version."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot be read: {exc.strerror or exc}", path=path) from exc
+    value = text[1:] if text[:1] in ("v", "V") else text
+    if not value:
+        raise StateError("is empty: it should hold the installed version", path=path)
+    parse_version(value, where=str(path))
+    return value
+
+
+def _write_version_file(path: Path, version: str) -> None:
+    """Put ``version`` in an existing ``VERSION`` file, keeping its style and mode."""
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace")
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return
+    prefix = "v" if old.strip()[:1] in ("v", "V") else ""
+    ending = "\n" if old.endswith("\n") else ""
+    new = f"{prefix}{version}{ending}"
+    if new != old:
+        check_write()
+        atomic_write(path, new.encode(), mode=mode)
 
 
 def utcnow() -> str:
@@ -73,11 +120,13 @@ class State(BaseModel):
 
 
 class StateStore:
-    """Reads and atomically rewrites ``state.json`` in a state folder."""
+    """Reads and atomically rewrites ``state.json`` in a state folder (and keeps Dopemux's
+    ``VERSION`` file in step, when given one: see the module documentation)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, version_file: Path | None = None) -> None:
         self.state_dir = state_dir
         self.path = state_dir / _STATE_FILE
+        self.version_file = version_file
 
     def read(self) -> State:
         try:
@@ -112,13 +161,33 @@ class StateStore:
         return aside
 
     def installed_version(self) -> str | None:
-        return self.read().installed_version
+        """``state.json``'s version; while it records none, the ``VERSION`` file's."""
+        recorded = self.read().installed_version
+        if recorded is None and self.version_file is not None:
+            return read_version_file(self.version_file)
+        return recorded
+
+    def version_file_disagrees(self) -> str | None:
+        """The ``VERSION`` file's version when ``state.json`` records another one."""
+        if self.version_file is None:
+            return None
+        recorded = self.read().installed_version
+        try:
+            other = read_version_file(self.version_file)
+        except StateError as exc:
+            return str(exc)
+        if recorded is None or other is None:
+            return None
+        return None if parse_version(other) == parse_version(recorded) else other
 
     def record(self, *, installed_version: str | None, run: RunRecord | None = None) -> State:
-        """Set the installed version and append ``run`` to the history, in one atomic write."""
+        """Set the installed version and append ``run`` to the history, in one atomic write
+        (the ``VERSION`` file, if any, is brought in step just before)."""
         state = self.read()
         history = state.history if run is None else (*state.history, run)[-_HISTORY_LIMIT:]
         version = installed_version if installed_version is not None else state.installed_version
+        if installed_version is not None and self.version_file is not None:
+            _write_version_file(self.version_file, installed_version)
         new = State(installed_version=version, history=history)
         self.write(new)
         return new

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import click
+from packaging.version import Version
 
 from ._backup import BackupStore
 from ._cli_backups import DamagedBackup, backups, read_backups
@@ -58,7 +59,7 @@ from ._drift import find_drift
 from ._exceptions import LockError, PlanError, PreflightError, StateError, UpdateError
 from ._journal import Journal
 from ._lock import holding_lock, lock_holder
-from ._models import Direction, Plan, UpdateResult
+from ._models import Direction, Plan, Transition, UpdateResult
 from ._orchestration import OrchestrationPhase
 from ._planning import find_route, newest_reachable
 from ._restart import (
@@ -69,6 +70,7 @@ from ._restart import (
     ServiceRestartPhase,
 )
 from ._scaffold import new_migration
+from ._state import VERSION_FILE
 from ._summary import build_summary
 from ._versions import parse_version
 
@@ -81,6 +83,7 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
         "version_to": str(plan.target),
         "direction": plan.direction.value,
         "hops": [hop.name for hop in plan.hops],
+        "no_op": [{"version_from": str(a), "version_to": str(b)} for a, b in plan.noop],
         "migrations": [
             {
                 "id": step.id,
@@ -113,32 +116,19 @@ cli.add_command(recover_command)
 cli.add_command(verify_command)
 
 
-@cli.command()
-@common_options
-def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
-    """Show the installed version and what is pending."""
-    ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
-    state = ctx.state.read()
-    installed = state.installed_version
-    catalog = scan_migrations(ctx.migrations)
-    latest: str | None = None
-    pending: list[str] = []
-    problem: str | None = None
-    if installed is not None:
-        current = parse_version(installed)
-        latest_version = newest_reachable(catalog.transitions, current)
-        latest = str(latest_version)
-        try:
-            pending = [hop.name for hop in find_route(catalog.transitions, current).hops]
-        except PlanError as exc:
-            problem = str(exc)
-    last = state.history[-1] if state.history else None
-    found = read_backups(BackupStore(ctx.state_dir / "backups"))
-    backups = [b for b in found if not isinstance(b, DamagedBackup)]
-    damaged = [b for b in found if isinstance(b, DamagedBackup)]
-    drift = find_drift(state.history, ctx.migrations)
+def _pending(
+    transitions: Sequence[Transition], current: Version
+) -> tuple[str, list[str], str | None]:
+    """The newest reachable version, the hops to it, and a problem that stops planning."""
+    latest = str(newest_reachable(transitions, current))
+    try:
+        return latest, [hop.name for hop in find_route(transitions, current).hops], None
+    except PlanError as exc:
+        return latest, [], str(exc)
+
+
+def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
+    """Who runs an update now; whether one was interrupted; and what (update or restore)."""
     running = lock_holder(ctx.state_dir)
     journal = Journal(ctx.state_dir)
     interrupted = running is None and journal.exists()
@@ -147,12 +137,44 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         traces = journal.inspect() if interrupted else None
         if traces is not None and traces.records and not traces.first_damaged:
             what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
+    return running, interrupted, what
+
+
+@cli.command()
+@common_options
+def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+    """Show the installed version and what is pending."""
+    ctx = make_context(root, migrations, as_json, verbose)
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
+    store = ctx.state
+    state = store.read()
+    problem: str | None = None
+    try:
+        installed = store.installed_version()  # state.json's, else Dopemux's VERSION file
+        version_file = store.version_file_disagrees()
+    except StateError as exc:
+        installed, version_file, problem = state.installed_version, None, str(exc)
+    catalog = scan_migrations(ctx.migrations)
+    latest: str | None = None
+    pending: list[str] = []
+    if installed is not None:
+        latest, pending, problem = _pending(catalog.transitions, parse_version(installed))
+    last = state.history[-1] if state.history else None
+    found = read_backups(BackupStore(ctx.state_dir / "backups"))
+    backups = [b for b in found if not isinstance(b, DamagedBackup)]
+    damaged = [b for b in found if isinstance(b, DamagedBackup)]
+    drift = find_drift(state.history, ctx.migrations)
+    running, interrupted, what = _interruption(ctx)
     payload = {
         "command": "status",
         "root": str(ctx.root),
         "installed_version": installed,
+        "version_file": version_file,
         "latest_version": latest,
         "pending": pending,
+        "migrations_dir": str(ctx.migrations),
+        "migrations_found": catalog.exists,
         "transitions": [t.name for t in catalog.transitions],
         "problem": problem,
         "last_run": last.model_dump(mode="json") if last else None,
@@ -168,6 +190,13 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         f"Installation:      {ctx.root.resolve()}",
         f"Installed version: {installed or 'not recorded (use `dopemux-update stamp VERSION`)'}",
     ]
+    if version_file is not None:
+        lines.append(
+            f"WARNING: {ctx.root / VERSION_FILE} says {version_file}, but the update record"
+            f" says {installed}; `dopemux-update stamp VERSION` sets both"
+        )
+    if not catalog.exists:
+        lines.append(f"Migrations:        none (no folder at {ctx.migrations})")
     if latest is not None:
         lines.append(f"Newest reachable:  {latest}")
         lines.append(f"Pending:           {', '.join(pending) if pending else 'nothing'}")
@@ -377,7 +406,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
     the_plan = anyio.run(phase.plan)
-    if the_plan.steps or the_plan.hops:
+    if not the_plan.is_empty or the_plan.moves:
         if the_plan.direction is not expected:
             other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
             raise CommandError(
