@@ -449,3 +449,12 @@ def test_compose_env_gives_a_service_without_environment_a_map(tmp_path: Path) -
         with pytest.raises(EditError, match="no service 'nope'"):
             edit.compose_env(doc, "nope")
     assert "    environment:\n      QDRANT__LOG_LEVEL: INFO\n" in path.read_text()
+
+
+def test_compose_env_quotes_a_new_item_when_all_the_others_are(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    text = 'services:\n  a:\n    environment:\n      - "A=1"\n      - "B=2"\n'
+    path.write_text(text)
+    with edit.edit_yaml(path) as doc:
+        edit.compose_env(doc, "a")["C"] = "3"
+    assert path.read_text() == text + '      - "C=3"\n'

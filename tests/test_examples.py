@@ -179,7 +179,7 @@ def test_the_pal_example_changes_only_its_own_lines_and_leaves_search_alone(
     assert removed == []  # only additions: the flow healthchecks and labels are untouched
     assert compose.count('test: [ "CMD') == 2
     assert "      PAL_URL: http://mcp-pal:3008\n" in compose  # map form
-    assert '      - "CONPORT_PAL_ENABLED=true"\n' in compose  # list form, quoted like its peers
+    assert "      - CONPORT_PAL_ENABLED=true\n" in compose  # list form
     assert (root / ".env").read_text() == texts[".env"] + "PAL_API_KEY=\n"
     assert fts_state(root) == search
     with closing(sqlite3.connect(root / ".dopemux" / "conport.db")) as conn:

@@ -31,8 +31,8 @@ def compose_env(doc: Any, service: str) -> MutableMapping[str, str | None]:
     :func:`edit_yaml`), as a mapping of names to values (None for a bare ``- NAME``).
 
     Changes are made in the document, in the file's form: ``- KEY=VALUE`` items in a list
-    (a changed item keeps its place, quotes and comment; a new one is appended in the style
-    of the last one), ``KEY: VALUE`` entries in a map. A service without ``environment:``
+    (a changed item keeps its place, quotes and comment; a new one is appended, quoted when
+    all the others are), ``KEY: VALUE`` entries in a map. A service without ``environment:``
     gets one in map form when a key is set. Map values that are numbers or booleans read as
     compose passes them on (``3``, ``true``). Raises :class:`EditError` when the document
     has no such service, or its ``environment:`` is neither a list nor a map.
@@ -99,7 +99,9 @@ class _Environment(MutableMapping[str, "str | None"]):
             return
         last = len(node) - 1
         tail = _detach_tail(node, last) if last >= 0 and _is_commented(node) else ""
-        node.append(_styled_like(node[last], text) if last >= 0 else text)
+        kinds = {type(item) for item in node}
+        # Quoted like the others when they all are; else plain.
+        node.append(_styled_like(node[last], text) if len(kinds) == 1 else text)
         if tail:
             _attach_tail(node, len(node) - 1, tail)
 
