@@ -458,3 +458,17 @@ def test_compose_env_quotes_a_new_item_when_all_the_others_are(tmp_path: Path) -
     with edit.edit_yaml(path) as doc:
         edit.compose_env(doc, "a")["C"] = "3"
     assert path.read_text() == text + '      - "C=3"\n'
+
+
+def test_changing_a_flow_map_rewrites_its_line_only_and_keeps_the_blank_line_after_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(COMPOSE)
+    with capture_logs() as logs, edit.edit_yaml(path) as doc:
+        doc["services"]["postgres"]["labels"]["tier"] = "database"
+    assert changed_lines(COMPOSE, path.read_text()) == [
+        "-    labels: { tier: db, backup: 'yes' }\n",
+        "+    labels: {tier: database, backup: 'yes'}\n",
+    ]
+    assert logs == []  # carried over, not a full rewrite

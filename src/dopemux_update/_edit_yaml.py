@@ -6,10 +6,12 @@ not model: ``[ "CMD", "ping" ]`` becomes ``["CMD", "ping"]``, ``{ A: 1 }`` becom
 whitespace-only lines and trailing spaces go. So the file is never written as ruamel renders
 it. Instead, the unedited document and the edited one are rendered with the same settings
 (``R0`` and ``R1``), their line diff says which lines the edit changed, and only those hunks
-are carried over onto the original text ``O``: a line diff of ``R0`` against ``O`` maps the
-lines ruamel rendered as they were to their place in ``O``. A hunk that touches a line ruamel
-normalised replaces just that normalised region of ``O``; every other byte stays. The result
-is checked: it must load to the edited document, else the full rendering is written.
+are carried over onto the original text ``O``: a line diff of ``R0`` against ``O`` (lines
+matched by indentation and text, ignoring spaces inside the line) maps each line of ``R0``
+to its place in ``O``. A hunk that touches a line ruamel rendered differently replaces just
+that line (or region) of ``O``; every other byte stays. The result is checked: it must
+render as the edited document does (but for blank lines and inner spaces), else the full
+rendering is written, as before.
 
 The indentation of block mappings and sequences is detected from the file (defaults:
 2 spaces, sequences indented under their key: ``key:\\n  - item``); new lines get the file's
@@ -137,15 +139,16 @@ def _dump(doc: Any, codec: _Codec, path: Path) -> str:
 def _carry_over(original: str, before: str, after: str, codec: _Codec, path: Path) -> str:
     """``original`` with the line hunks that turn ``before`` into ``after``.
 
-    Checked: the result must render as ``after`` does; if it does not (a mapping this
-    module did not foresee), the full rendering ``after`` is returned instead, as ruamel
-    writes it, and a warning is logged.
+    Checked: the result must render as ``after`` does, but for blank lines and spaces
+    inside a line (which ruamel renders differently depending on what follows them); if it
+    does not (a mapping this module did not foresee), the full rendering ``after`` is
+    returned instead, as ruamel writes it, and a warning is logged.
     """
     newline = "\r\n" if codec.crlf else "\n"
     merged = _merge(original, before, after, newline)
     try:
         reloaded = codec.yaml.load(merged.replace("\r\n", "\n") if codec.crlf else merged)
-        faithful = _dump(reloaded, codec, path) == after
+        faithful = _outline(_dump(reloaded, codec, path)) == _outline(after)
     except (codec.error, EditError):
         faithful = False
     if faithful:
@@ -163,6 +166,21 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+def _outline(rendering: str) -> list[str]:
+    """The non-blank lines of a rendering, by their shape: keys, values and comments."""
+    return [_shape(line) for line in _lines(rendering) if line.strip()]
+
+
+def _shape(line: str) -> str:
+    """What lines are matched by: the indentation and the text without its spaces, so that
+    ``[ "CMD", "ping" ]`` matches ruamel's ``["CMD", "ping"]``. A whitespace-only line (which
+    ruamel drops) is kept as it is: it never matches the empty lines ruamel keeps."""
+    content = line.lstrip(" ")
+    if not content.strip():
+        return line
+    return line[: len(line) - len(content)] + "".join(content.split())
+
+
 def _merge(original: str, before: str, after: str, newline: str) -> str:
     """Carry the line hunks of ``before`` -> ``after`` (two renderings) over onto
     ``original`` (the text ``before`` was rendered from); see the module docstring."""
@@ -173,7 +191,9 @@ def _merge(original: str, before: str, after: str, newline: str) -> str:
     # R0 boundary -> the O boundaries it can stand for; boundaries inside a region that
     # ruamel rendered differently from O (normalised) have none.
     places: dict[int, list[int]] = {0: [0], len(r0): [len(o_lines)]}
-    matcher = difflib.SequenceMatcher(None, r0, o_plain, autojunk=False)
+    matcher = difflib.SequenceMatcher(
+        None, [_shape(line) for line in r0], [_shape(line) for line in o_plain], autojunk=False
+    )
     for tag, i1, i2, j1, _j2 in matcher.get_opcodes():
         if tag == "equal":
             for i in range(i1, i2 + 1):
