@@ -472,3 +472,12 @@ def test_changing_a_flow_map_rewrites_its_line_only_and_keeps_the_blank_line_aft
         "+    labels: {tier: database, backup: 'yes'}\n",
     ]
     assert logs == []  # carried over, not a full rewrite
+
+
+def test_a_document_that_is_a_sequence_keeps_its_dashes_at_column_0(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    text = "# registry\n- name: postgres\n  port: 5432\n- name: redis\n  ports: [ 6379 ]\n"
+    path.write_text(text)
+    with edit.edit_yaml(path) as doc:
+        doc[0]["port"] = 5433
+    assert changed_lines(text, path.read_text()) == ["-  port: 5432\n", "+  port: 5433\n"]

@@ -248,11 +248,18 @@ def _layout(text: str) -> _Layout:
     sequence: int | None = None
     offset: int | None = None
     key_indent: int | None = None  # indent of the previous line, if it was "key:" alone
+    first = True
     for line in text.splitlines():
         content = line.lstrip(" ")
-        if not content.strip() or content.startswith("#"):
+        if not content.strip() or content.startswith(("#", "---")):
             continue
         indent = len(line) - len(content)
+        if first and indent == 0 and content.startswith("- "):
+            # The document is a sequence, its dashes at column 0.
+            offset = 0
+            item = content[1:]
+            sequence = 1 + len(item) - len(item.lstrip(" "))
+        first = False
         if key_indent is not None and indent > key_indent:
             if content.startswith("- ") and offset is None:
                 offset = indent - key_indent
