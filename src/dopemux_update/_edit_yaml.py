@@ -39,7 +39,9 @@ __all__ = ["edit_yaml", "load_yaml", "quoted"]
 
 logger = get_logger()
 
-_INSTALL_HINT = "ruamel.yaml is not installed: install dopemux-update[yaml]"
+_INSTALL_HINT = (
+    "ruamel.yaml is not installed, and dopemux-update needs it: pip install 'ruamel.yaml>=0.18'"
+)
 # A line holding only a block mapping key ("key:" or "key:  # comment"), value on later lines.
 _KEY_ONLY = re.compile(r"""^(?:[^\s#'"\-?][^#]*?|'[^']*'|"[^"]*")\s*:\s*(?:#.*)?$""")
 _EXPLICIT_START = re.compile(r"^---(?:\s|$)", re.MULTILINE)
