@@ -481,3 +481,39 @@ def test_a_document_that_is_a_sequence_keeps_its_dashes_at_column_0(tmp_path: Pa
     with edit.edit_yaml(path) as doc:
         doc[0]["port"] = 5433
     assert changed_lines(text, path.read_text()) == ["-  port: 5432\n", "+  port: 5433\n"]
+
+
+def key_paths(node: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.append((*prefix, key))
+            found.extend(key_paths(value, (*prefix, key)))
+    return found
+
+
+def test_every_block_mapping_of_the_compose_file_round_trips_an_added_key(
+    tmp_path: Path,
+) -> None:
+    """Adding a key under any block mapping adds lines only; deleting it restores the bytes."""
+    path = tmp_path / "compose.yml"
+    path.write_text(COMPOSE)
+    mappings = [
+        keys
+        for keys in key_paths(edit.load_yaml(path))
+        if isinstance(edit.get_in(edit.load_yaml(path), keys), dict)
+        and not COMPOSE.count(f"{keys[-1]}: {{")  # a flow mapping's line is rewritten
+    ]
+    assert len(mappings) > 15
+    for keys in mappings:
+        with capture_logs() as logs, edit.edit_yaml(path) as doc:
+            edit.set_in(doc, (*keys, "zz_added"), "value")
+        changed = changed_lines(COMPOSE, path.read_text())
+        added = {line[1:] for line in changed if line.startswith("+")}
+        removed = [line[1:] for line in changed if line.startswith("-")]
+        # Only lines added; the file's last line gets a newline when a line goes after it.
+        assert all(line + "\n" in added and not line.endswith("\n") for line in removed), keys
+        with edit.edit_yaml(path) as doc:
+            edit.delete_in(doc, (*keys, "zz_added"))
+        assert path.read_text() == COMPOSE, keys
+        assert logs == []
