@@ -6,7 +6,8 @@ Usage::
 
 By default the database is written to ``examples/installation/.dopemux/conport.db``.
 The file is rebuilt from scratch with the 0.1.0 schema (no ``priority_level`` column,
-which migration ``v0.1.0_to_v0.2.0/002`` adds) in rollback-journal mode (``delete``,
+which migration ``v0.1.0_to_v0.2.0/002`` adds; the FTS5 index ``decisions_fts`` over the
+decisions, with its triggers, as ConPort has) in rollback-journal mode (``delete``,
 SQLite's default; never WAL), so that the database is a single self-contained file.
 Only the standard library is used.
 """
@@ -29,6 +30,25 @@ SCHEMA: tuple[str, ...] = (
     created_at TEXT
 )""",
     "CREATE INDEX idx_decisions_created_at ON decisions (created_at)",
+    # ConPort's full-text search: an FTS5 index over the decisions table (external content),
+    # kept up to date by triggers. Migrations must leave its shadow tables alone.
+    """CREATE VIRTUAL TABLE decisions_fts USING fts5(
+    summary, rationale, content='decisions', content_rowid='id'
+)""",
+    """CREATE TRIGGER decisions_ai AFTER INSERT ON decisions BEGIN
+    INSERT INTO decisions_fts (rowid, summary, rationale)
+    VALUES (new.id, new.summary, new.rationale);
+END""",
+    """CREATE TRIGGER decisions_ad AFTER DELETE ON decisions BEGIN
+    INSERT INTO decisions_fts (decisions_fts, rowid, summary, rationale)
+    VALUES ('delete', old.id, old.summary, old.rationale);
+END""",
+    """CREATE TRIGGER decisions_au AFTER UPDATE ON decisions BEGIN
+    INSERT INTO decisions_fts (decisions_fts, rowid, summary, rationale)
+    VALUES ('delete', old.id, old.summary, old.rationale);
+    INSERT INTO decisions_fts (rowid, summary, rationale)
+    VALUES (new.id, new.summary, new.rationale);
+END""",
 )
 
 # (id, summary, rationale, created_at) -- fixed values so the file is reproducible.

@@ -1,4 +1,4 @@
-"""Upgrade a copy of the sample installation from 0.1.0 to 0.2.0 and show what changed.
+"""Upgrade a copy of the sample installation from 0.1.0 to 0.3.0 and show what changed.
 
     python examples/walkthrough.py [FOLDER]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "installation"
 MIGRATIONS = HERE.parent / "migrations" / "examples"
-TEXT_FILES = ("config/mcp/broker.yaml", "docker-compose.yml", "config/app.yaml")
+TEXT_FILES = ("config/mcp/broker.yaml", "docker-compose.yml", ".env", "config/app.yaml")
 
 
 def run(*args: str) -> int:
@@ -33,7 +33,8 @@ def run(*args: str) -> int:
 def schema(db: Path) -> list[str]:
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         rows = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = 'decisions' AND sql IS NOT NULL"
+            "SELECT sql FROM sqlite_master WHERE tbl_name IN ('decisions', 'pal_threads')"
+            " AND sql IS NOT NULL"
         )
         return [line + "\n" for (sql,) in rows for line in sql.splitlines()]
 

@@ -249,7 +249,10 @@ def test_examples_through_a_real_subprocess(example_copy: Path) -> None:
     base = [sys.executable, "-m", "dopemux_update"]
     args = ["--root", str(example_copy), "--migrations", str(EXAMPLE_MIGRATIONS), "--json"]
     up = subprocess.run(
-        [*base, "upgrade", "--no-restart", *args], capture_output=True, text=True, check=False
+        [*base, "upgrade", "--to", "0.2.0", "--no-restart", *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert up.returncode == 0, up.stderr
     result = json.loads(up.stdout)

@@ -422,7 +422,7 @@ def test_without_ruamel_the_error_says_what_to_install(
     path = tmp_path / "broker.yaml"
     path.write_text(BROKER)
     monkeypatch.setitem(sys.modules, "ruamel.yaml", None)
-    with pytest.raises(EditError, match=r"install dopemux-update\[yaml\]") as caught:
+    with pytest.raises(EditError, match=r"pip install 'ruamel\.yaml>=0\.18'") as caught:
         edit.load_yaml(path)
     assert isinstance(caught.value.__cause__, ImportError)
     assert path.read_text() == BROKER

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLE_INSTALLATION, EXAMPLE_MIGRATIONS, REPO, tree_digest
-from dopemux_update import OrchestrationPhase, ServiceRestartPhase
+from dopemux_update import OrchestrationPhase, ServiceRestartPhase, edit, rehearse
+from dopemux_update.testing import assert_reversible, run_backward, run_forward
 
 pytestmark = pytest.mark.anyio
 
@@ -121,8 +124,70 @@ def test_the_walkthrough_of_the_readmes_first_command_runs_end_to_end(tmp_path: 
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Rehearsal clean: 2 migrations" in result.stdout
-    assert "Upgraded 0.1.0 → 0.2.0: 2 migration(s) applied." in result.stdout
+    assert "Rehearsal clean: 4 migrations" in result.stdout
+    assert "Upgraded 0.1.0 → 0.3.0: 4 migration(s) applied." in result.stdout
     assert "config/app.yaml: unchanged (user comments and all)" in result.stdout
-    assert "Installed version: 0.2.0" in result.stdout
+    assert "Installed version: 0.3.0" in result.stdout
     assert tree_digest(EXAMPLE_INSTALLATION) == before
+
+
+# --------------------------------------------------------------------------- v0.2.0 -> v0.3.0
+
+V3 = EXAMPLE_MIGRATIONS / "v0.2.0_to_v0.3.0"
+
+
+def test_the_pal_example_set_is_reversible_alone_and_together() -> None:
+    before = tree_digest(EXAMPLE_INSTALLATION)
+    for path in sorted(V3.glob("0*.py")):
+        assert_reversible(path, EXAMPLE_INSTALLATION)
+    report = assert_reversible(V3, EXAMPLE_INSTALLATION)
+    assert report.ok
+    assert tree_digest(EXAMPLE_INSTALLATION) == before
+
+
+async def test_the_whole_example_chain_rehearses_clean(example_copy: Path) -> None:
+    report = await rehearse(
+        project_root=example_copy, migrations_dir=EXAMPLE_MIGRATIONS, current_version="0.1.0"
+    )
+    assert report.ok, "\n".join(report.describe())
+    assert "Rehearsal clean: 4 migrations" in report.describe()[0]
+
+
+def fts_state(root: Path) -> tuple[object, ...]:
+    with closing(sqlite3.connect(root / ".dopemux" / "conport.db")) as conn:
+        shadow = conn.execute("SELECT id, block FROM decisions_fts_data ORDER BY id").fetchall()
+        found = conn.execute(
+            "SELECT rowid FROM decisions_fts WHERE decisions_fts MATCH 'broker'"
+        ).fetchall()
+    return shadow, found
+
+
+def test_the_pal_example_changes_only_its_own_lines_and_leaves_search_alone(
+    installation_copy: Callable[[Path], Path],
+) -> None:
+    root = installation_copy(EXAMPLE_INSTALLATION)
+    texts = {name: (root / name).read_text() for name in ("docker-compose.yml", ".env")}
+    search = fts_state(root)
+    printed = run_forward(V3, root)
+    assert "  → Adding PAL_API_KEY= to .env: fill it in before starting mcp-pal" in printed
+    compose = (root / "docker-compose.yml").read_text()
+    removed = [
+        line
+        for line in difflib.ndiff(texts["docker-compose.yml"].splitlines(), compose.splitlines())
+        if line.startswith("- ")
+    ]
+    assert removed == []  # only additions: the flow healthchecks and labels are untouched
+    assert compose.count('test: [ "CMD') == 2
+    assert "      PAL_URL: http://mcp-pal:3008\n" in compose  # map form
+    assert "      - CONPORT_PAL_ENABLED=true\n" in compose  # list form
+    assert (root / ".env").read_text() == texts[".env"] + "PAL_API_KEY=\n"
+    assert fts_state(root) == search
+    with closing(sqlite3.connect(root / ".dopemux" / "conport.db")) as conn:
+        indexes = conn.execute("PRAGMA index_list(pal_threads)").fetchall()
+    assert [row[1] for row in indexes] == ["idx_pal_threads_decision"]
+
+    with edit.edit_env(root / ".env") as env:
+        env["PAL_API_KEY"] = "filled-in-by-the-operator"
+    run_backward(V3, root)
+    assert "PAL_API_KEY=filled-in-by-the-operator" in (root / ".env").read_text()  # kept
+    assert (root / "docker-compose.yml").read_text() == texts["docker-compose.yml"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._exceptions import EditError
 
-__all__ = ["KeyPath", "delete_in", "get_comment", "get_in", "set_in"]
+__all__ = ["KeyPath", "delete_in", "get_comment", "get_in", "rename_key", "set_in"]
 
 KeyPath = str | Sequence[Hashable]
 """``"a.b.c"`` (split on dots) or a sequence of keys, for keys containing dots or non-strings."""
@@ -119,6 +119,44 @@ def delete_in(doc: Any, path: KeyPath) -> bool:
     return True
 
 
+def rename_key(doc: Any, path: KeyPath, new_name: Hashable) -> bool:
+    """Rename the key at ``path`` to ``new_name`` in place: same position, same value, and
+    in a YAML document the same comments (on its line, and the lines after its value).
+
+    ``rename_key(doc, ("services", "mcp-old"), "mcp-new")``. Returns True if it renamed the
+    key, False if there is no key at ``path`` (already renamed, or never there). Raises
+    :class:`EditError`, changing nothing, when the mapping already holds ``new_name``.
+    """
+    keys = _keys(path)
+    parent = get_in(doc, keys[:-1]) if len(keys) > 1 else doc
+    old = keys[-1]
+    if not isinstance(parent, MutableMapping) or old not in parent:
+        return False
+    if new_name == old:
+        return False
+    if new_name in parent:
+        raise EditError(
+            f"cannot rename {_dotted(keys)} to {new_name!r}: "
+            f"{_dotted(keys[:-1])} already has a key {new_name!r}"
+        )
+    position = list(parent).index(old)
+    value = parent[old]
+    if _is_commented(parent):
+        commented: Any = parent
+        entry = _items(commented).pop(old, None)
+        del commented[old]
+        commented.insert(position, new_name, value)
+        if entry is not None:
+            _items(parent)[new_name] = entry
+            _shift_eol_comment(entry, len(str(new_name)) - len(str(old)))
+        return True
+    entries = list(parent.items())
+    entries[position] = (new_name, value)
+    parent.clear()
+    parent.update(entries)
+    return True
+
+
 def get_comment(doc: Any, path: KeyPath) -> str | None:
     """The end-of-line comment on the line of the key at ``path``, without ``#``; else None."""
     keys = _keys(path)
@@ -158,6 +196,16 @@ def _put(
             node.fa.set_block_style()
     mapping[key] = value
     _attach_tail(mapping, key, tail)
+
+
+def _shift_eol_comment(entry: list[Any], delta: int) -> None:
+    """Move the comment on a renamed key's line by the change in the key's width, so that
+    the gap before it stays (renaming back gives the line back as it was)."""
+    token = entry[_MAP_SLOT] if len(entry) > _MAP_SLOT else None
+    if token is None or not str(token.value).startswith("#"):
+        return
+    mark = token.start_mark
+    mark.column = max(mark.column + delta, 0)
 
 
 def _set_flow_style(node: Any) -> None:

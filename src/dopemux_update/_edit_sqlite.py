@@ -18,7 +18,7 @@ import contextlib
 import os
 import sqlite3
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ._exceptions import EditError
@@ -28,8 +28,11 @@ __all__ = [
     "BUSY_TIMEOUT_SECONDS",
     "Database",
     "add_column",
+    "add_index",
     "column_exists",
     "drop_column",
+    "drop_index",
+    "index_exists",
     "quote_identifier",
     "sqlite_transaction",
     "table_exists",
@@ -129,6 +132,64 @@ def drop_column(db: Database, table: str, column: str, *, decl: str | None = Non
             )
         else:
             _rebuild_without(conn, name, existing, decl)
+        return True
+
+
+def index_exists(db: Database, name: str) -> bool:
+    """Whether the database has an index named ``name`` (ASCII case ignored)."""
+    with _using(db, write=False, doing=f"look for index {name!r}") as conn:
+        return _index(conn, name) is not None
+
+
+def add_index(
+    db: Database, table: str, name: str, columns: Sequence[str], *, unique: bool = False
+) -> bool:
+    """Create the index ``name`` on ``table`` (``columns``, in order) unless it exists.
+
+    ``CREATE [UNIQUE] INDEX IF NOT EXISTS``, names quoted. Returns True if it created the
+    index, False if an index of that name was already on ``table``. Raises
+    :class:`EditError`, changing nothing, for a missing table or column, an index of that
+    name on another table, or a unique index the rows violate.
+    """
+    with _using(db, write=True, doing=f"add index {name!r} on {table!r}") as conn:
+        stored = _require_table(conn, table)
+        if isinstance(columns, str):  # one column, not its letters
+            columns = (columns,)
+        if not columns:
+            raise EditError(f"index {name!r} needs at least one column", path=_db_path(conn))
+        names = []
+        for column in columns:
+            found = _column_name(conn, stored, column)
+            if found is None:
+                raise EditError(f"no column {column!r} in {table!r}", path=_db_path(conn))
+            names.append(quote_identifier(found))
+        existing = _index(conn, name)
+        if existing is not None:
+            if existing.translate(_FOLD) != stored.translate(_FOLD):
+                raise EditError(
+                    f"an index named {name!r} already exists on table {existing!r}",
+                    path=_db_path(conn),
+                )
+            return False
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        _run(
+            conn,
+            f"CREATE {kind} IF NOT EXISTS {quote_identifier(name)} "
+            f"ON {quote_identifier(stored)} ({', '.join(names)})",
+        )
+        return True
+
+
+def drop_index(db: Database, name: str) -> bool:
+    """Drop the index ``name`` if it exists (``DROP INDEX IF EXISTS``); True if it did.
+
+    An index SQLite made for a ``UNIQUE`` or ``PRIMARY KEY`` constraint cannot be dropped:
+    :class:`EditError`, nothing changed.
+    """
+    with _using(db, write=True, doing=f"drop index {name!r}") as conn:
+        if _index(conn, name) is None:
+            return False
+        _run(conn, f"DROP INDEX IF EXISTS {quote_identifier(name)}")
         return True
 
 
@@ -234,6 +295,15 @@ def _table_name(conn: sqlite3.Connection, table: str) -> str | None:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
         (table,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _index(conn: sqlite3.Connection, name: str) -> str | None:
+    """The table the index ``name`` is on, or None if there is no such index."""
+    row = conn.execute(
+        "SELECT tbl_name FROM sqlite_master WHERE type = 'index' AND name = ? COLLATE NOCASE",
+        (name,),
     ).fetchone()
     return None if row is None else str(row[0])
 

@@ -76,6 +76,28 @@ def a_migration(project_root: Path) -> bool:
     return added
 
 
+def the_helpers_of_issue_15(project_root: Path) -> bool:
+    db = project_root / ".dopemux" / "conport.db"
+    with edit.edit_yaml(project_root / "compose.yml") as doc:
+        renamed: bool = edit.rename_key(doc, ("services", "mcp-old"), "mcp-new")
+        environment = edit.compose_env(doc, "mcp-new")
+        environment["LOG_LEVEL"] = "info"
+        _token: str | None = environment.get("TOKEN")
+        del environment["LOG_LEVEL"]
+    with edit.edit_env(project_root / ".env") as env:
+        env["ZEN_API_KEY"] = ""
+        _value: str = env["ZEN_API_KEY"]
+        env_file: edit.EnvFile = env
+        _text: str = env_file.text()
+    moved: bool = edit.move(
+        project_root / "a.yaml", project_root / "b" / "a.yaml", root=project_root
+    )
+    indexed: bool = edit.add_index(db, "decisions", "idx_tag", ["tag"], unique=False)
+    _exists: bool = edit.index_exists(db, "idx_tag")
+    dropped: bool = edit.drop_index(db, "idx_tag")
+    return renamed and moved and indexed and dropped
+
+
 def an_authors_test(fixture: Path, copy: Path) -> None:
     report: RehearsalReport = assert_reversible("migrations/v0.1.0_to_v0.2.0", fixture)
     _ok: bool = report.ok

@@ -6,7 +6,7 @@ Dopemux 0.2.0 ships a Leantime MCP server. This migration adds it in two places:
 * ``docker-compose.yml``: an ``mcp-leantime`` service under the top-level ``services:`` mapping.
 
 The files are edited with ``dopemux_update.edit.edit_yaml`` (ruamel.yaml's round-trip mode,
-``pip install 'dopemux-update[yaml]'``), never with ``yaml.safe_load`` + ``yaml.dump``: the
+writing only the lines that change), never with ``yaml.safe_load`` + ``yaml.dump``: the
 user's comments, custom values, key order, quoting and indentation are preserved, and each
 file is replaced atomically, keeping its mode. The new entry is appended to its mapping with
 the end-of-line comment ``# added by dopemux-update 0.2.0 ...``, which marks it as ours.
