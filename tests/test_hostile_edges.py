@@ -59,6 +59,19 @@ def common(root: Path, migrations: MigrationWriter) -> list[str]:
 # -- 7. the state folder is private ---------------------------------------------------------
 
 
+def test_a_state_folder_readable_by_others_is_made_private_by_the_next_writing_command(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    """A checkout or a copy (the sample ships one) leaves .dopemux/update 0755."""
+    state = installation / ".dopemux" / "update"
+    state.mkdir(parents=True)
+    state.chmod(0o755)
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    assert cli("stamp", "1.0", *common(installation, migrations)).returncode == 0
+    assert mode_of(state) == 0o700
+    assert mode_of(state / "state.json") == 0o600
+
+
 def test_under_umask_000_the_state_folder_and_its_files_are_private(
     tmp_path: Path, migrations: MigrationWriter
 ) -> None:

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 
 from ._exceptions import LockError
-from ._private import check_state_dir, make_private_dirs, open_private
+from ._private import check_state_dir, make_private_dirs, open_private, tighten
 
 __all__ = ["holding_lock", "holding_lock_async", "lock_holder"]
 
@@ -69,6 +69,7 @@ def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
     """
     make_private_dirs(state_dir)
     check_state_dir(state_dir)
+    tighten(state_dir)
     path = state_dir / "lock"
     fd = _open(path)
     info = os.fstat(fd)

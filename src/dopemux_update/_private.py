@@ -12,6 +12,7 @@ and files the tool creates get their modes set explicitly, so that a permissive 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shlex
@@ -21,7 +22,14 @@ from pathlib import Path
 from ._exceptions import UnsafeStateError
 from ._journal import JOURNAL
 
-__all__ = ["PRIVATE_DIR", "PRIVATE_FILE", "check_state_dir", "make_private_dirs", "open_private"]
+__all__ = [
+    "PRIVATE_DIR",
+    "PRIVATE_FILE",
+    "check_state_dir",
+    "make_private_dirs",
+    "open_private",
+    "tighten",
+]
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -46,6 +54,16 @@ def make_private_dirs(path: Path) -> None:
         except FileExistsError:
             continue  # made meanwhile by someone else: not ours to change
         folder.chmod(PRIVATE_DIR)  # the umask may have taken bits away (umask 0200)
+
+
+def tighten(state_dir: Path) -> None:
+    """Make an existing state folder of this user 0700 (one an older version, a copy or a
+    checkout left readable by others): what it holds, backups and ``.env`` copies included,
+    is the owner's alone. Call after :func:`check_state_dir` accepted it."""
+    with contextlib.suppress(FileNotFoundError):
+        info = state_dir.stat()
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != PRIVATE_DIR:
+            state_dir.chmod(PRIVATE_DIR)
 
 
 def open_private(path: Path, flags: int) -> int:
