@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from conftest import MigrationWriter, tree_digest
+from dopemux_update._models import Direction, UpdateResult
+from dopemux_update._rehearsal import rehearse
+from dopemux_update._summary import build_summary
 from dopemux_update.cli import main
 from dopemux_update.testing import (
     assert_reversible,
@@ -441,3 +444,54 @@ def test_owners_hard_links_and_settings_left_by_a_backward_are_reported(
     assert what["copy.txt"] == "hard link none → .dopemux/data.txt"
     pragmas = [(c["table"], c["what"]) for c in payload["differences"]["databases"]]
     assert pragmas == [("PRAGMA user_version", "0 → 7")]
+
+
+# -- what "identical" means ----------------------------------------------------------------
+
+
+def test_the_summary_says_what_verified_identical_means() -> None:
+    """A restored database is identical by content, not by its page bytes: say so."""
+    result = UpdateResult(
+        ok=False,
+        version_from="1.0",
+        version_to="1.1",
+        direction=Direction.UPGRADE,
+        applied=("a",),
+        rolled_back=("a",),
+        failed_migration="b",
+        error="returned False",
+        backup_id="backup-1",
+        restored=True,
+        verified_identical=True,
+    )
+    summary = build_summary(
+        result, None, plan=None, undo={"a": (True, 0.01)}, restarter_used=False, log_path=None
+    )
+    facts = {d.label: d.value for d in summary.details}
+    assert facts["Verified identical"] == (
+        "yes: content, modes, owners and links as before the update"
+        " (SQLite by content and settings, not page bytes)"
+    )
+
+
+@pytest.mark.anyio
+async def test_rehearse_previews_changes_and_ignores_tables_on_either_backend(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    preview_setup(installation, migrations)
+    before = tree_digest(installation)
+    report = await rehearse(
+        project_root=installation,
+        migrations_dir=migrations.root,
+        current_version="0.1.0",
+        changes=True,
+        ignore_tables=[".dopemux/app.db:t"],
+    )
+    assert report.changes is not None
+    assert report.changes.tables == ()  # the only table changed is ignored
+    assert {f.path for f in report.changes.files} == {"config/app.yaml", "new.txt"}
+    assert report.ignored_tables == (".dopemux/app.db:t",)
+    assert report.culprits == (f"{V1}/001_changes",)
+    assert report.differences.databases == ()
+    assert report.differences.added == ("new.txt",)
+    assert tree_digest(installation) == before

@@ -58,6 +58,7 @@ __all__ = [
 
 _EXAMPLES = 3  # rows shown per table in a report
 TEXT_LIMIT = 1 << 20  # bytes: a larger file is reported changed without a diff
+TEXTS_LIMIT = 64 << 20  # bytes of text a snapshot keeps in all; past it, no more diffs
 DIFF_LINES = 200  # lines of a unified diff kept per file
 #: Shadow tables of the full-text modules, by suffix (used where ``PRAGMA table_list``,
 #: SQLite 3.37, is not there to say which tables are shadows).
@@ -250,7 +251,7 @@ class TableFilter:
             database, colon, table = value.rpartition(":")
             if not table.strip() or (colon and not database.strip()):
                 raise ValueError(f"{value!r}: expected TABLE or DATABASE:TABLE")
-            rules.append((database or None, table.casefold()))
+            rules.append((database or None, table))
         return cls(tuple(rules))
 
     def __bool__(self) -> bool:
@@ -261,7 +262,8 @@ class TableFilter:
         ``path`` is left out."""
         name = table.removesuffix(INDEX_SUFFIX).casefold()
         return any(
-            name == rule and (database is None or database in (path, path.rsplit("/", 1)[-1]))
+            name == rule.casefold()
+            and (database is None or database in (path, path.rsplit("/", 1)[-1]))
             for database, rule in self.rules
         )
 
@@ -643,12 +645,13 @@ def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
 def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
     """Read everything under ``scope`` (symlinks are never followed), the root's own mode and
     owners included (as ``"."``); with ``texts``, the text of each UTF-8 file of at most
-    :data:`TEXT_LIMIT` bytes too. Raises :class:`~dopemux_update.UpdateError` naming a path
-    that cannot be read."""
+    :data:`TEXT_LIMIT` bytes too (up to :data:`TEXTS_LIMIT` in all). Raises
+    :class:`~dopemux_update.UpdateError` naming a path that cannot be read."""
     root = scope.root.resolve()
     entries = list(walk(Scope(root, scope.excluded, scope.included)))
     databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
     leaders = link_leaders(entries)
+    budget = TEXTS_LIMIT
     top = root.stat()
     items: dict[str, Item] = {
         ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
@@ -660,8 +663,10 @@ def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
             continue  # part of its database, which is compared by content
         try:
             item = _item(root, entry, databases)
-            if texts and item.kind == "file" and entry.info.st_size <= TEXT_LIMIT:
+            size = entry.info.st_size
+            if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
                 item = dataclasses.replace(item, text=_read_text(root / entry.rel))
+                budget -= size
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
         items[entry.rel] = dataclasses.replace(
