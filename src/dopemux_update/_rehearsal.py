@@ -6,7 +6,9 @@ and a *sandbox* the migrations run on. The rehearsal has three passes over the s
 
 1. **apply**: each step of the plan in order (``migrate_forward`` for an upgrade);
 2. **revert**: the undo of each step in reverse order; the sandbox must then hold exactly what
-   it held before (files, modes, symlinks; SQLite by tables, columns and rows);
+   it held before (content, modes, owners, links, symlinks; SQLite by content and settings,
+   virtual tables by what they show: see ``_snapshot.item_difference``), apart from the
+   tables the author names to leave out (``ignore_tables``);
 3. **apply again**: the plan once more, which must succeed.
 
 After the apply pass, each ``requires_restart`` name must be a service of the sandbox's
