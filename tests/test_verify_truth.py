@@ -235,6 +235,23 @@ def test_a_real_change_to_the_full_text_index_is_reported(
     assert not any("_data" in t or "_seg" in t for t in tables)
 
 
+def test_a_virtual_table_whose_module_is_missing_is_compared_by_its_definition(
+    installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database made elsewhere (say with SpatiaLite) still rehearses: its virtual table
+    cannot be read here, so its definition stands for it."""
+    with closing(sqlite3.connect(installation / ".dopemux" / "geo.db")) as conn, conn:
+        conn.execute("CREATE TABLE places (id INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES"
+            " ('table', 'shapes', 'shapes', 0, 'CREATE VIRTUAL TABLE shapes USING nosuchmod(a)')"
+        )
+    migrations.add(V1, "001_ok.py")
+    code, payload = verify_json(installation, migrations.root, capsys)
+    assert (code, payload["error"]) == (0, None)
+
+
 # -- --ignore-table -------------------------------------------------------------------------
 
 LEAVES_A_CACHE = (
