@@ -356,9 +356,11 @@ def test_a_downgrade_rehearsal_says_backward_where_it_runs_backward(
         ("revert", "forward"),
         ("apply again", "backward"),
     ]
-    assert verify(installation, migrations.root, *args) == 0
+    assert verify(installation, migrations.root, *args, "--changes") == 0
     out = capsys.readouterr().out
     assert f"apply (backward)       {V1}/001_a" in out
+    assert "What the downgrade 0.2.0 → 0.1.0 would change in this installation:" in out
+    assert "  nothing" in out
     assert "run backward" in out.splitlines()[-2]
 
 
@@ -409,7 +411,7 @@ def test_verify_changes_previews_what_the_forward_pass_would_change(
     assert code == 1  # its backward leaves everything: the rehearsal itself still judges
     assert verify(installation, migrations.root, "--from", "0.1.0", "--changes") == 1
     out = capsys.readouterr().out
-    assert "What the forward pass would change in this installation:" in out
+    assert "What the upgrade 0.1.0 → 0.2.0 would change in this installation:" in out
     assert "  .dopemux/app.db, t: 1 row added, 1 removed, 1 changed" in out
     assert tree_digest(installation) == before
 

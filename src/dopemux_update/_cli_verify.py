@@ -37,8 +37,6 @@ from ._snapshot import TableFilter
 
 __all__ = ["preview_changes", "verify_command"]
 
-_PREVIEW = "What the forward pass would change in this installation:"
-
 
 def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
     return {
@@ -95,7 +93,9 @@ def _show_call(call: RehearsalCall) -> None:
 def _changes_lines(report: RehearsalReport) -> list[str]:
     if report.changes is None:
         return []
-    return [_PREVIEW, *(f"  {line}" for line in report.changes.describe())]
+    plan = f"{report.direction.value} {report.version_from} → {report.version_to}"
+    heading = f"What the {plan} would change in this installation:"
+    return [heading, *(f"  {line}" for line in report.changes.describe())]
 
 
 @click.command("verify")
