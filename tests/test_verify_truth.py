@@ -393,7 +393,7 @@ def check_changes(changes: dict[str, Any]) -> None:
     assert files["config/app.yaml"]["change"] == "changed"
     assert "-log_level: info" in files["config/app.yaml"]["diff"].splitlines()
     assert "+log_level: debug" in files["config/app.yaml"]["diff"].splitlines()
-    assert files["new.txt"]["change"] == "added"
+    assert (files["new.txt"]["change"], files["new.txt"]["what"]) == ("added", "file")
     assert "+hello" in files["new.txt"]["diff"].splitlines()
     [table] = changes["tables"]
     assert (table["path"], table["table"]) == (".dopemux/app.db", "t")

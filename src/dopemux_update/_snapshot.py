@@ -311,7 +311,7 @@ class TreeChanges:
             return ["nothing"]
         lines: list[str] = []
         for change in self.files:
-            what = f" ({shown(change.what)})" if change.what else ""
+            what = f" ({shown(change.what)})" if change.what not in {"", "file"} else ""
             lines.append(f"{change.change + ':':<8} {shown(change.path)}{what}")
             lines.extend(f"    {line}" for line in trimmed(change.diff, lines_per_file))
         lines.extend(f"{shown(t.path)}, {shown(t.table)}: {shown(t.what)}" for t in self.tables)
@@ -910,7 +910,13 @@ def diff_snapshots(
     return TreeDiff(added, removed, tuple(changed), tuple(databases))
 
 
-_KINDS = {"dir": "folder", "symlink": "symlink", "sqlite": "SQLite database", "other": "special"}
+_KINDS = {
+    "file": "file",
+    "dir": "folder",
+    "symlink": "symlink",
+    "sqlite": "SQLite database",
+    "other": "special",
+}
 
 
 def forward_changes(
