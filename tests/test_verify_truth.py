@@ -75,6 +75,28 @@ def test_a_backward_failure_does_not_hide_a_later_irreversible_migration(
     assert stages == {f"{V1}/001_leaves": "compare", f"{V1}/002_cannot": "revert"}
 
 
+def test_a_backward_that_fails_only_in_the_whole_plan_is_still_named(
+    installation: Path,
+    migrations: MigrationWriter,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    count = tmp_path / "forward-count"  # outside the installation: no revert undoes it
+    migrations.add(
+        V1,
+        "001_counts.py",
+        forward=(
+            f"c = Path({str(count)!r})\n"
+            "c.write_text(str(int(c.read_text()) + 1) if c.exists() else '1')\nreturn True"
+        ),
+    )
+    migrations.add(V1, "002_moody.py", backward=f"return Path({str(count)!r}).read_text() != '1'")
+    code, payload = verify_json(installation, migrations.root, capsys)
+    assert code == 1
+    assert (payload["stage"], payload["culprits"]) == ("revert", [f"{V1}/002_moody"])
+    assert payload["error"] == f"{V1}/002_moody: migrate_backward returned False"
+
+
 def config_rewrite(lines: int) -> tuple[str, str]:
     body = "".join(f"key_{i}: {i}\\n" for i in range(lines))
     forward = f"(project_root / 'config' / 'app.yaml').write_text('{body}')\nreturn True"

@@ -408,7 +408,7 @@ class _Rehearsal:
         # migrations stepped through one at a time say who is responsible for what.
         whole = self._diff(base, self._snapshot()) if failed is None else TreeDiff()
         if failed is not None or not whole.is_empty:
-            findings.extend(self._isolate(whole))
+            findings.extend(self._isolate(whole, failed))
             return _Outcome(tuple(findings), whole)
         failed = self._pass(APPLY_AGAIN, self.steps)
         if failed is not None:
@@ -453,11 +453,13 @@ class _Rehearsal:
         self._fresh_sandbox()
         return self._pass(APPLY, self.steps[:count]) is None
 
-    def _isolate(self, whole: TreeDiff) -> list[RehearsalFinding]:
+    def _isolate(self, whole: TreeDiff, failed: RehearsalCall | None) -> list[RehearsalFinding]:
         """Step through the migrations one by one on a fresh copy, each applied, reverted,
         compared and applied again on what the ones before it made, to find every one
         responsible. A migration whose revert or second apply fails is recorded and the
-        sandbox rebuilt (the ones so far applied to a fresh copy) before the next."""
+        sandbox rebuilt (the ones so far applied to a fresh copy) before the next. When none
+        is responsible on its own, the whole plan's failed revert (``failed``) or difference
+        (``whole``) is what the migrations do together."""
         logger.info("verify.isolating", migrations=len(self.steps))
         self._fresh_sandbox()
         found: list[RehearsalFinding] = []
@@ -485,7 +487,9 @@ class _Rehearsal:
                 found.append(self._failure(APPLY_AGAIN, call, isolated=True))
                 if not self._rebuild(index + 1):
                     break
-        if not found:
+        if not found and failed is not None:
+            found.append(self._failure(REVERT, failed))
+        elif not found:
             error = (
                 "reverting the whole plan does not bring the tree back, although each migration"
                 " reverts cleanly on its own: the migrations interfere with each other"
