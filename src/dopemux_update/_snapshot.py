@@ -745,9 +745,11 @@ def item_difference(expected: Item, actual: Item) -> list[Difference]:
       how the content is stored, not part of it;
     - hard links: which other paths in scope share the file's inode;
     - SQLite database content (tables with their columns and rows, indexes, views, triggers,
-      AUTOINCREMENT counters) and settings (page size, journal mode WAL or not, auto-vacuum,
-      ``user_version``, ``application_id``); not the page layout, nor the ``-wal``, ``-shm``
-      and ``-journal`` files, which belong to SQLite;
+      AUTOINCREMENT counters; a virtual table by its definition and the rows it shows, a
+      full-text one also by the terms of its index, not by its shadow tables) and settings
+      (page size, journal mode WAL or not, auto-vacuum, ``user_version``,
+      ``application_id``); not the page layout, nor the ``-wal``, ``-shm`` and ``-journal``
+      files, which belong to SQLite;
     - modification time of files, only where both sides record one: a backup does, ``verify``
       does not (a migration that writes a file back with the same bytes has not changed it).
     """
