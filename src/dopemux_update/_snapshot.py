@@ -97,6 +97,9 @@ class DatabaseDigest:
     objects: dict[str, str]  # "index name" / "view name" / "trigger name" -> normalised SQL
     #: The settings the content does not carry (see ``SETTINGS``).
     pragmas: dict[str, int | str] = field(default_factory=dict)
+    #: The table each schema object belongs to ("index name" -> table), so that leaving a
+    #: table out of a comparison leaves its indexes and triggers out too.
+    owners: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 #: A database's settings that are part of its identity: ``journal_mode`` is ``wal`` or
@@ -570,6 +573,11 @@ def database_digest(path: Path) -> DatabaseDigest:
     try:
         connection.text_factory = _text
         master = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        owners = dict(
+            connection.execute(
+                "SELECT type || ' ' || name, tbl_name FROM sqlite_master WHERE type != 'table'"
+            ).fetchall()
+        )
         shadows = _shadow_tables(connection, master)
         tables: dict[str, TableDigest] = {}
         objects: dict[str, str] = {}
@@ -588,7 +596,7 @@ def database_digest(path: Path) -> DatabaseDigest:
         pragmas = database_settings(connection)
     finally:
         connection.close()
-    return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas)
+    return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas, owners=owners)
 
 
 def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
@@ -898,10 +906,11 @@ def diff_snapshots(
         if old.kind == "sqlite" and new.kind == "sqlite" and old.digest != new.digest:
             assert old.database is not None  # noqa: S101 - always set for kind "sqlite"
             assert new.database is not None  # noqa: S101
+            owners = {**old.database.owners, **new.database.owners}
             databases.extend(
                 change
                 for change in _database_changes(rel, old.database, new.database)
-                if ignore is None or not ignore.ignores(rel, change.table)
+                if ignore is None or not ignore.ignores(rel, owners.get(change.table, change.table))
             )
             found = [d for d in found if d.aspect in ("mode", "owner", "link")]
         if found:
@@ -954,8 +963,9 @@ def _table_counts(
     path: str, old: DatabaseDigest, new: DatabaseDigest, ignore: TableFilter | None
 ) -> list[TableChange]:
     found: list[TableChange] = []
+    owners = {**old.owners, **new.owners}
     for change in _database_changes(path, old, new):
-        if ignore is not None and ignore.ignores(path, change.table):
+        if ignore is not None and ignore.ignores(path, owners.get(change.table, change.table)):
             continue
         before, after = old.tables.get(change.table), new.tables.get(change.table)
         if before is None and after is None:  # a schema object or a setting
