@@ -119,7 +119,7 @@ def _changes_lines(report: RehearsalReport) -> list[str]:
 @click.option(
     "--changes",
     is_flag=True,
-    help="Also show what the forward pass would change here: diffs, row counts.",
+    help="Also show what the plan would change here: diffs, row counts.",
 )
 @time_limit_options
 @common_options
@@ -139,8 +139,8 @@ def verify_command(
     as_json: bool,
     verbose: int,
 ) -> int:
-    """Rehearse the plan on a sandbox copy: forward, backward (the copy must come back
-    identical), forward again. The installation is never changed. Exit 0 when clean."""
+    """Rehearse the plan on a sandbox copy: run it, undo it (the copy must come back
+    identical), run it again. The installation is never changed. Exit 0 when clean."""
     ctx = make_context(root, migrations, as_json, verbose)
     _refuse_when_busy(ctx, "verify")
     _check_ignore_tables(ignore_tables)
