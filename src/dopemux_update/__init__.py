@@ -54,6 +54,7 @@ from ._planning import newest_reachable as newest_reachable
 from ._recovery import RecoveryResult as RecoveryResult
 from ._recovery import recover as recover
 from ._rehearsal import RehearsalCall as RehearsalCall
+from ._rehearsal import RehearsalFinding as RehearsalFinding
 from ._rehearsal import RehearsalReport as RehearsalReport
 from ._rehearsal import rehearse as rehearse
 from ._restart import CommandRestarter as CommandRestarter
@@ -62,6 +63,7 @@ from ._restart import Restarter as Restarter
 from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
 from ._restore import RestoreReport as RestoreReport
+from ._snapshot import TreeChanges as TreeChanges
 from ._snapshot import TreeDiff as TreeDiff
 from ._state import RunRecord as RunRecord
 from ._state import State as State
@@ -101,6 +103,7 @@ __all__ = [
     "RecoveryNeededError",
     "RecoveryResult",
     "RehearsalCall",
+    "RehearsalFinding",
     "RehearsalReport",
     "RestartError",
     "RestartReceiver",
@@ -121,6 +124,7 @@ __all__ = [
     "StateStore",
     "Step",
     "Transition",
+    "TreeChanges",
     "TreeDiff",
     "UnsafeStateError",
     "UpdateError",

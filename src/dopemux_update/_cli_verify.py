@@ -1,4 +1,5 @@
-"""``dopemux-update verify``: rehearse the plan on a sandbox copy of the installation."""
+"""``dopemux-update verify``: rehearse the plan on a sandbox copy of the installation; and
+the preview of what the plan would change in it (``verify --changes``, ``plan --diff``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import anyio
 import click
+from packaging.version import Version
 
 from ._cli_common import (
     EXIT_FAILED,
@@ -30,9 +32,10 @@ from ._cli_recover import run_interruptibly
 from ._exceptions import LockError
 from ._journal import Journal
 from ._lock import holding_lock, lock_holder
-from ._rehearsal import RehearsalCall, RehearsalReport, rehearse
+from ._rehearsal import APPLY, RehearsalCall, RehearsalReport, rehearse
+from ._snapshot import TableFilter
 
-__all__ = ["verify_command"]
+__all__ = ["preview_changes", "verify_command"]
 
 
 def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
@@ -46,6 +49,18 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
         "migrations": list(report.migrations),
         "stage": report.stage,
         "culprit": report.culprit,
+        "culprits": list(report.culprits),
+        "findings": [
+            {
+                "stage": finding.stage,
+                "culprit": finding.culprit,
+                "error": finding.error,
+                "differences": finding.differences.to_json(),
+            }
+            for finding in report.findings
+        ],
+        "changes": report.changes.to_json() if report.changes is not None else None,
+        "ignored_tables": list(report.ignored_tables),
         "isolated": report.isolated,
         "abandoned": report.abandoned,
         "error": report.error,
@@ -55,6 +70,7 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
                 "stage": call.stage,
                 "id": call.id,
                 "function": call.function,
+                "direction": call.way,
                 "ok": call.ok,
                 "seconds": round(call.seconds, 6),
                 "error": call.error,
@@ -71,7 +87,15 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
 def _show_call(call: RehearsalCall) -> None:
     """Called from the rehearsal's worker thread, one line per migration call."""
     state = f"ok ({call.seconds:.2f}s)" if call.ok else f"FAILED: {call.error}"
-    click.echo(f"  {call.stage:<11} {call.id}  {state}")
+    click.echo(f"  {f'{call.stage} ({call.way})':<22} {call.id}  {state}")
+
+
+def _changes_lines(report: RehearsalReport) -> list[str]:
+    if report.changes is None:
+        return []
+    plan = f"{report.direction.value} {report.version_from} → {report.version_to}"
+    heading = f"What the {plan} would change in this installation:"
+    return [heading, *(f"  {line}" for line in report.changes.describe())]
 
 
 @click.command("verify")
@@ -85,6 +109,18 @@ def _show_call(call: RehearsalCall) -> None:
     help="Where to make the sandbox.  [default: the system's temporary folder]",
 )
 @click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox to inspect it afterwards.")
+@click.option(
+    "--ignore-table",
+    "ignore_tables",
+    multiple=True,
+    metavar="[DB:]TABLE",
+    help="Leave a SQLite table out of the comparison (DB: only in that database file).",
+)
+@click.option(
+    "--changes",
+    is_flag=True,
+    help="Also show what the plan would change here: diffs, row counts.",
+)
 @time_limit_options
 @common_options
 def verify_command(
@@ -94,6 +130,8 @@ def verify_command(
     exclude: tuple[str, ...],
     sandbox_dir: Path | None,
     keep_sandbox: bool,
+    ignore_tables: tuple[str, ...],
+    changes: bool,
     timeout: float | None,
     grace: float,
     root: Path,
@@ -101,20 +139,11 @@ def verify_command(
     as_json: bool,
     verbose: int,
 ) -> int:
-    """Rehearse the plan on a sandbox copy: forward, backward (the copy must come back
-    identical), forward again. The installation is never changed. Exit 0 when clean."""
+    """Rehearse the plan on a sandbox copy: run it, undo it (the copy must come back
+    identical), run it again. The installation is never changed. Exit 0 when clean."""
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
-    running = lock_holder(ctx.state_dir)  # before the journal: a running update has one
-    if running is not None:
-        raise LockError(f"another update is running on this installation: {running}")
-    if Journal(ctx.state_dir).exists():
-        raise CommandError(
-            "an update of this installation was interrupted and needs recovery: run"
-            " `dopemux-update recover` first, then verify",
-            EXIT_RECOVERY,
-        )
+    _refuse_when_busy(ctx, "verify")
+    _check_ignore_tables(ignore_tables)
     current = installed_version(ctx, version_option_value(from_version, option="--from"))
     work = functools.partial(
         rehearse,
@@ -130,6 +159,8 @@ def verify_command(
         on_call=None if ctx.json else _show_call,
         migration_timeout=timeout,
         grace=grace,
+        ignore_tables=ignore_tables,
+        changes=changes,
     )
     if not ctx.json:
         click.echo(f"Rehearsing on a sandbox copy of {ctx.root.resolve()} ...")
@@ -156,6 +187,7 @@ def verify_command(
     lines = report.describe()
     if not report.migrations:
         lines = [f"Nothing to rehearse: no migration between {report.version_from} and itself."]
+    lines = [*_changes_lines(report), *lines]
     emit(
         ctx, {**_payload(report, code), "log": str(run_log.path)}, [*lines, f"Log: {run_log.path}"]
     )
@@ -166,6 +198,68 @@ def verify_command(
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _refuse_when_busy(ctx: Context, command: str) -> None:
+    if not ctx.root.is_dir():
+        raise CommandError(f"{ctx.root}: installation folder does not exist")
+    running = lock_holder(ctx.state_dir)  # before the journal: a running update has one
+    if running is not None:
+        raise LockError(f"another update is running on this installation: {running}")
+    if Journal(ctx.state_dir).exists():
+        raise CommandError(
+            "an update of this installation was interrupted and needs recovery: run"
+            f" `dopemux-update recover` first, then {command}",
+            EXIT_RECOVERY,
+        )
+
+
+def _check_ignore_tables(values: tuple[str, ...]) -> None:
+    try:
+        TableFilter.parse(values)
+    except ValueError as exc:
+        raise CommandError(f"--ignore-table {exc}") from exc
+
+
+def preview_changes(
+    ctx: Context, current: Version, target: Version | None
+) -> tuple[dict[str, Any], list[str]]:
+    """What the plan's forward pass would change in the installation (``plan --diff``): run
+    on a sandbox copy, under the update lock; the installation is never changed. Returns
+    the JSON object (``changes``, ``restart_problems``) and the lines for people. Raises
+    :class:`CommandError` when a migration fails in the sandbox (nothing to preview)."""
+    _refuse_when_busy(ctx, "plan --diff")
+    work = functools.partial(
+        rehearse,
+        project_root=ctx.root,
+        migrations_dir=ctx.migrations,
+        current_version=current,
+        target_version=target,
+        state_dir=ctx.state_dir,
+        forward_only=True,
+    )
+    with holding_lock(ctx.state_dir):
+        report = anyio.run(
+            functools.partial(
+                run_interruptibly,
+                work,
+                notice="Interrupted: stopping the preview and removing its sandbox...",
+                again="Still stopping; the installation itself was never touched.",
+            )
+        )
+    if report is None:
+        raise CommandError("interrupted; the installation was never touched", EXIT_INTERRUPTED)
+    if report.stage == APPLY:
+        raise CommandError(
+            f"cannot preview the changes: in a sandbox copy, {report.error}", EXIT_FAILED
+        )
+    problems = [f.error for f in report.findings]
+    payload = {
+        "changes": report.changes.to_json() if report.changes is not None else None,
+        "restart_problems": problems,
+    }
+    lines = ["", *_changes_lines(report), *(f"WARNING: {problem}" for problem in problems)]
+    return payload, lines
 
 
 def _interrupted(ctx: Context, log: Path) -> int:

@@ -6,12 +6,17 @@ and a *sandbox* the migrations run on. The rehearsal has three passes over the s
 
 1. **apply**: each step of the plan in order (``migrate_forward`` for an upgrade);
 2. **revert**: the undo of each step in reverse order; the sandbox must then hold exactly what
-   it held before (files, modes, symlinks; SQLite by tables, columns and rows);
+   it held before (content, modes, owners, links, symlinks; SQLite by content and settings,
+   virtual tables by what they show: see ``_snapshot.item_difference``), apart from the
+   tables the author names to leave out (``ignore_tables``);
 3. **apply again**: the plan once more, which must succeed.
 
-When the sandbox does not come back identical, the migrations are stepped through one at a
-time on a fresh copy of the original (apply, revert, compare, apply again) to find the one
-responsible and what it leaves behind. The live installation is only ever read.
+After the apply pass, each ``requires_restart`` name must be a service of the sandbox's
+compose file (when it has one). When the sandbox does not come back identical, or a revert
+fails, the migrations are stepped through one at a time on a fresh copy of the original
+(apply, revert, compare, apply again) to find every one responsible and what each leaves
+behind. Asked for, the changes of the apply pass are kept too: the operator's preview of
+what the plan would change in this installation. The live installation is only ever read.
 """
 
 from __future__ import annotations
@@ -32,23 +37,37 @@ from packaging.version import Version
 from ._backup import MANIFEST, MANIFEST_SUM
 from ._capture import KeptLines, routing_installed
 from ._exceptions import PreflightError, UpdateError
+from ._health import compose_services
 from ._journal import JOURNAL
 from ._log import get_logger
 from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
 from ._runner import DEFAULT_GRACE, CallOutcome, call_function
 from ._sandbox import copy_tree, remove_tree, temporary_folder
-from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
+from ._snapshot import (
+    DatabaseChange,
+    PathChange,
+    TableFilter,
+    TreeChanges,
+    TreeDiff,
+    TreeSnapshot,
+    diff_snapshots,
+    forward_changes,
+    take_snapshot,
+)
 from ._state import DEFAULT_STATE_DIR
 from ._state_guard import StateGuard
 from ._tree import Scope
 from ._versions import parse_version
 
-__all__ = ["RehearsalCall", "RehearsalReport", "rehearse", "rehearse_steps"]
+__all__ = ["RehearsalCall", "RehearsalFinding", "RehearsalReport", "rehearse", "rehearse_steps"]
 
 logger = get_logger()
 
 APPLY, REVERT, COMPARE, APPLY_AGAIN = "apply", "revert", "compare", "apply again"
+RESTARTS = "restarts"  # the requires_restart names, checked after the apply pass
+#: Where a compose file is looked for, in this order (as the command line does).
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +83,38 @@ class RehearsalCall:
     traceback: str | None = None
     output: tuple[tuple[str, str], ...] = ()  # (stream, line)
 
+    @property
+    def way(self) -> str:
+        """``"forward"`` or ``"backward"``: which way this call ran the migration."""
+        return "backward" if self.function == "migrate_backward" else "forward"
+
+
+@dataclass(frozen=True, slots=True)
+class RehearsalFinding:
+    """One thing a rehearsal found wrong: at which ``stage``, the migration responsible
+    (``culprit``, None when only the migrations combined show it), what happened, and what
+    the sandbox was left holding that it should not (``differences``)."""
+
+    stage: str
+    culprit: str | None
+    error: str
+    differences: TreeDiff = field(default_factory=TreeDiff)
+    traceback: str | None = None
+    isolated: bool = False  # found by stepping through the migrations one at a time
+
 
 @dataclass(frozen=True, slots=True)
 class RehearsalReport:
     """What a rehearsal found.
 
     ``ok`` when all three passes succeeded and the revert left the sandbox identical.
-    Otherwise ``stage`` says which check failed (``"apply"``, ``"revert"``, ``"compare"`` or
-    ``"apply again"``), ``culprit`` names the migration responsible (None when the difference
-    appears only with the migrations combined), ``error`` says what happened, and
-    ``differences`` lists what the revert left different from the original.
+    Otherwise ``findings`` lists everything found, in order; ``stage``, ``culprit``,
+    ``error`` and ``traceback`` are the first finding's (``stage`` is ``"apply"``,
+    ``"restarts"``, ``"revert"``, ``"compare"`` or ``"apply again"``; ``culprit`` is None
+    when a difference appears only with the migrations combined), ``culprits`` names every
+    migration responsible, and ``differences`` lists everything the revert of the whole plan
+    left different from the original (each finding holds its own migration's). ``changes``
+    is what the apply pass changed, when asked for (see :func:`rehearse_steps`).
     """
 
     ok: bool
@@ -91,26 +132,42 @@ class RehearsalReport:
     calls: tuple[RehearsalCall, ...] = ()
     sandbox: Path | None = None  # kept for inspection, when asked to
     seconds: float = 0.0
+    culprits: tuple[str, ...] = ()
+    findings: tuple[RehearsalFinding, ...] = ()
+    changes: TreeChanges | None = None
+    ignored_tables: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         """A report is its ``ok``."""
         return self.ok
 
     def describe(self) -> list[str]:
-        """The outcome as lines for people."""
+        """The outcome as lines for people (a changed text file with its diff, trimmed)."""
         count = len(self.migrations)
         noun = f"{count} migration{'s' if count != 1 else ''}"
+        if self.ok and self.direction is Direction.DOWNGRADE:
+            return [
+                f"Rehearsal clean: {noun} run backward (the downgrade), forward again to an"
+                f" identical tree, and backward once more ({self.seconds:.2f}s)."
+            ]
         if self.ok:
             return [
                 f"Rehearsal clean: {noun} applied, reverted to an identical tree,"
                 f" and applied again ({self.seconds:.2f}s)."
             ]
-        lines = [f"Rehearsal FAILED at the {self.stage} stage: {self.error}"]
-        if self.culprit is not None:
-            lines.append(f"Responsible: {self.culprit}")
+        stage = _stage_words(self.stage, self.direction)
+        lines = [f"Rehearsal FAILED at the {stage} stage: {self.error}"]
+        if self.culprits:
+            lines.append(f"Responsible: {', '.join(self.culprits)}")
         if not self.differences.is_empty:
             lines.append("What the revert left different from the original:")
-            lines.extend(f"  {line}" for line in self.differences.describe())
+            lines.extend(f"  {line}" for line in self.differences.describe_with_diffs())
+        if len(self.findings) > 1:
+            lines.append(f"Everything found ({len(self.findings)}):")
+            for finding in self.findings:
+                where = _stage_words(finding.stage, self.direction)
+                lines.append(f"  - at the {where} stage: {finding.error}")
+                lines.extend(f"      {line}" for line in finding.differences.describe())
         failed = next((c for c in reversed(self.calls) if not c.ok), None)
         if failed is not None and failed.output:
             lines.append(f"Output of {failed.id} ({failed.function}):")
@@ -121,6 +178,13 @@ class RehearsalReport:
         if self.sandbox is not None:
             lines.append(f"Sandbox kept at {self.sandbox}")
         return lines
+
+
+def _stage_words(stage: str | None, direction: Direction) -> str:
+    """A stage as said for a downgrade too, where apply runs backward and revert forward."""
+    if direction is not Direction.DOWNGRADE or stage not in {APPLY, REVERT, APPLY_AGAIN}:
+        return str(stage)
+    return f"{stage} ({'forward' if stage == REVERT else 'backward'})"
 
 
 class RehearsalStopped(UpdateError):  # noqa: N818 - a request, not a failure
@@ -141,15 +205,10 @@ _POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
-class _Finding:
-    ok: bool
+class _Outcome:
+    findings: tuple[RehearsalFinding, ...] = ()
+    whole: TreeDiff = field(default_factory=TreeDiff)  # what the whole plan's revert left
     abandoned: bool = False
-    stage: str | None = None
-    culprit: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    differences: TreeDiff = field(default_factory=TreeDiff)
-    isolated: bool = False
 
 
 CallObserver = Callable[[RehearsalCall], None]
@@ -167,8 +226,15 @@ class _Rehearsal:
         timeout: float | None = None,
         grace: float = DEFAULT_GRACE,
         state_dir: str = DEFAULT_STATE_DIR.as_posix(),
+        ignore: TableFilter | None = None,
+        changes: bool = False,
+        forward_only: bool = False,
     ) -> None:
         self.steps = tuple(steps)
+        self.ignore = ignore
+        self.want_changes = changes or forward_only
+        self.forward_only = forward_only
+        self.changes: TreeChanges | None = None
         self.state_dir = state_dir
         self._guard: StateGuard | None = None
         self.scope = scope
@@ -308,80 +374,145 @@ class _Rehearsal:
         self._guard = StateGuard.capture(folder, folder / JOURNAL, backup)
 
     def _snapshot(self) -> TreeSnapshot:
-        """What the sandbox holds, within the same include/exclude rules as the copy."""
+        """What the sandbox holds, within the same include/exclude rules as the copy (small
+        text files with their text, for diffs)."""
         self._check_stop()
-        return take_snapshot(dataclasses.replace(self.scope, root=self.sandbox))
+        return take_snapshot(dataclasses.replace(self.scope, root=self.sandbox), texts=True)
 
-    def run(self) -> _Finding:
+    def _diff(self, before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
+        return diff_snapshots(before, after, ignore=self.ignore)
+
+    def run(self) -> _Outcome:
+        findings: list[RehearsalFinding] = []
         try:
-            return self._run()
+            return self._run(findings)
         except _AbandonedError as exc:
-            return dataclasses.replace(self._failure(exc.stage, exc.call), abandoned=True)
+            findings.append(self._failure(exc.stage, exc.call))
+            return _Outcome(tuple(findings), abandoned=True)
 
-    def _run(self) -> _Finding:
+    def _run(self, findings: list[RehearsalFinding]) -> _Outcome:
         copy_tree(self.scope, self.original)
         self._fresh_sandbox()
         base = self._snapshot()
         failed = self._pass(APPLY, self.steps)
         if failed is not None:
-            return self._failure(APPLY, failed)
+            findings.append(self._failure(APPLY, failed))
+            return _Outcome(tuple(findings))
+        findings.extend(self._check_restarts())
+        if self.want_changes:
+            self.changes = forward_changes(base, self._snapshot(), ignore=self.ignore)
+        if self.forward_only:
+            return _Outcome(tuple(findings))
         failed = self._pass(REVERT, tuple(reversed(self.steps)))
-        if failed is not None:
-            return self._failure(REVERT, failed)
-        difference = diff_snapshots(base, self._snapshot())
-        if not difference.is_empty:
-            return self._isolate(difference)
+        # After a failed revert the tree is half-way: what it holds says little; the
+        # migrations stepped through one at a time say who is responsible for what.
+        whole = self._diff(base, self._snapshot()) if failed is None else TreeDiff()
+        if failed is not None or not whole.is_empty:
+            findings.extend(self._isolate(whole, failed))
+            return _Outcome(tuple(findings), whole)
         failed = self._pass(APPLY_AGAIN, self.steps)
         if failed is not None:
-            return self._failure(APPLY_AGAIN, failed)
-        return _Finding(ok=True)
+            findings.append(self._failure(APPLY_AGAIN, failed))
+        return _Outcome(tuple(findings))
 
-    @staticmethod
-    def _failure(stage: str, call: RehearsalCall, differences: TreeDiff | None = None) -> _Finding:
-        return _Finding(
-            ok=False,
+    def _check_restarts(self) -> list[RehearsalFinding]:
+        """Each ``requires_restart`` name that the sandbox's compose file, as the apply pass
+        left it, does not define (nothing when there is no compose file or it is unreadable:
+        restarts may go through a command instead)."""
+        compose = next(
+            (self.sandbox / n for n in COMPOSE_FILES if (self.sandbox / n).is_file()), None
+        )
+        defined = compose_services(compose) if compose is not None else None
+        if compose is None or defined is None:
+            return []
+        found: list[RehearsalFinding] = []
+        for step in self.steps:
+            for service in step.migration.info.requires_restart:
+                if service not in defined:
+                    error = (
+                        f"{step.id}: requires_restart names {service!r}, which {compose.name}"
+                        " does not define after the apply pass; its restart would fail after"
+                        " the update was committed"
+                    )
+                    found.append(RehearsalFinding(RESTARTS, step.id, error))
+        return found
+
+    def _failure(
+        self, stage: str, call: RehearsalCall, *, isolated: bool = False
+    ) -> RehearsalFinding:
+        return RehearsalFinding(
             stage=stage,
             culprit=call.id,
             error=f"{call.id}: {call.function} {call.error}",
             traceback=call.traceback,
-            differences=differences or TreeDiff(),
+            isolated=isolated,
         )
 
-    def _isolate(self, whole: TreeDiff) -> _Finding:
-        """Step through the migrations one by one on a fresh copy to find the culprit."""
+    def _rebuild(self, count: int) -> bool:
+        """A fresh sandbox with the first ``count`` steps applied; False if one fails."""
+        self._fresh_sandbox()
+        return self._pass(APPLY, self.steps[:count]) is None
+
+    def _isolate(self, whole: TreeDiff, failed: RehearsalCall | None) -> list[RehearsalFinding]:
+        """Step through the migrations one by one on a fresh copy, each applied, reverted,
+        compared and applied again on what the ones before it made, to find every one
+        responsible. A migration whose revert or second apply fails is recorded and the
+        sandbox rebuilt (the ones so far applied to a fresh copy) before the next. When none
+        is responsible on its own, the whole plan's failed revert (``failed``) or difference
+        (``whole``) is what the migrations do together."""
         logger.info("verify.isolating", migrations=len(self.steps))
         self._fresh_sandbox()
-        for step in self.steps:
+        found: list[RehearsalFinding] = []
+        for index, step in enumerate(self.steps):
             before = self._snapshot()
-            for stage in (APPLY, REVERT):
-                call = self._call(stage, step)
-                if not call.ok:
-                    return self._failure(stage, call, differences=whole)
-            difference = diff_snapshots(before, self._snapshot())
+            call = self._call(APPLY, step)
+            if not call.ok:  # it ran in the whole pass: the others made the difference
+                found.append(self._failure(APPLY, call, isolated=True))
+                break
+            call = self._call(REVERT, step)
+            if not call.ok:
+                found.append(self._failure(REVERT, call, isolated=True))
+                if not self._rebuild(index + 1):
+                    break
+                continue
+            difference = self._diff(before, self._snapshot())
             if not difference.is_empty:
-                return _Finding(
-                    ok=False,
-                    stage=COMPARE,
-                    culprit=step.id,
-                    error=(
-                        f"{step.id}: its revert does not bring the tree back"
-                        f" ({len(difference.describe())} difference(s))"
-                    ),
-                    differences=difference,
-                    isolated=True,
+                count = len(difference.describe())
+                error = (
+                    f"{step.id}: its revert does not bring the tree back ({count} difference(s))"
                 )
+                found.append(RehearsalFinding(COMPARE, step.id, error, difference, isolated=True))
             call = self._call(APPLY_AGAIN, step)
             if not call.ok:
-                return self._failure(APPLY_AGAIN, call, differences=whole)
-        return _Finding(
-            ok=False,
-            stage=COMPARE,
-            error=(
+                found.append(self._failure(APPLY_AGAIN, call, isolated=True))
+                if not self._rebuild(index + 1):
+                    break
+        if not found and failed is not None:
+            found.append(self._failure(REVERT, failed))
+        elif not found:
+            error = (
                 "reverting the whole plan does not bring the tree back, although each migration"
                 " reverts cleanly on its own: the migrations interfere with each other"
-            ),
-            differences=whole,
-        )
+            )
+            found.append(RehearsalFinding(COMPARE, None, error, whole))
+        return found
+
+
+def _merged(diffs: Sequence[TreeDiff]) -> TreeDiff:
+    """Several findings' differences as one (each path and table once)."""
+    added = sorted({p for d in diffs for p in d.added})
+    removed = sorted({p for d in diffs for p in d.removed})
+    changed: dict[str, PathChange] = {}
+    databases: dict[tuple[str, str, str], DatabaseChange] = {}
+    for diff in diffs:
+        changed.update((c.path, c) for c in diff.changed if c.path not in changed)
+        databases.update(((c.path, c.table, c.what), c) for c in diff.databases)
+    return TreeDiff(
+        tuple(added),
+        tuple(removed),
+        tuple(changed[p] for p in sorted(changed)),
+        tuple(databases.values()),
+    )
 
 
 def rehearse_steps(
@@ -395,8 +526,17 @@ def rehearse_steps(
     timeout: float | None = None,
     grace: float = DEFAULT_GRACE,
     state_dir: str = DEFAULT_STATE_DIR.as_posix(),
+    ignore_tables: Sequence[str] = (),
+    changes: bool = False,
+    forward_only: bool = False,
 ) -> RehearsalReport:
     """Rehearse ``steps`` on a copy of what ``scope`` covers, in this thread.
+
+    ``ignore_tables`` names SQLite tables left out of the comparison (``TABLE``, or
+    ``DB:TABLE`` for one database file, by its path relative to the root or its name); a
+    malformed one raises :class:`~dopemux_update.PreflightError`. With ``changes``, the report
+    also holds what the apply pass changed (``RehearsalReport.changes``); ``forward_only``
+    runs just the apply pass, for that preview (and the restart check).
 
     ``state_dir`` is where the installation keeps the update's state, relative to its root:
     a stand-in is planted there in the sandbox, and a migration that deletes or changes it
@@ -414,8 +554,19 @@ def rehearse_steps(
     started = time.perf_counter()
     ids = tuple(step.id for step in steps)
     direction = steps[0].direction if steps else Direction.UPGRADE
+    try:
+        ignore = TableFilter.parse(ignore_tables)
+    except ValueError as exc:
+        raise PreflightError(f"--ignore-table {exc}") from exc
     if not steps:
-        return RehearsalReport(ok=True, migrations=ids, direction=direction)
+        empty = TreeChanges() if changes or forward_only else None
+        return RehearsalReport(
+            ok=True,
+            migrations=ids,
+            direction=direction,
+            changes=empty,
+            ignored_tables=tuple(ignore.shown()),
+        )
     logger.info("verify.started", migrations=len(steps), root=str(scope.root))
     where = (sandbox_dir or Path(tempfile.gettempdir())).resolve()
     if where.is_relative_to(scope.root.resolve()):
@@ -433,28 +584,40 @@ def rehearse_steps(
             timeout=timeout,
             grace=grace,
             state_dir=state_dir,
+            ignore=ignore,
+            changes=changes,
+            forward_only=forward_only,
         )
         try:
             found = rehearsal.run()
         except (OSError, sqlite3.Error) as exc:
             # Copying or reading the sandbox failed (a migration's own errors are captured).
             raise UpdateError(f"the rehearsal could not copy or read its sandbox: {exc}") from exc
+    first = found.findings[0] if found.findings else None
+    culprits = tuple(dict.fromkeys(f.culprit for f in found.findings if f.culprit is not None))
+    differences = found.whole
+    if differences.is_empty:
+        differences = _merged([f.differences for f in found.findings])
     report = RehearsalReport(
-        ok=found.ok,
+        ok=first is None,
         migrations=ids,
         direction=direction,
-        stage=found.stage,
-        culprit=found.culprit,
-        error=found.error,
-        traceback=found.traceback,
-        differences=found.differences,
-        isolated=found.isolated,
+        stage=first.stage if first else None,
+        culprit=first.culprit if first else None,
+        error=first.error if first else None,
+        traceback=first.traceback if first else None,
+        differences=differences,
+        isolated=any(f.isolated for f in found.findings),
         abandoned=found.abandoned,
         calls=tuple(rehearsal.calls),
         sandbox=folder if keep_sandbox else None,
         seconds=time.perf_counter() - started,
+        culprits=culprits,
+        findings=found.findings,
+        changes=rehearsal.changes,
+        ignored_tables=tuple(ignore.shown()),
     )
-    logger.info("verify.finished", ok=report.ok, stage=report.stage, culprit=report.culprit)
+    logger.info("verify.finished", ok=report.ok, stage=report.stage, culprits=list(report.culprits))
     return report
 
 
@@ -480,9 +643,13 @@ async def rehearse(
     on_call: CallObserver | None = None,
     migration_timeout: float | None = None,
     grace: float = DEFAULT_GRACE,
+    ignore_tables: Sequence[str] = (),
+    changes: bool = False,
+    forward_only: bool = False,
 ) -> RehearsalReport:
     """Rehearse the plan from ``current_version`` to ``target_version`` (default: the newest
     reachable) on a sandbox copy of ``project_root``; never changes the installation.
+    ``ignore_tables``, ``changes`` and ``forward_only`` are as for :func:`rehearse_steps`.
 
     The copy covers what a backup would (the root minus its state folder, ``.git`` and the
     migrations, narrowed by ``include``/``exclude``). A problem with the migrations raises a
@@ -526,6 +693,9 @@ async def rehearse(
             timeout=migration_timeout,
             grace=grace,
             state_dir=state_name,
+            ignore_tables=ignore_tables,
+            changes=changes,
+            forward_only=forward_only,
         )
 
     reports: list[RehearsalReport] = []

@@ -9,12 +9,18 @@ settings their content does not carry (page size, journal mode, auto-vacuum, ``u
 differ, which is what happens after a column is added and dropped again. Modification times
 are ignored here: a migration that rewrites a file with the same bytes has not changed it.
 SQLite's ``-wal``/``-shm``/``-journal`` files belong to their database and are not compared on
-their own.
+their own. A virtual table (FTS5, FTS4, R-tree...) is compared by what it shows (its rows in
+rowid order) and its definition, a full-text index also by its terms; its shadow tables
+(``<name>_data``, ``_idx``, ``_segments``...) are how it stores them, and are not compared.
+
+A snapshot taken with ``texts=True`` keeps the text of small text files, so that a changed
+one is reported with a unified diff.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sqlite3
@@ -34,10 +40,15 @@ from ._tree import Scope, TreeEntry, encode_name, link_destination, shown, walk
 __all__ = [
     "DatabaseChange",
     "DatabaseDigest",
+    "FileChange",
     "PathChange",
+    "TableChange",
+    "TableFilter",
+    "TreeChanges",
     "TreeDiff",
     "TreeSnapshot",
     "diff_snapshots",
+    "forward_changes",
     "item_difference",
     "link_leaders",
     "may_set_owner",
@@ -46,6 +57,17 @@ __all__ = [
 ]
 
 _EXAMPLES = 3  # rows shown per table in a report
+TEXT_LIMIT = 1 << 20  # bytes: a larger file is reported changed without a diff
+TEXTS_LIMIT = 64 << 20  # bytes of text a snapshot keeps in all; past it, no more diffs
+DIFF_LINES = 200  # lines of a unified diff kept per file
+#: Shadow tables of the full-text modules, by suffix (used where ``PRAGMA table_list``,
+#: SQLite 3.37, is not there to say which tables are shadows).
+_FTS_SHADOWS = {
+    "fts5": ("_data", "_idx", "_docsize", "_config", "_content"),
+    "fts4": ("_segments", "_segdir", "_docsize", "_stat", "_content"),
+    "fts3": ("_segments", "_segdir", "_docsize", "_stat", "_content"),
+}
+INDEX_SUFFIX = " (full-text index)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +97,9 @@ class DatabaseDigest:
     objects: dict[str, str]  # "index name" / "view name" / "trigger name" -> normalised SQL
     #: The settings the content does not carry (see ``SETTINGS``).
     pragmas: dict[str, int | str] = field(default_factory=dict)
+    #: The table each schema object belongs to ("index name" -> table), so that leaving a
+    #: table out of a comparison leaves its indexes and triggers out too.
+    owners: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 #: A database's settings that are part of its identity: ``journal_mode`` is ``wal`` or
@@ -97,6 +122,8 @@ class Item:
     link: str = ""
     #: Compared only when both sides have one (a backup records it; a snapshot does not).
     mtime_ns: int | None = field(default=None, compare=False)
+    #: A small text file's text, kept by ``take_snapshot(texts=True)`` for diffs.
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +136,13 @@ class TreeSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PathChange:
-    """A path present on both sides whose content, kind or mode differs."""
+    """A path present on both sides whose content, kind or mode differs; ``diff`` holds a
+    changed text file's unified diff (at most :data:`DIFF_LINES` lines, then a line saying
+    how many were left out), empty otherwise."""
 
     path: str
     what: str
+    diff: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +172,23 @@ class TreeDiff:
         lines = [f"added:   {shown(path)}" for path in self.added]
         lines.extend(f"removed: {shown(path)}" for path in self.removed)
         lines.extend(f"changed: {shown(c.path)} ({shown(c.what)})" for c in self.changed)
-        lines.extend(
+        lines.extend(self._database_lines())
+        return lines
+
+    def _database_lines(self) -> list[str]:
+        return [
             f"changed: {shown(c.path)}, {shown(c.table)}: {shown(c.what)}" for c in self.databases
-        )
+        ]
+
+    def describe_with_diffs(self, lines_per_file: int = 20) -> list[str]:
+        """As :meth:`describe`, each changed text file followed by its diff (indented, at
+        most ``lines_per_file`` lines, then how many more there are)."""
+        lines = [f"added:   {shown(path)}" for path in self.added]
+        lines.extend(f"removed: {shown(path)}" for path in self.removed)
+        for change in self.changed:
+            lines.append(f"changed: {shown(change.path)} ({shown(change.what)})")
+            lines.extend(f"    {line}" for line in trimmed(change.diff, lines_per_file))
+        lines.extend(self._database_lines())
         return lines
 
     def to_json(self) -> dict[str, object]:
@@ -152,10 +196,151 @@ class TreeDiff:
         return {
             "added": [encode_name(p) for p in self.added],
             "removed": [encode_name(p) for p in self.removed],
-            "changed": [{"path": encode_name(c.path), "what": shown(c.what)} for c in self.changed],
+            "changed": [
+                {
+                    "path": encode_name(c.path),
+                    "what": shown(c.what),
+                    "diff": "\n".join(c.diff) if c.diff else None,
+                }
+                for c in self.changed
+            ],
             "databases": [
                 {"path": encode_name(c.path), "table": shown(c.table), "what": shown(c.what)}
                 for c in self.databases
+            ],
+        }
+
+
+def trimmed(lines: tuple[str, ...] | list[str], limit: int) -> list[str]:
+    """At most ``limit`` of ``lines``, then a line saying how many more there are."""
+    if len(lines) <= limit:
+        return list(lines)
+    more = len(lines) - limit
+    last = lines[-1]
+    if last.startswith("… ") and last.endswith(" more lines"):  # already cut once
+        more += int(last.split()[1]) - 1
+    return [*lines[:limit], f"… {more} more lines"]
+
+
+def text_diff(path: str, old: str, new: str) -> tuple[str, ...]:
+    """The unified diff from ``old`` to ``new`` (``/dev/null`` for a side that is not
+    there, given as ""), at most :data:`DIFF_LINES` lines then how many were left out."""
+    lines = [
+        line.rstrip("\n")
+        for line in difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=shown(path) if old else "/dev/null",
+            tofile=shown(path) if new else "/dev/null",
+            n=3,
+        )
+    ]
+    return tuple(trimmed(lines, DIFF_LINES))
+
+
+@dataclass(frozen=True, slots=True)
+class TableFilter:
+    """Tables left out of a comparison: ``TABLE`` in any database, or ``DB:TABLE`` in the
+    database whose path (relative to the root) or file name is ``DB``. Names compare
+    case-insensitively, as SQLite compares them."""
+
+    rules: tuple[tuple[str | None, str], ...] = ()
+
+    @classmethod
+    def parse(cls, values: Iterable[str]) -> TableFilter:
+        """Raises :class:`ValueError` naming a value that is not ``TABLE`` or ``DB:TABLE``."""
+        rules: list[tuple[str | None, str]] = []
+        for value in values:
+            database, colon, table = value.rpartition(":")
+            if not table.strip() or (colon and not database.strip()):
+                raise ValueError(f"{value!r}: expected TABLE or DATABASE:TABLE")
+            rules.append((database or None, table))
+        return cls(tuple(rules))
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def ignores(self, path: str, table: str) -> bool:
+        """Whether ``table`` (a table, or a full-text table's index) of the database at
+        ``path`` is left out."""
+        name = table.removesuffix(INDEX_SUFFIX).casefold()
+        return any(
+            name == rule.casefold()
+            and (database is None or database in (path, path.rsplit("/", 1)[-1]))
+            for database, rule in self.rules
+        )
+
+    def shown(self) -> list[str]:
+        return [f"{db}:{table}" if db else table for db, table in self.rules]
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """A path the forward pass adds, removes or changes (``change``), with what changed and,
+    for a text file, its unified diff."""
+
+    path: str
+    change: str  # "added", "removed" or "changed"
+    what: str = ""
+    diff: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TableChange:
+    """A table (or schema object, or setting) of a database that the forward pass changes:
+    rows added, removed and changed (by primary key; counted as whole rows without one)."""
+
+    path: str
+    table: str
+    what: str
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TreeChanges:
+    """What a forward pass changes in an installation, file by file and table by table."""
+
+    files: tuple[FileChange, ...] = ()
+    tables: tuple[TableChange, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.files or self.tables)
+
+    def describe(self, lines_per_file: int = 20) -> list[str]:
+        if self.is_empty:
+            return ["nothing"]
+        lines: list[str] = []
+        for change in self.files:
+            what = f" ({shown(change.what)})" if change.what not in {"", "file"} else ""
+            lines.append(f"{change.change + ':':<8} {shown(change.path)}{what}")
+            lines.extend(f"    {line}" for line in trimmed(change.diff, lines_per_file))
+        lines.extend(f"{shown(t.path)}, {shown(t.table)}: {shown(t.what)}" for t in self.tables)
+        return lines
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "files": [
+                {
+                    "path": encode_name(f.path),
+                    "change": f.change,
+                    "what": shown(f.what),
+                    "diff": "\n".join(f.diff) if f.diff else None,
+                }
+                for f in self.files
+            ],
+            "tables": [
+                {
+                    "path": encode_name(t.path),
+                    "table": shown(t.table),
+                    "what": shown(t.what),
+                    "added": t.added,
+                    "removed": t.removed,
+                    "changed": t.changed,
+                }
+                for t in self.tables
             ],
         }
 
@@ -262,18 +447,146 @@ def _internal(name: str) -> bool:
     return folded.startswith("sqlite_") and folded != "sqlite_sequence"
 
 
+_VIRTUAL = re.compile(r"\s*create\s+virtual\s+table\b.*?\busing\s+(\w+)", re.I | re.S)
+
+
+def _module(sql: str | None) -> str | None:
+    """The module of a virtual table's ``CREATE VIRTUAL TABLE`` (lower case), else None."""
+    match = _VIRTUAL.match(sql or "")
+    return match.group(1).lower() if match else None
+
+
+def _shadow_tables(connection: sqlite3.Connection, master: list[tuple[str, str, str]]) -> set[str]:
+    """The shadow tables of the database's virtual tables: SQLite says which (``PRAGMA
+    table_list``, 3.37 on); before that, the full-text modules' by their names."""
+    try:
+        listed = connection.execute("PRAGMA main.table_list").fetchall()
+    except sqlite3.Error:
+        listed = []  # e.g. a virtual table whose module this SQLite lacks
+    if listed:
+        return {str(row[1]) for row in listed if row[2] == "shadow"}
+    tables = {name.casefold(): name for kind, name, _ in master if kind == "table"}
+    found: set[str] = set()
+    for _, name, sql in master:
+        for suffix in _FTS_SHADOWS.get(_module(sql) or "", ()):
+            if (shadow := tables.get((name + suffix).casefold())) is not None:
+                found.add(shadow)
+    return found
+
+
+def _virtual_digests(
+    connection: sqlite3.Connection, table: str, sql: str
+) -> dict[str, TableDigest]:
+    """A virtual table as it shows itself: its definition and its rows by rowid (counted
+    whole where it has none); a full-text table's index also by its terms, under
+    ``<name> (full-text index)``. A table this SQLite cannot read (its module is missing)
+    is compared by its definition alone."""
+    normalised = normalise_sql(sql)
+    quoted = _quote(table)
+    try:
+        info = connection.execute(f"PRAGMA table_info({quoted})").fetchall()
+    except sqlite3.Error:
+        return {table: TableDigest(normalised, (), keyed=False, rows={})}
+    columns = tuple((str(r[1]), str(r[2]).upper(), int(r[3]), r[4], int(r[5])) for r in info)
+    names = ", ".join(_quote(c[0]) for c in columns) or "*"
+    digest = TableDigest(normalised, columns, keyed=False, rows={})
+    try:
+        query = f"SELECT rowid, {names} FROM {quoted} ORDER BY rowid"  # noqa: S608 - quoted
+        rows = {f"rowid={row[0]!r}": _row_text(row[1:]) for row in connection.execute(query)}
+        digest = TableDigest(normalised, columns, keyed=True, rows=rows)
+    except sqlite3.Error:
+        try:
+            cursor = connection.execute(f"SELECT {names} FROM {quoted}")  # noqa: S608
+            digest = TableDigest(
+                normalised, columns, keyed=False, rows={}, counts=Counter(map(_row_text, cursor))
+            )
+        except sqlite3.Error:
+            pass  # its module cannot read it here: its definition stands for it
+    found = {table: digest}
+    index = _index_digest(connection, table, _module(sql))
+    if index is not None:
+        found[table + INDEX_SUFFIX] = index
+    return found
+
+
+_VOCAB = "dopemux_update_vocab"
+
+
+def _index_digest(
+    connection: sqlite3.Connection, table: str, module: str | None
+) -> TableDigest | None:
+    """A full-text index by its content, whatever its segments: FTS5's every term with the
+    (row, column, offset) of each of its occurrences, hashed per term (``fts5vocab``); FTS3
+    and FTS4's terms per column with their document and occurrence counts (``fts4aux``).
+    Read through a temporary table (in the ``temp`` schema: the database is not written)."""
+    if module == "fts5":
+        using = f"fts5vocab(main, {_literal(table)}, 'instance')"
+    elif module in {"fts3", "fts4"}:
+        using = f"fts4aux(main, {_literal(table)})"
+    else:
+        return None
+    (query_only,) = connection.execute("PRAGMA query_only").fetchone()
+    try:
+        connection.execute("PRAGMA query_only = 0")
+        connection.execute(f"CREATE VIRTUAL TABLE temp.{_VOCAB} USING {using}")
+        try:
+            rows = _index_rows(connection, module)
+        finally:
+            connection.execute(f"DROP TABLE temp.{_VOCAB}")
+    except sqlite3.Error:
+        return None  # this SQLite lacks the module: the visible rows stand for it
+    finally:
+        connection.execute(f"PRAGMA query_only = {int(query_only)}")
+    columns = (("term", "", 0, None, 1),)
+    return TableDigest(f"{module} index", columns, keyed=True, rows=rows)
+
+
+def _index_rows(connection: sqlite3.Connection, module: str) -> dict[str, str]:
+    rows: dict[str, str] = {}
+    if module != "fts5":
+        query = f"SELECT term, col, documents, occurrences FROM temp.{_VOCAB}"  # noqa: S608
+        for term, column, documents, occurrences in connection.execute(query):
+            rows[f"term={term!r}, col={column!r}"] = repr((documents, occurrences))
+        return rows
+    query = f"SELECT term, doc, col, offset FROM temp.{_VOCAB}"  # noqa: S608
+    current: str | None = None
+    digest = xxhash.xxh3_128()
+    for term, doc, column, offset in connection.execute(query):
+        if term != current:
+            if current is not None:
+                rows[f"term={current!r}"] = digest.hexdigest()
+            current, digest = term, xxhash.xxh3_128()
+        digest.update(repr((doc, column, offset)).encode())
+    if current is not None:
+        rows[f"term={current!r}"] = digest.hexdigest()
+    return rows
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def database_digest(path: Path) -> DatabaseDigest:
-    """The tables, schema objects, rows and version pragmas of the database at ``path``."""
+    """The tables, schema objects, rows and version pragmas of the database at ``path``
+    (virtual tables by what they show, their shadow tables left out)."""
     connection = open_for_reading(path)
     try:
         connection.text_factory = _text
         master = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        owners = dict(
+            connection.execute(
+                "SELECT type || ' ' || name, tbl_name FROM sqlite_master WHERE type != 'table'"
+            ).fetchall()
+        )
+        shadows = _shadow_tables(connection, master)
         tables: dict[str, TableDigest] = {}
         objects: dict[str, str] = {}
         for kind, name, sql in master:
-            if _internal(name):
+            if _internal(name) or name in shadows:
                 continue
-            if kind == "table":
+            if kind == "table" and _module(sql) is not None:
+                tables.update(_virtual_digests(connection, name, sql))
+            elif kind == "table":
                 table = _table_digest(connection, name, sql or "")
                 if name.casefold() == "sqlite_sequence" and not table.size:
                     continue  # SQLite creates it with the first AUTOINCREMENT table, for good
@@ -283,7 +596,7 @@ def database_digest(path: Path) -> DatabaseDigest:
         pragmas = database_settings(connection)
     finally:
         connection.close()
-    return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas)
+    return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas, owners=owners)
 
 
 def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
@@ -337,14 +650,16 @@ def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
     return leaders
 
 
-def take_snapshot(scope: Scope) -> TreeSnapshot:
+def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
     """Read everything under ``scope`` (symlinks are never followed), the root's own mode and
-    owners included (as ``"."``). Raises :class:`~dopemux_update.UpdateError` naming a path
-    that cannot be read."""
+    owners included (as ``"."``); with ``texts``, the text of each UTF-8 file of at most
+    :data:`TEXT_LIMIT` bytes too (up to :data:`TEXTS_LIMIT` in all). Raises
+    :class:`~dopemux_update.UpdateError` naming a path that cannot be read."""
     root = scope.root.resolve()
     entries = list(walk(Scope(root, scope.excluded, scope.included)))
     databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
     leaders = link_leaders(entries)
+    budget = TEXTS_LIMIT
     top = root.stat()
     items: dict[str, Item] = {
         ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
@@ -356,12 +671,27 @@ def take_snapshot(scope: Scope) -> TreeSnapshot:
             continue  # part of its database, which is compared by content
         try:
             item = _item(root, entry, databases)
+            size = entry.info.st_size
+            if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
+                item = dataclasses.replace(item, text=_read_text(root / entry.rel))
+                budget -= size
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
         items[entry.rel] = dataclasses.replace(
             item, uid=entry.info.st_uid, gid=entry.info.st_gid, link=leaders.get(entry.rel, "")
         )
     return TreeSnapshot(root=scope.root, items=items)
+
+
+def _read_text(path: Path) -> str | None:
+    """The file's text, or None when it is not UTF-8 text (a NUL byte says binary)."""
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
@@ -423,9 +753,11 @@ def item_difference(expected: Item, actual: Item) -> list[Difference]:
       how the content is stored, not part of it;
     - hard links: which other paths in scope share the file's inode;
     - SQLite database content (tables with their columns and rows, indexes, views, triggers,
-      AUTOINCREMENT counters) and settings (page size, journal mode WAL or not, auto-vacuum,
-      ``user_version``, ``application_id``); not the page layout, nor the ``-wal``, ``-shm``
-      and ``-journal`` files, which belong to SQLite;
+      AUTOINCREMENT counters; a virtual table by its definition and the rows it shows, a
+      full-text one also by the terms of its index, not by its shadow tables) and settings
+      (page size, journal mode WAL or not, auto-vacuum, ``user_version``,
+      ``application_id``); not the page layout, nor the ``-wal``, ``-shm`` and ``-journal``
+      files, which belong to SQLite;
     - modification time of files, only where both sides record one: a backup does, ``verify``
       does not (a migration that writes a file back with the same bytes has not changed it).
     """
@@ -555,9 +887,12 @@ def _what_changed(difference: Difference) -> str:
     return f"{aspect} {old} → {new}"
 
 
-def diff_snapshots(before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
+def diff_snapshots(
+    before: TreeSnapshot, after: TreeSnapshot, *, ignore: TableFilter | None = None
+) -> TreeDiff:
     """What changed from ``before`` to ``after``; empty when they hold the same (in the sense
-    of :func:`item_difference`)."""
+    of :func:`item_difference`), apart from the tables ``ignore`` leaves out. A changed text
+    file whose text both snapshots kept comes with its unified diff."""
     added = tuple(sorted(after.items.keys() - before.items.keys()))
     removed = tuple(sorted(before.items.keys() - after.items.keys()))
     changed: list[PathChange] = []
@@ -571,8 +906,104 @@ def diff_snapshots(before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
         if old.kind == "sqlite" and new.kind == "sqlite" and old.digest != new.digest:
             assert old.database is not None  # noqa: S101 - always set for kind "sqlite"
             assert new.database is not None  # noqa: S101
-            databases.extend(_database_changes(rel, old.database, new.database))
+            owners = {**old.database.owners, **new.database.owners}
+            databases.extend(
+                change
+                for change in _database_changes(rel, old.database, new.database)
+                if ignore is None or not ignore.ignores(rel, owners.get(change.table, change.table))
+            )
             found = [d for d in found if d.aspect in ("mode", "owner", "link")]
         if found:
-            changed.append(PathChange(rel, "; ".join(_what_changed(d) for d in found)))
+            diff: tuple[str, ...] = ()
+            if any(d.aspect == "content" for d in found) and None not in (old.text, new.text):
+                diff = text_diff(rel, old.text or "", new.text or "")
+            changed.append(PathChange(rel, "; ".join(_what_changed(d) for d in found), diff))
     return TreeDiff(added, removed, tuple(changed), tuple(databases))
+
+
+_KINDS = {
+    "file": "file",
+    "dir": "folder",
+    "symlink": "symlink",
+    "sqlite": "SQLite database",
+    "other": "special",
+}
+
+
+def forward_changes(
+    before: TreeSnapshot, after: TreeSnapshot, *, ignore: TableFilter | None = None
+) -> TreeChanges:
+    """What changed from ``before`` to ``after``, for an operator's preview: each path
+    added, removed or changed (a text file with its diff), and each table with how many rows
+    were added, removed and changed."""
+    difference = diff_snapshots(before, after, ignore=ignore)
+    files: list[FileChange] = []
+    tables: list[TableChange] = []
+    for rel in difference.added:
+        item = after.items[rel]
+        diff = text_diff(rel, "", item.text) if item.text else ()
+        files.append(FileChange(rel, "added", _KINDS.get(item.kind, ""), diff))
+        if item.database is not None:
+            empty = DatabaseDigest(tables={}, objects={}, pragmas=item.database.pragmas)
+            tables.extend(_table_counts(rel, empty, item.database, ignore))
+    for rel in difference.removed:
+        item = before.items[rel]
+        diff = text_diff(rel, item.text, "") if item.text else ()
+        files.append(FileChange(rel, "removed", _KINDS.get(item.kind, ""), diff))
+    files.extend(FileChange(c.path, "changed", c.what, c.diff) for c in difference.changed)
+    for rel in sorted({c.path for c in difference.databases}):
+        old, new = before.items[rel].database, after.items[rel].database
+        if old is not None and new is not None:
+            tables.extend(_table_counts(rel, old, new, ignore))
+    files.sort(key=lambda f: encode_name(f.path))
+    return TreeChanges(tuple(files), tuple(tables))
+
+
+def _table_counts(
+    path: str, old: DatabaseDigest, new: DatabaseDigest, ignore: TableFilter | None
+) -> list[TableChange]:
+    found: list[TableChange] = []
+    owners = {**old.owners, **new.owners}
+    for change in _database_changes(path, old, new):
+        if ignore is not None and ignore.ignores(path, owners.get(change.table, change.table)):
+            continue
+        before, after = old.tables.get(change.table), new.tables.get(change.table)
+        if before is None and after is None:  # a schema object or a setting
+            found.append(TableChange(path, change.table, change.what))
+            continue
+        empty = TableDigest("", (), keyed=True, rows={})
+        added, removed, changed = _row_counts(before or empty, after or empty)
+        counts = [
+            (n, verb)
+            for n, verb in ((added, "added"), (removed, "removed"), (changed, "changed"))
+            if n
+        ]
+        parts = [] if before is not None and after is not None else [change.what.split(" (")[0]]
+        if before is not None and after is not None and before.columns != after.columns:
+            parts.append(change.what)
+        if counts:
+            (first, verb), *rest = counts
+            parts.append(
+                ", ".join([f"{_plural(first, 'row')} {verb}", *(f"{n} {v}" for n, v in rest)])
+            )
+        found.append(
+            TableChange(
+                path, change.table, "; ".join(parts) or change.what, added, removed, changed
+            )
+        )
+    return found
+
+
+def _row_counts(old: TableDigest, new: TableDigest) -> tuple[int, int, int]:
+    """Rows added, removed and changed from ``old`` to ``new`` (by key where both have the
+    same primary key; otherwise whole rows, added and removed)."""
+    gained, lost = new.counts - old.counts, old.counts - new.counts
+    added, removed, changed = gained.total(), lost.total(), 0
+    if old.keyed and new.keyed:
+        added += len(new.rows.keys() - old.rows.keys())
+        removed += len(old.rows.keys() - new.rows.keys())
+        changed = sum(1 for k in old.rows.keys() & new.rows.keys() if old.rows[k] != new.rows[k])
+    else:
+        added += len(new.rows)
+        removed += len(old.rows)
+    return added, removed, changed

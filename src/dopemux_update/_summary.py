@@ -111,7 +111,11 @@ def _rows(
 
 def _verified(result: UpdateResult) -> Detail:
     if result.verified_identical is True:
-        return Detail("Verified identical", "yes: the tree is exactly as before the update")
+        return Detail(
+            "Verified identical",
+            "yes: content, modes, owners and links as before the update"
+            " (SQLite by content and settings, not page bytes)",
+        )
     if result.verified_identical is False:
         why = "the restore failed" if not result.restored else "differences found (see the log)"
         return Detail("Verified identical", f"NO: {why}", bad=True)

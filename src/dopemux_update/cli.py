@@ -45,7 +45,7 @@ from ._cli_common import (
     version_option_value,
 )
 from ._cli_recover import close_unrecoverable, recover_command, recover_first, run_interruptibly
-from ._cli_verify import verify_command
+from ._cli_verify import preview_changes, verify_command
 from ._console import (
     Display,
     OutputCollector,
@@ -228,10 +228,14 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
 @cli.command()
 @click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
 @click.option("--from", "from_version", help="Current version.  [default: the recorded one]")
+@click.option(
+    "--diff", "show_diff", is_flag=True, help="Preview the changes here (on a sandbox copy)."
+)
 @common_options
 def plan(
     to_version: str | None,
     from_version: str | None,
+    show_diff: bool,
     root: Path,
     migrations: Path | None,
     as_json: bool,
@@ -248,8 +252,13 @@ def plan(
         state_dir=ctx.state_dir,
     )
     the_plan = anyio.run(phase.plan)
-    emit(ctx, {"command": "plan", **_plan_payload(the_plan)})
+    preview: tuple[dict[str, Any], list[str]] = ({}, [])
+    if show_diff:  # the forward pass on a sandbox copy: what it would change here
+        preview = preview_changes(ctx, current, version_option_value(to_version, option="--to"))
+    emit(ctx, {"command": "plan", **_plan_payload(the_plan), **preview[0]})
     show_plan(the_plan, display_mode(ctx.json))
+    for line in [] if ctx.json else preview[1]:
+        click.echo(line)
     return EXIT_OK
 
 

@@ -10,8 +10,9 @@
 
 :func:`assert_reversible` rehearses a migration file (or a whole ``vA_to_vB`` folder) on a
 sandbox copy of a fixture installation: forward must succeed, backward must bring the copy
-back exactly (files, modes, symlinks; SQLite tables, columns and rows), and forward must work
-again. The fixture installation itself is only read.
+back exactly (files, modes, owners, hard links, symlinks; SQLite by content and settings,
+virtual tables by what they show), and forward must work again. The fixture installation
+itself is only read.
 
 :func:`run_forward` and :func:`run_backward` run migrations in place on a copy you made
 (with :func:`copy_installation`, or the ``installation_copy`` pytest fixture that
@@ -31,7 +32,7 @@ from ._models import Direction, Migration, Step, Transition
 from ._rehearsal import RehearsalReport, rehearse_steps
 from ._runner import call_function
 from ._sandbox import copy_tree
-from ._snapshot import TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
+from ._snapshot import TableFilter, TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
 from ._state import DEFAULT_STATE_DIR
 from ._tree import Scope
 from ._versions import parse_transition_name
@@ -87,12 +88,15 @@ def rehearse_migrations(
     keep_sandbox: bool = False,
     sandbox_dir: Path | None = None,
     timeout: float | None = None,
+    ignore_tables: Sequence[str] = (),
 ) -> RehearsalReport:
     """Rehearse a migration file or folder on a sandbox copy of ``installation``.
 
     The copy leaves out the installation's ``.dopemux/update`` state folder and ``.git``,
     as a backup does, narrowed by ``include``/``exclude`` globs. A migration call running
-    longer than ``timeout`` seconds fails the rehearsal.
+    longer than ``timeout`` seconds fails the rehearsal. ``ignore_tables`` names SQLite
+    tables the comparison leaves out (``TABLE``, or ``DB:TABLE`` for one database file), as
+    ``verify --ignore-table`` does.
     """
     root = Path(installation)
     if not root.is_dir():
@@ -102,7 +106,12 @@ def rehearse_migrations(
         root, state_dir=root / DEFAULT_STATE_DIR, include=include, exclude=exclude
     )
     return rehearse_steps(
-        steps, scope, sandbox_dir=sandbox_dir, keep_sandbox=keep_sandbox, timeout=timeout
+        steps,
+        scope,
+        sandbox_dir=sandbox_dir,
+        keep_sandbox=keep_sandbox,
+        timeout=timeout,
+        ignore_tables=ignore_tables,
     )
 
 
@@ -113,12 +122,20 @@ def assert_reversible(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     timeout: float | None = None,
+    ignore_tables: Sequence[str] = (),
 ) -> RehearsalReport:
     """Assert that forward succeeds, backward restores ``installation`` exactly, and forward
-    works again; the failure message says which migration, at which stage, and what differs.
+    works again; the failure message names every migration responsible, at which stage, and
+    what differs (a changed text file with its diff). ``ignore_tables`` as for
+    :func:`rehearse_migrations`.
     """
     report = rehearse_migrations(
-        migration, installation, include=include, exclude=exclude, timeout=timeout
+        migration,
+        installation,
+        include=include,
+        exclude=exclude,
+        timeout=timeout,
+        ignore_tables=ignore_tables,
     )
     if not report.ok:
         raise AssertionError("\n".join(report.describe()))
@@ -160,21 +177,29 @@ def run_backward(migration: Path | str, root: Path | str) -> list[str]:
     return _run(migration, root, forward=False)
 
 
-def tree_differences(expected: Path | str, actual: Path | str) -> TreeDiff:
+def tree_differences(
+    expected: Path | str, actual: Path | str, *, ignore_tables: Sequence[str] = ()
+) -> TreeDiff:
     """How the installation at ``actual`` differs from the one at ``expected``: by content,
-    modes and symlinks, SQLite by tables, columns and rows (their state folders left out)."""
+    modes, owners, hard links and symlinks, SQLite by content and settings (their state
+    folders, and the tables ``ignore_tables`` names, left out); a changed text file comes
+    with its unified diff."""
 
     def snapshot(root: Path) -> TreeSnapshot:
-        return take_snapshot(Scope.for_installation(root, state_dir=root / DEFAULT_STATE_DIR))
+        scope = Scope.for_installation(root, state_dir=root / DEFAULT_STATE_DIR)
+        return take_snapshot(scope, texts=True)
 
-    return diff_snapshots(snapshot(Path(expected)), snapshot(Path(actual)))
+    ignore = TableFilter.parse(ignore_tables)
+    return diff_snapshots(snapshot(Path(expected)), snapshot(Path(actual)), ignore=ignore)
 
 
-def assert_same_tree(expected: Path | str, actual: Path | str) -> None:
+def assert_same_tree(
+    expected: Path | str, actual: Path | str, *, ignore_tables: Sequence[str] = ()
+) -> None:
     """Assert that two installations hold the same (see :func:`tree_differences`)."""
-    difference = tree_differences(expected, actual)
+    difference = tree_differences(expected, actual, ignore_tables=ignore_tables)
     if not difference.is_empty:
-        lines = "\n".join(f"  {line}" for line in difference.describe())
+        lines = "\n".join(f"  {line}" for line in difference.describe_with_diffs())
         raise AssertionError(f"{actual} differs from {expected}:\n{lines}")
 
 

@@ -55,7 +55,9 @@ async def rehearsal(root: Path) -> bool:
         project_root=root, migrations_dir=root / "migrations", current_version="0.1.0"
     )
     _culprit: str | None = report.culprit
+    _culprits: tuple[str, ...] = report.culprits
     _differences: TreeDiff = report.differences
+    _found: list[str] = [f.error for f in report.findings]
     _lines: list[str] = report.describe()
     return report.ok
 
@@ -99,7 +101,9 @@ def the_helpers_of_issue_15(project_root: Path) -> bool:
 
 
 def an_authors_test(fixture: Path, copy: Path) -> None:
-    report: RehearsalReport = assert_reversible("migrations/v0.1.0_to_v0.2.0", fixture)
+    report: RehearsalReport = assert_reversible(
+        "migrations/v0.1.0_to_v0.2.0", fixture, ignore_tables=["conport.db:search_cache"]
+    )
     _ok: bool = report.ok
     printed: list[str] = run_forward("migrations/v0.1.0_to_v0.2.0/001_x.py", copy)
     _first: str = printed[0]
