@@ -32,7 +32,7 @@ MIGRATION_INFO = {
     "description": "Add the pal_threads table and its index to the ConPort database",
     "breaking_changes": False,
     "estimated_duration_seconds": 5,
-    "requires_restart": ["conport", "mcp-pal"],
+    "requires_restart": ["conport"],
     "backup_required": True,
 }
 
