@@ -282,7 +282,9 @@ class OrchestrationPhase:
             finally:
                 journal.close()  # a close(2): nothing to flush, never blocks
 
-    async def revert(self, *, restart_phase: RestartReceiver | None = None) -> UpdateResult:
+    async def revert(
+        self, *, restart_phase: RestartReceiver | None = None, reason: str | None = None
+    ) -> UpdateResult:
         """Undo the run this phase committed (see :func:`~dopemux_update.revert_run`): its
         backward functions in reverse order, journaled and backed up like any run, the
         version record back to where it was. Raises :class:`~dopemux_update.RevertError`
@@ -301,6 +303,7 @@ class OrchestrationPhase:
             grace=self.grace,
             restart_phase=restart_phase,
             keep_backups=self.keep_backups,
+            reason=reason,
         )
 
     # -- the run ----------------------------------------------------------------------------
