@@ -508,6 +508,8 @@ def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path
             "exit_code": code,
             "interrupted": True,
             "needs_recovery": stuck,
+            "health": [],
+            "reverted": False,
             "log": str(log_path) if log_path else None,
             "error": message,
             "output": collector.lines,
