@@ -382,3 +382,30 @@ def test_an_uninterrupted_revert_gives_the_tree_before_the_update(gated: dict[st
     done = cli("upgrade", "--health-timeout", "0", *gated["args"])
     assert done.returncode == 6, done.stdout + done.stderr
     assert tree_digest(gated["root"]) == gated["before"]
+
+
+def test_a_revert_that_fails_exits_3_and_keeps_the_backup(
+    installation: Path, migrations: MigrationWriter, fake_docker: FakeDocker
+) -> None:
+    (installation / "compose.yaml").write_text("services:\n  web:\n    image: x\n")
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="(project_root / 'new.txt').write_text('x')\nreturn True",
+        backward="raise RuntimeError('cannot undo')",
+        info={"requires_restart": ["web"]},
+    )
+    unhealthy = {**HEALTHY, "on_restart": {"state": "running", "health": "starting"}}
+    fake_docker.set(services={"web": unhealthy})
+    args = ["--from", "1.0", "--root", str(installation), "--migrations", str(migrations.root)]
+    code, result = run_json("upgrade", "--health-timeout", "0", *args)
+    assert code == 3, result
+    assert result["reverted"] is False
+    assert result["revert"]["ok"] is False
+    assert "cannot undo" in result["revert"]["error"]
+    assert state(installation)["installed_version"] == "1.1"  # the revert was rolled back
+    assert (installation / "new.txt").exists()
+    backups = [p.name for p in (installation / ".dopemux/update/backups").iterdir()]
+    assert result["backup_id"] in backups
+    text = cli("history", "--root", str(installation))
+    assert "revert 1.1 → 1.0: rolled back" in text.stdout

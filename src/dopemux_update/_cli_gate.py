@@ -268,12 +268,9 @@ def gate_summary(
             )
             closing.append(f"The installation NEEDS ATTENTION: {where}{backup}.")
     if outcome.owed:
-        details.append(
-            Detail(
-                "Restarts owed",
-                ", ".join(outcome.owed) + " (run `dopemux-update restart`)",
-                bad=True,
-            )
+        closing.append(
+            f"Restarts owed: {', '.join(outcome.owed)} (recorded; `dopemux-update restart`"
+            " restarts them and clears the record)."
         )
     return replace(
         summary,
