@@ -334,47 +334,45 @@ def gated(
             info={"requires_restart": ["web"]},
         )
     args = ["--root", str(installation), "--migrations", str(migrations.root)]
-    assert cli("stamp", "1.0", *args).returncode == 0
+    (installation / ".dopemux/update").mkdir(parents=True)
+    (installation / ".dopemux/update/state.json").write_text('{"installed_version": "1.0"}')
     before = tree_digest(installation)
-    fake_docker.set(services={"web": dict(HEALTHY)})
-    assert cli("upgrade", "--no-health-check", *args).returncode == 0
+    app = installation / "config" / "app.yaml"
+    for name in ("1_a.py", "2_b.py"):  # what the forward functions make of it
+        app.write_text(name)
+        (installation / f"{name}.txt").write_text("x" * 1000)
     after = tree_digest(installation)
-    assert cli("stamp", "1.0", *args).returncode == 0
     for name in ("1_a.py", "2_b.py"):
         (installation / f"{name}.txt").unlink()
-    (installation / "config" / "app.yaml").write_text("# keep me\nlog_level: info\n")
+    app.write_text("# keep me\nlog_level: info\n")
     assert tree_digest(installation) == before
     unhealthy = {**HEALTHY, "on_restart": {"state": "running", "health": "unhealthy"}}
     fake_docker.set(services={"web": unhealthy})
     return {"root": installation, "args": args, "before": before, "after": after}
 
 
-@pytest.mark.parametrize(
-    "point",
-    [
-        "backup.before_rename:2",  # the revert's backup
-        "journal.run_started:2",
-        "journal.step_begun:3",  # the revert's first backward function
-        "journal.step_done:4",
-        "journal.committed:2",
-        "commit.state_written:2",
-    ],
-)
+REVERT_POINTS = [  # where the revert dies, and the state `recover` must then give
+    ("backup.before_rename:2", "after"),  # the revert's backup, not yet complete
+    ("journal.run_started:2", "after"),
+    ("journal.step_begun:3", "after"),  # the revert's first backward function
+    ("journal.step_done:3", "after"),
+    ("journal.step_done:4", "before"),  # written in one append with the commit point
+    ("journal.committed:2", "before"),  # the revert's commit point: it completes
+    ("commit.state_written:2", "before"),
+]
+
+
+@pytest.mark.parametrize(("point", "expected"), REVERT_POINTS, ids=[p for p, _ in REVERT_POINTS])
 def test_a_kill_during_the_revert_recovers_to_before_or_after_it(
-    gated: dict[str, Any], point: str
+    gated: dict[str, Any], point: str, expected: str
 ) -> None:
     root, args = gated["root"], gated["args"]
     crashed = cli("upgrade", "--health-timeout", "0", *args, env={"DOPEMUX_UPDATE_CRASH_AT": point})
     assert crashed.returncode == -9, crashed.stderr
     recovered = cli("recover", *args)
     assert recovered.returncode == 0, recovered.stderr
-    tree = tree_digest(root)
-    version = state(root)["installed_version"]
-    if tree == gated["after"]:
-        assert version == "1.1", point  # before the revert: the update stands
-    else:
-        assert tree == gated["before"], point  # the revert completed
-        assert version == "1.0", point
+    assert tree_digest(root) == gated[expected]
+    assert state(root)["installed_version"] == ("1.0" if expected == "before" else "1.1")
     assert not (root / ".dopemux/update/journal.jsonl").exists()
 
 
