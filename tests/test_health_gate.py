@@ -407,3 +407,19 @@ def test_a_revert_that_fails_exits_3_and_keeps_the_backup(
     assert result["backup_id"] in backups
     text = cli("history", "--root", str(installation))
     assert "revert 1.1 → 1.0: rolled back" in text.stdout
+
+
+def test_an_owed_restart_of_a_service_a_downgrade_removed_is_dropped(
+    example_copy: Path, fake_docker: FakeDocker
+) -> None:
+    fake_docker.set(services=SAMPLE_SERVICES)
+    where = sample(example_copy)
+    assert run_json("upgrade", "--to", "0.2.0", "--no-restart", *where)[0] == 0
+    code, down = run_json("downgrade", "--to", "0.1.0", "--yes", "--no-restart", *where)
+    assert code == 0, down
+    assert down["restarts_owed"] == ["mcp-broker", "mcp-leantime", "conport"]
+    code, done = run_json("restart", *where)
+    assert code == 0, done
+    assert done["removed_services"] == ["mcp-leantime"]
+    assert done["restarted"] == ["mcp-broker", "conport"]
+    assert done["restarts_owed"] == []

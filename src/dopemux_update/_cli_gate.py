@@ -201,7 +201,7 @@ def gate_payload(
         if not outcome.attempted
         else {
             "ok": outcome.reverted,
-            "error": outcome.error,
+            "error": outcome.error or (None if outcome.reverted else "the revert was interrupted"),
             "applied": list(revert.applied) if revert is not None else [],
             "backup_id": revert.backup_id if revert is not None else None,
             "needs_recovery": revert.needs_recovery if revert is not None else False,
@@ -254,7 +254,8 @@ def gate_summary(
                 f"Update committed to {result.version_to}, a service is UNHEALTHY, and the"
                 " REVERT FAILED."
             )
-            details.append(Detail("Revert error", str(outcome.error), bad=True))
+            error = outcome.error or "the revert was interrupted"
+            details.append(Detail("Revert error", error, bad=True))
             where = (
                 "run `dopemux-update recover`"
                 if revert is not None and revert.needs_recovery

@@ -88,11 +88,14 @@ def restart_command(
                 "an earlier run was interrupted: run `dopemux-update recover` first",
                 EXIT_RECOVERY,
             )
-        phase.hand_over(owed)
+        # A later downgrade may have removed a service from the compose file: nothing to
+        # restart any more, so it is no longer owed.
+        gone = phase.unknown_services(owed)
+        phase.hand_over(name for name in owed if name not in gone)
         result = anyio.run(phase.execute)
         unhealthy = set(result.unhealthy)
         done = [name for name in result.restarted if name not in unhealthy]
-        left = ctx.state.settle_restarts(done).restarts_owed
+        left = ctx.state.settle_restarts([*done, *gone]).restarts_owed
     code = EXIT_OK if result.ok else EXIT_RESTART_FAILED
     lines = [f"Restarted: {', '.join(result.restarted) or 'none'}"]
     if no_gate is not None:
@@ -101,6 +104,8 @@ def restart_command(
         f"{'Healthy' if s.healthy else 'UNHEALTHY'}: {s.service}: {s.detail}" for s in result.health
     )
     lines.extend(f"RESTART FAILED: {name}: {error}" for name, error in result.failed)
+    if gone:
+        lines.append(f"No longer in the compose file (not owed any more): {', '.join(gone)}")
     lines.append(
         f"Still owed: {', '.join(left)} (run `dopemux-update restart` again)"
         if left
@@ -116,6 +121,7 @@ def restart_command(
             "restart_failed": [{"service": n, "error": e} for n, e in result.failed],
             "health": health_list(result.health),
             "restarts_owed": list(left),
+            "removed_services": list(gone),
         },
         lines,
     )
