@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MigrationWriter, tree_digest
-from dopemux_update import OrchestrationPhase, RevertError, UpdateError, revert_run
+from dopemux_update import OrchestrationPhase, RevertError, RunRecord, UpdateError, revert_run
+from dopemux_update._cli_history import describe_outcome
 
 pytestmark = pytest.mark.anyio
 
@@ -131,3 +132,22 @@ async def test_a_failing_backward_function_leaves_the_post_update_state(
     assert not result.needs_recovery
     assert tree_digest(installation) == after
     assert state(installation)["installed_version"] == "1.2"
+
+
+def test_history_names_each_outcome_in_plain_words() -> None:
+    def run(outcome: str, **kw: str | None) -> RunRecord:
+        fields = {"started_at": "t", "finished_at": "t", "version_from": "1.0"}
+        return RunRecord(**fields, version_to="1.1", direction="upgrade", outcome=outcome, **kw)  # type: ignore[arg-type]
+
+    revert = run("reverted", run_id="b", reverts="a", reason="health check", command="revert")
+    assert describe_outcome(run("applied", run_id="a"), None) == "applied"
+    assert describe_outcome(run("applied", run_id="a"), revert) == (
+        "applied, then reverted after health check (by run b)"
+    )
+    assert describe_outcome(revert, None) == "reverted after health check (undid run a)"
+    assert describe_outcome(run("rolled_back", error="boom"), None) == "rolled back"
+    assert describe_outcome(run("rolled_back"), None) == "interrupted, rolled back by recover"
+    assert describe_outcome(run("rolled_back", error="the update was cancelled"), None) == (
+        "interrupted, rolled back"
+    )
+    assert describe_outcome(run("needs_recovery", error="x"), None) == "needs recovery"
