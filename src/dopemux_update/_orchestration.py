@@ -172,6 +172,10 @@ class OrchestrationPhase:
     ``restart_phase``. ``timeout`` limits each migration (seconds); a migration still running
     ``grace`` seconds after its timeout, or after a cancellation, is abandoned and the run left
     for ``recover`` (the tree is not touched while its thread may still write to it).
+
+    Before the commit, a ``restart_phase`` that offers ``unknown_services`` is asked whether
+    it can restart every service the plan names (see :class:`RestartReceiver`). After a
+    successful run, ``await revert()`` undoes it (see :func:`~dopemux_update.revert_run`).
     """
 
     name = "orchestration"
