@@ -260,7 +260,7 @@ def test_examples_through_a_real_subprocess(example_copy: Path) -> None:
         "v0.1.0_to_v0.2.0/001_update_mcp_configs",
         "v0.1.0_to_v0.2.0/002_upgrade_database_schema",
     ]
-    assert result["restart_services"] == ["mcp-broker", "conport"]
+    assert result["restart_services"] == ["mcp-broker", "mcp-leantime", "conport"]
     assert "leantime" in (example_copy / "config/mcp/broker.yaml").read_text()
     down = subprocess.run(
         [*base, "downgrade", "--to", "0.1.0", "--yes", "--no-restart", *args],

@@ -49,7 +49,7 @@ async def test_examples_upgrade_and_downgrade_exactly(example_copy: Path) -> Non
         restart_phase=restart,
     ).execute()
     assert up.ok, up.error
-    assert restart.services == ("mcp-broker", "conport")
+    assert restart.services == ("mcp-broker", "mcp-leantime", "conport")
     broker = (example_copy / "config/mcp/broker.yaml").read_text()
     compose = (example_copy / "docker-compose.yml").read_text()
     assert "leantime:" in broker

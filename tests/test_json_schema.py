@@ -51,6 +51,8 @@ def test_every_command_prints_the_documented_keys(
         "recover": run(capsys, "recover", *where),
         "stamp": run(capsys, "stamp", "0.1.0", *where),
         "backups list": run(capsys, "backups", "list", *where),
+        "history": run(capsys, "history", *where),
+        "restart": run(capsys, "restart", *where),
     }
     backup_id = seen["backups list"]["backups"][0]["id"]
     seen["backups verify"] = run(capsys, "backups", "verify", backup_id, *where)

@@ -30,6 +30,7 @@ from ._exceptions import PreflightError as PreflightError
 from ._exceptions import Problem as Problem
 from ._exceptions import RecoveryNeededError as RecoveryNeededError
 from ._exceptions import RestartError as RestartError
+from ._exceptions import RevertError as RevertError
 from ._exceptions import StateError as StateError
 from ._exceptions import UnsafeStateError as UnsafeStateError
 from ._exceptions import UpdateError as UpdateError
@@ -63,6 +64,7 @@ from ._restart import Restarter as Restarter
 from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
 from ._restore import RestoreReport as RestoreReport
+from ._revert import revert_run as revert_run
 from ._snapshot import TreeChanges as TreeChanges
 from ._snapshot import TreeDiff as TreeDiff
 from ._state import RunRecord as RunRecord
@@ -113,6 +115,7 @@ __all__ = [
     "RestoreProgress",
     "RestoreReport",
     "RestoreStarted",
+    "RevertError",
     "RollbackStarted",
     "RollbackStep",
     "Route",
@@ -139,5 +142,6 @@ __all__ = [
     "newest_reachable",
     "recover",
     "rehearse",
+    "revert_run",
     "scan_migrations",
 ]

@@ -33,6 +33,7 @@ EXIT_USAGE = 2
 EXIT_RECOVERY = 3
 EXIT_LOCKED = 4
 EXIT_RESTART_FAILED = 5
+EXIT_UNHEALTHY = 6  # committed, a service failed its health check, the run was reverted
 EXIT_INTERRUPTED = 130
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")

@@ -13,6 +13,7 @@ Every exception the library raises derives from :class:`UpdateError`::
     ├── StateError                 the recorded state under .dopemux/update/ is unreadable
     ├── BackupError                taking, reading or restoring a backup failed
     ├── RestartError               a service restart failed (after a committed update)
+    ├── RevertError                a committed run cannot be reverted exactly (nothing changed)
     └── EditError                  a dopemux_update.edit helper could not change a file safely
 """
 
@@ -127,3 +128,8 @@ class EditError(UpdateError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+class RevertError(UpdateError):
+    """A committed run cannot be reverted exactly: no such run, the installation has moved on
+    since, or its migration files changed. Nothing was changed."""

@@ -21,13 +21,13 @@ from . import _events as ev
 from ._backup import BackupStore, ProgressCallback
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
-from ._exceptions import PreflightError, RecoveryNeededError, UpdateError
+from ._exceptions import PreflightError, RecoveryNeededError, RevertError, UpdateError
 from ._faults import crash_point
 from ._identical import differences
 from ._journal import Journal, Record
 from ._lock import holding_lock_async
 from ._log import get_logger
-from ._models import Plan, Step, UpdateResult
+from ._models import Direction, Plan, Step, UpdateResult
 from ._pipeline import RestartReceiver
 from ._planning import build_plan, find_route
 from ._runner import (
@@ -172,6 +172,10 @@ class OrchestrationPhase:
     ``restart_phase``. ``timeout`` limits each migration (seconds); a migration still running
     ``grace`` seconds after its timeout, or after a cancellation, is abandoned and the run left
     for ``recover`` (the tree is not touched while its thread may still write to it).
+
+    Before the commit, a ``restart_phase`` that offers ``unknown_services`` is asked whether
+    it can restart every service the plan names (see :class:`RestartReceiver`). After a
+    successful run, ``await revert()`` undoes it (see :func:`~dopemux_update.revert_run`).
     """
 
     name = "orchestration"
@@ -227,6 +231,12 @@ class OrchestrationPhase:
         self.full_backup = full_backup  # copy every file: share none with older backups
         self._plan: Plan | None = None
         self._executed = False
+        #: Set by ``_revert.revert_run``: this run undoes run ``_reverts`` (why: ``_reason``).
+        self._command: str | None = None
+        self._reverts: str | None = None
+        self._reason: str | None = None
+        self._committed_run: str | None = None  # the id of the run this phase committed
+        self._not_restarted: set[str] = set()  # names a downgrade removed from compose
         #: What the run did, set when it ends: also when ``execute()`` was cancelled, which
         #: re-raises the cancellation after the rollback (or after leaving it to ``recover``).
         self.result: UpdateResult | None = None
@@ -276,6 +286,30 @@ class OrchestrationPhase:
             finally:
                 journal.close()  # a close(2): nothing to flush, never blocks
 
+    async def revert(
+        self, *, restart_phase: RestartReceiver | None = None, reason: str | None = None
+    ) -> UpdateResult:
+        """Undo the run this phase committed (see :func:`~dopemux_update.revert_run`): its
+        backward functions in reverse order, journaled and backed up like any run, the
+        version record back to where it was. Raises :class:`~dopemux_update.RevertError`
+        when this phase committed nothing, or the run can no longer be reverted exactly."""
+        from ._revert import revert_run  # noqa: PLC0415 - it imports this module
+
+        if self._committed_run is None:
+            raise RevertError("this OrchestrationPhase has not committed a run to revert")
+        return await revert_run(
+            project_root=self.project_root,
+            migrations_dir=self.migrations_dir,
+            state_dir=self.state_dir,
+            run_id=self._committed_run,
+            on_event=self.on_event,
+            timeout=self.timeout,
+            grace=self.grace,
+            restart_phase=restart_phase,
+            keep_backups=self.keep_backups,
+            reason=reason,
+        )
+
     # -- the run ----------------------------------------------------------------------------
 
     async def _execute(self, plan: Plan, journal: Journal) -> UpdateResult:
@@ -300,6 +334,8 @@ class OrchestrationPhase:
                 if run.abandoned:
                     await self._abandon(run, store)
                     return self._finish(run, ok=False)
+                if run.failed_id is None:
+                    await self._check_restart_names(run)
                 if run.failed_id is None:
                     await self._commit(run, store)
             except (OSError, UpdateError) as exc:  # the journal or state could not be written
@@ -336,6 +372,45 @@ class OrchestrationPhase:
                     await self._roll_back(run, store)
                 return self._finish(run, ok=False)
         return self._finish(run, ok=True)
+
+    async def _check_restart_names(self, run: _Run) -> None:
+        """After the forward pass, before the commit: every service the plan asks to restart
+        must be one the restarter can restart (a migration may have added it to the compose
+        file). An upgrade naming an unknown service fails, and is rolled back; in a
+        downgrade, a name the backward pass removed from the compose file is not restarted.
+        Asked only of a restart phase that offers ``unknown_services(names)``."""
+        check = getattr(self.restart_phase, "unknown_services", None)
+        services = run.plan.restart_services
+        if not callable(check) or not services:
+            return
+        try:
+            unknown = tuple(await anyio.to_thread.run_sync(check, services))
+        except (OSError, ValueError, UpdateError) as exc:
+            logger.warning("restart.names_unchecked", error=str(exc))
+            return
+        if not unknown:
+            return
+        restarter = getattr(self.restart_phase, "restarter", None)
+        where = getattr(restarter, "compose_file", None) or "the restarter's configuration"
+        if run.plan.direction is Direction.DOWNGRADE:
+            self._not_restarted.update(unknown)
+            logger.warning("restart.names_removed", services=list(unknown), compose_file=str(where))
+            return
+        declared = [
+            f"{name} (requires_restart of "
+            + ", ".join(
+                step.id for step in run.plan.steps if name in step.migration.info.requires_restart
+            )
+            + ")"
+            for name in unknown
+        ]
+        run.failed_id = "(restart names)"
+        run.error = (
+            f"{where} does not define the service(s) to restart, after the migrations ran:"
+            f" {'; '.join(declared)}. Fix the migration's requires_restart (or the compose"
+            " file it edits); the update was rolled back"
+        )
+        logger.error("restart.names_unknown", services=list(unknown), compose_file=str(where))
 
     @staticmethod
     def _note_failure(run: _Run, exc: OSError | UpdateError) -> None:
@@ -385,6 +460,9 @@ class OrchestrationPhase:
             ],
             "restart_services": list(plan.restart_services),
             "migrations_dir": str(self.migrations_dir),
+            "command": self._command or plan.direction.value,
+            "reverts": self._reverts,
+            "reason": self._reason,
         }
 
     def _emit(self, event: ev.Event) -> None:
@@ -579,7 +657,7 @@ class OrchestrationPhase:
 
         Everything happens in one worker thread, whose outcome is kept in ``run`` (a
         cancellation waits for the thread, then finds ``run.committed`` set)."""
-        record = self._record(run, "applied")
+        record = self._record(run, "reverted" if self._reverts else "applied")
         assert run.journal is not None  # noqa: S101 - the journal exists by now
         journal = run.journal
 
@@ -833,11 +911,17 @@ class OrchestrationPhase:
             backup_id=run.backup_id,
             migrations=tuple(run.records),
             error=run.error,
+            command=self._command or run.plan.direction.value,
+            reverts=self._reverts,
+            reason=self._reason,
         )
 
     def _finish(self, run: _Run, *, ok: bool) -> UpdateResult:
         plan = run.plan
-        services = plan.restart_services if ok else ()
+        if run.committed:
+            self._committed_run = run.run_id if run.recorded else None
+        wanted = tuple(s for s in plan.restart_services if s not in self._not_restarted)
+        services = wanted if ok else ()
         if ok and self.restart_phase is not None and services:
             self.restart_phase.hand_over(services)
         result = UpdateResult(

@@ -33,7 +33,13 @@ class UpdatePhase(Protocol):
 
 @runtime_checkable
 class RestartReceiver(Protocol):
-    """Something the orchestration hands the services to restart to, on success only."""
+    """Something the orchestration hands the services to restart to, on success only.
+
+    It may also offer ``unknown_services(names) -> Sequence[str]`` (as
+    :class:`~dopemux_update.ServiceRestartPhase` does): the orchestration then asks it, after
+    the forward pass and before the commit, which of the plan's names it cannot restart
+    (not in the compose file); an upgrade naming one fails and is rolled back.
+    """
 
     def hand_over(self, services: Iterable[str]) -> None: ...
 

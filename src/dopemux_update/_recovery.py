@@ -78,6 +78,9 @@ def _history_entry(started: Record, outcome: str, error: str | None = None) -> R
         outcome=outcome,
         backup_id=started.get("backup_id"),
         error=error,
+        command=started.get("command"),
+        reverts=started.get("reverts"),
+        reason=started.get("reason"),
     )
 
 
@@ -174,8 +177,9 @@ def _complete_commit(
 ) -> RecoveryResult:
     facts = {**started, **{k: v for k, v in committed.items() if k != "kind"}}
     common = _common(facts)
-    if not _already_recorded(state, facts.get("run_id"), "applied"):
-        state.record(installed_version=facts["version_to"], run=_history_entry(facts, "applied"))
+    outcome = "reverted" if facts.get("reverts") else "applied"
+    if not _already_recorded(state, facts.get("run_id"), outcome):
+        state.record(installed_version=facts["version_to"], run=_history_entry(facts, outcome))
     crash_point("recovery.before_clear")
     journal.retire()
     logger.warning("recovery.committed", **common)

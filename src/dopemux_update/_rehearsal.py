@@ -418,7 +418,11 @@ class _Rehearsal:
     def _check_restarts(self) -> list[RehearsalFinding]:
         """Each ``requires_restart`` name that the sandbox's compose file, as the apply pass
         left it, does not define (nothing when there is no compose file or it is unreadable:
-        restarts may go through a command instead)."""
+        restarts may go through a command instead). Only for an upgrade: a downgrade does not
+        restart the services its backward functions removed from the compose file, as the
+        update itself does not (they are dropped from its restarts with a warning)."""
+        if any(step.direction is not Direction.UPGRADE for step in self.steps):
+            return []
         compose = next(
             (self.sandbox / n for n in COMPOSE_FILES if (self.sandbox / n).is_file()), None
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,6 +109,12 @@ class RunRecord(BaseModel):
     backup_id: str | None = None
     migrations: tuple[MigrationRecord, ...] = ()
     error: str | None = None
+    #: What ran: ``upgrade``, ``downgrade`` or ``revert`` (None in files written before it
+    #: was recorded: the direction says which of the first two).
+    command: str | None = None
+    #: A revert: the id of the run it undid, and why (``health check`` after the CLI's gate).
+    reverts: str | None = None
+    reason: str | None = None
 
 
 class State(BaseModel):
@@ -117,6 +124,9 @@ class State(BaseModel):
 
     installed_version: str | None = None
     history: tuple[RunRecord, ...] = Field(default=())
+    #: Services a committed run asked to restart that were not (the restart failed, or was
+    #: skipped): kept, in first-appearance order, until ``dopemux-update restart`` does it.
+    restarts_owed: tuple[str, ...] = Field(default=())
 
 
 class StateStore:
@@ -188,7 +198,28 @@ class StateStore:
         version = installed_version if installed_version is not None else state.installed_version
         if installed_version is not None and self.version_file is not None:
             _write_version_file(self.version_file, installed_version)
-        new = State(installed_version=version, history=history)
+        new = state.model_copy(update={"installed_version": version, "history": history})
+        self.write(new)
+        return new
+
+    def owe_restarts(self, services: Iterable[str]) -> State:
+        """Add ``services`` to the restarts owed (first appearance keeps its place)."""
+        state = self.read()
+        owed = tuple(dict.fromkeys([*state.restarts_owed, *services]))
+        if owed == state.restarts_owed:
+            return state
+        new = state.model_copy(update={"restarts_owed": owed})
+        self.write(new)
+        return new
+
+    def settle_restarts(self, services: Iterable[str]) -> State:
+        """Remove ``services`` from the restarts owed (they were restarted)."""
+        state = self.read()
+        done = set(services)
+        owed = tuple(s for s in state.restarts_owed if s not in done)
+        if owed == state.restarts_owed:
+            return state
+        new = state.model_copy(update={"restarts_owed": owed})
         self.write(new)
         return new
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a migration failed and the update was rolled back cleanly; 2 usage or
 validation error, nothing changed; 3 needs recovery; 4 another update holds the lock;
-5 the migrations were committed but a service restart failed; 130 interrupted.
+5 the migrations were committed but a service restart failed (restarts are owed); 6 committed,
+a service failed its health check, and the run was reverted; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ._cli_common import (
     EXIT_OK,
     EXIT_RECOVERY,
     EXIT_RESTART_FAILED,
+    EXIT_UNHEALTHY,
     EXIT_USAGE,
     CommandError,
     Context,
@@ -44,7 +46,20 @@ from ._cli_common import (
     time_limit_options,
     version_option_value,
 )
+from ._cli_gate import (
+    GateOptions,
+    GateOutcome,
+    gate_options,
+    gate_payload,
+    gate_summary,
+    owed_after,
+    record_restarts,
+    restart_phase_for,
+    revert_unhealthy,
+)
+from ._cli_history import history_command
 from ._cli_recover import close_unrecoverable, recover_command, recover_first, run_interruptibly
+from ._cli_restart import restart_command
 from ._cli_verify import preview_changes, verify_command
 from ._console import (
     Display,
@@ -67,7 +82,6 @@ from ._restart import (
     DockerComposeRestarter,
     Restarter,
     RestartResult,
-    ServiceRestartPhase,
 )
 from ._scaffold import new_migration
 from ._state import VERSION_FILE
@@ -114,6 +128,8 @@ def cli() -> None:
 cli.add_command(backups)
 cli.add_command(recover_command)
 cli.add_command(verify_command)
+cli.add_command(history_command)
+cli.add_command(restart_command)
 
 
 def _pending(
@@ -185,6 +201,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
         "interrupted": what if interrupted else None,
         "running": running,
         "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
+        "restarts_owed": list(state.restarts_owed),
     }
     lines = [
         f"Installation:      {ctx.root.resolve()}",
@@ -221,6 +238,10 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
             " installation NEEDS RECOVERY: run `dopemux-update recover` to finish it."
         )
     lines.extend(f"WARNING: {d.id} was applied but {d.reason} ({d.path})" for d in drift)
+    if state.restarts_owed:
+        lines.append(
+            f"Restarts owed:     {', '.join(state.restarts_owed)} (run `dopemux-update restart`)"
+        )
     emit(ctx, payload, lines)
     return EXIT_OK
 
@@ -276,6 +297,7 @@ def _update_options(function: F) -> F:
             metavar="TEMPLATE",
             help="Restart each service with this command, e.g. 'systemctl restart {service}'.",
         ),
+        gate_options,
         click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches."),
         click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the backup."),
         time_limit_options,
@@ -367,6 +389,13 @@ class UpdateOptions:
     timeout: float | None
     grace: float
     full_backup: bool = False
+    health_timeout: float | None = None
+    health_command: str | None = None
+    no_health_check: bool = False
+
+    @property
+    def gate(self) -> GateOptions:
+        return GateOptions(self.health_timeout, self.health_command, self.no_health_check)
 
 
 def _update(expected: Direction, to_version: str | None, **options: Any) -> int:
@@ -394,8 +423,12 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
             recovered = recover_first(ctx)
     current = installed_version(ctx, version_option_value(opts.from_version, option="--from"))
     target = version_option_value(opts.to_version, option="--to")
+    if opts.no_restart and opts.restart_command is not None:
+        raise CommandError("--restart-command cannot go with --no-restart")
+    opts.gate.check(no_restart=opts.no_restart)
     restarter = None if opts.no_restart else _restarter(ctx, opts.restart_command)
-    restart_phase = ServiceRestartPhase(restarter) if restarter is not None else None
+    restart_phase, no_gate = restart_phase_for(ctx, restarter, opts.gate)
+    gate = GateOutcome()
     collector = OutputCollector()
     display = open_display(display_mode(ctx.json), collector)
     phase = OrchestrationPhase(
@@ -431,6 +464,8 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         if result.ok and restart_phase is not None and restart_phase.services:
             display.restarting(restart_phase.services)
             restarted = await restart_phase.execute()
+            if restarted.unhealthy and restarter is not None:
+                await revert_unhealthy(phase, restarter, display, gate)
         return result, restarted
 
     with display:
@@ -442,11 +477,14 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
             return _report_interrupted(ctx, collector, log_path)
         outcome = (phase.result, None)
     result, restarted = outcome
+    gate.owed = record_restarts(ctx, *owed_after(result, restarted, gate))
     code = _report_update(
         ctx,
         result,
         restarted,
         display,
+        gate=gate,
+        no_gate=no_gate,
         restarter_used=restarter is not None,
         recovered=recovered,
         log_path=log_path,
@@ -479,6 +517,8 @@ def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path
             "exit_code": code,
             "interrupted": True,
             "needs_recovery": stuck,
+            "health": [],
+            "reverted": False,
             "log": str(log_path) if log_path else None,
             "error": message,
             "output": collector.lines,
@@ -508,12 +548,17 @@ def _report_update(
     display: Display,
     *,
     restarter_used: bool,
+    gate: GateOutcome | None = None,
+    no_gate: str | None = None,
     recovered: dict[str, Any] | None = None,
     log_path: Path | None = None,
     interrupted: bool = False,
 ) -> int:
-    if result.ok:
-        code = EXIT_RESTART_FAILED if restarted is not None and not restarted.ok else EXIT_OK
+    gate = gate if gate is not None else GateOutcome()
+    if gate.attempted:
+        code = EXIT_UNHEALTHY if gate.reverted else EXIT_RECOVERY
+    elif result.ok:
+        code = EXIT_RESTART_FAILED if restarted is not None and restarted.failed else EXIT_OK
     elif result.needs_recovery:
         code = EXIT_RECOVERY
     else:
@@ -546,18 +591,18 @@ def _report_update(
         "rollback": _rollback_outcome(result),
         "interrupted": interrupted,
         "log": str(log_path) if log_path else None,
+        **gate_payload(restarted, gate, no_gate),
     }
     emit(ctx, payload)
-    display.show_summary(
-        build_summary(
-            result,
-            restarted,
-            plan=display.collector.plan,
-            undo=display.collector.undo,
-            restarter_used=restarter_used,
-            log_path=log_path,
-        )
+    summary = build_summary(
+        result,
+        restarted,
+        plan=display.collector.plan,
+        undo=display.collector.undo,
+        restarter_used=restarter_used,
+        log_path=log_path,
     )
+    display.show_summary(gate_summary(summary, result, restarted, gate, no_gate))
     return code
 
 

@@ -32,7 +32,7 @@ MIGRATION_INFO = {
     "description": "Add the leantime MCP server to the broker config and docker-compose.yml",
     "breaking_changes": False,
     "estimated_duration_seconds": 5,
-    "requires_restart": ["mcp-broker"],
+    "requires_restart": ["mcp-broker", "mcp-leantime"],
     "backup_required": True,
 }
 
