@@ -34,6 +34,7 @@ from ._exceptions import StateError as StateError
 from ._exceptions import UnsafeStateError as UnsafeStateError
 from ._exceptions import UpdateError as UpdateError
 from ._exceptions import VersionError as VersionError
+from ._exceptions import VersionMismatchError as VersionMismatchError
 from ._models import Direction as Direction
 from ._models import Migration as Migration
 from ._models import MigrationInfo as MigrationInfo
@@ -55,6 +56,7 @@ from ._recovery import RecoveryResult as RecoveryResult
 from ._recovery import recover as recover
 from ._rehearsal import RehearsalCall as RehearsalCall
 from ._rehearsal import RehearsalReport as RehearsalReport
+from ._rehearsal import RehearsalStopped as RehearsalStopped
 from ._rehearsal import rehearse as rehearse
 from ._restart import CommandRestarter as CommandRestarter
 from ._restart import DockerComposeRestarter as DockerComposeRestarter
@@ -62,6 +64,7 @@ from ._restart import Restarter as Restarter
 from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
 from ._restore import RestoreReport as RestoreReport
+from ._sandbox import SandboxEscapeError as SandboxEscapeError
 from ._snapshot import TreeDiff as TreeDiff
 from ._state import RunRecord as RunRecord
 from ._state import State as State
@@ -102,6 +105,7 @@ __all__ = [
     "RecoveryResult",
     "RehearsalCall",
     "RehearsalReport",
+    "RehearsalStopped",
     "RestartError",
     "RestartReceiver",
     "RestartResult",
@@ -114,6 +118,7 @@ __all__ = [
     "RollbackStep",
     "Route",
     "RunRecord",
+    "SandboxEscapeError",
     "Scope",
     "ServiceRestartPhase",
     "State",
@@ -129,6 +134,7 @@ __all__ = [
     "UpdatePipeline",
     "UpdateResult",
     "VersionError",
+    "VersionMismatchError",
     "build_plan",
     "find_route",
     "load_transitions",
@@ -137,3 +143,12 @@ __all__ = [
     "rehearse",
     "scan_migrations",
 ]
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed package's metadata when first asked for."""
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - only when asked for
+
+        return version("dopemux-update")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
