@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,64 @@ def test_status_without_a_migrations_folder_names_the_path(installation: Path) -
 
 def _examples() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations" / "examples"
+
+
+# -- 6, 7, 8. the console: the UI only, the migration's own reason, 80 columns ---------------
+
+
+@pytest.fixture
+def failing(tmp_path: Path, migrations: MigrationWriter) -> list[str]:
+    root = tmp_path / "install"
+    root.mkdir()
+    (root / "data.txt").write_text("data\n")
+    migrations.add("v0.1.0_to_v0.2.0", "001_add_the_broker_table.py")
+    migrations.add(
+        "v0.1.0_to_v0.2.0",
+        "002_fail.py",
+        forward="print(\"the config has no 'broker' section: add one\")\nreturn False",
+    )
+    where = ["--root", str(root), "--migrations", str(migrations.root)]
+    assert cli("stamp", "0.1.0", *where).returncode == 0
+    return where
+
+
+def test_a_failure_in_a_pipe_shows_the_ui_only_with_the_migrations_reason(
+    failing: list[str],
+) -> None:
+    done = cli("upgrade", "--no-restart", *failing)
+    assert done.returncode == 1
+    assert "Its last output:    the config has no 'broker' section: add one" in done.stdout
+    assert "{" not in done.stderr  # no raw JSON log lines
+    assert "migration.failed" not in done.stderr + done.stdout
+    assert "rollback.started" not in done.stderr + done.stdout
+    verbose = cli("upgrade", "--no-restart", "-v", *failing)
+    assert "rollback.started" in verbose.stderr
+    assert "{" not in verbose.stderr.split("rollback.started")[0].splitlines()[-1]
+
+
+def test_quiet_prints_only_the_final_line_and_errors(failing: list[str]) -> None:
+    done = cli("upgrade", "--no-restart", "-q", *failing)
+    assert done.returncode == 1
+    assert done.stderr == ""
+
+
+def test_the_live_view_at_80_columns_keeps_ids_whole_and_indents_wrapped_lines(
+    failing: list[str],
+) -> None:
+    env = {**os.environ, "COLUMNS": "80", "DOPEMUX_UPDATE_PROGRESS": "live", "NO_COLOR": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "upgrade", "--no-restart", *failing],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    out = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", done.stdout)
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    assert sum("v0.1.0_to_v0.2.0/001_add_the_broker_table" in line for line in lines) >= 3
+    log = next(i for i, line in enumerate(lines) if line.startswith("Log:"))
+    assert lines[log + 1].startswith(" " * 20)  # the long path wraps under itself
+    assert "`dopemux-update" not in out or all(
+        line.count("`") % 2 == 0 for line in lines
+    )  # a command is never split

@@ -235,7 +235,8 @@ class PlainReporter:
             self._say("Taking a backup of the installation...")
         elif isinstance(event, ev.BackupCreated):
             size = format_bytes(event.bytes)
-            self._say(f"Backup {event.backup_id}: {event.files} files, {size}, verified")
+            files = f"{event.files} file{'' if event.files == 1 else 's'}"
+            self._say(f"Backup {event.backup_id}: {files}, {size}, verified")
         elif isinstance(event, ev.MigrationStarted):
             verb = "forward" if event.direction.value == "upgrade" else "backward"
             self._say(f"[{event.index}/{event.total}] {event.id} ({verb})")

@@ -226,7 +226,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
     if last is not None:
         lines.append(
             f"Last run:          {last.version_from} → {last.version_to}"
-            f" {last.outcome} at {last.finished_at}"
+            f" {last.outcome.replace('_', ' ')} at {last.finished_at}"
         )
     stored = format_bytes(sum(b.copied_bytes for b in backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
@@ -631,6 +631,7 @@ def _report_update(
             undo=display.collector.undo,
             restarter_used=restarter_used,
             log_path=log_path,
+            output=display.collector.lines,
         )
     )
     return code
