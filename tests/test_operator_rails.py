@@ -358,6 +358,7 @@ def test_a_failure_in_a_pipe_shows_the_ui_only_with_the_migrations_reason(
 def test_quiet_prints_only_the_final_line_and_errors(failing: list[str]) -> None:
     done = cli("upgrade", "--no-restart", "-q", *failing)
     assert done.returncode == 1
+    assert done.stdout == "Update FAILED at v0.1.0_to_v0.2.0/002_fail: returned False\n"
     assert done.stderr == ""
 
 
