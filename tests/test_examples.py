@@ -125,7 +125,7 @@ def test_the_walkthrough_of_the_readmes_first_command_runs_end_to_end(tmp_path: 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Rehearsal clean: 4 migrations" in result.stdout
-    assert "Upgraded 0.1.0 → 0.3.0: 4 migration(s) applied." in result.stdout
+    assert "Upgraded 0.1.0 → 0.3.0: 4 migrations applied." in result.stdout
     assert "config/app.yaml: unchanged (user comments and all)" in result.stdout
     assert "Installed version: 0.3.0" in result.stdout
     assert tree_digest(EXAMPLE_INSTALLATION) == before
