@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -382,3 +385,47 @@ def test_the_live_view_at_80_columns_keeps_ids_whole_and_indents_wrapped_lines(
     assert "`dopemux-update" not in out or all(
         line.count("`") % 2 == 0 for line in lines
     )  # a command is never split
+
+
+def test_after_ctrl_c_the_running_migrations_output_stays_on_the_terminal(
+    tmp_path: Path, migrations: MigrationWriter
+) -> None:
+    """On a pty: a migration that does not stop within --grace keeps its line and its output
+    on the screen, below the "Interrupted" notice (the live region used to take them along)."""
+    root = tmp_path / "install"
+    root.mkdir()
+    (root / "data.txt").write_text("data\n")
+    migrations.add(
+        "v0.1.0_to_v0.2.0",
+        "001_slow.py",
+        forward="import time\nprint('step one done', flush=True)\nprint('READY', flush=True)\n"
+        "for _ in range(400):\n    time.sleep(0.05)\nreturn True",
+    )
+    where = ["--root", str(root), "--migrations", str(migrations.root)]
+    assert cli("stamp", "0.1.0", *where).returncode == 0
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.environ.update(COLUMNS="80", NO_COLOR="1")
+        argv = [sys.executable, "-m", "dopemux_update", "upgrade", "--no-restart", *where]
+        os.execv(sys.executable, [*argv, "--grace", "0.3"])  # noqa: S606 - no shell wanted
+    seen = b""
+    interrupted = False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, seen.decode(errors="replace")
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the pty
+            break
+        if not data:
+            break
+        seen += data
+        if not interrupted and b"READY" in seen:
+            os.kill(pid, signal.SIGINT)
+            interrupted = True
+    os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", seen.decode(errors="replace"))
+    after_notice = text.split("Interrupted: stopping after the running migration")[-1]
+    kept = after_notice.split("did not finish")
+    assert len(kept) == 2, text
+    assert "| step one done" in kept[1].split("Update FAILED")[0]

@@ -329,7 +329,7 @@ class LiveDisplay:
             urgent = self._update(event)
         self._flush(force=urgent)
 
-    def _update(self, event: ev.Event) -> bool:  # noqa: PLR0912 - one branch per event kind
+    def _update(self, event: ev.Event) -> bool:  # noqa: PLR0912, PLR0915 - a branch per event kind
         """Apply ``event`` to the state; True when what it printed should show at once."""
         now = time.monotonic()
         if isinstance(event, ev.PlanReady):
@@ -360,6 +360,7 @@ class LiveDisplay:
             self._current = _Running(
                 event.id, event.index, event.total, event.estimated_seconds, now, event.direction
             )
+            return True  # what finished before it is printed now, above any later notice
         elif isinstance(event, ev.MigrationOutput):
             output = self._outputs.setdefault(event.id, _Output())
             output.tail.append(clip_line(event.line))
@@ -367,6 +368,7 @@ class LiveDisplay:
         elif isinstance(event, ev.MigrationFinished):
             self._finished_migration(event)
         elif isinstance(event, ev.RollbackStarted):
+            self._stopped_unfinished()
             self._rolling_back = True
             self._activity = f"Rolling back {event.steps} completed migration(s)"
             self._say("↶", f"Rolling back {event.steps} completed migration(s) in reverse order")
@@ -395,10 +397,22 @@ class LiveDisplay:
                 self._say("✗", f"RESTORE FROM BACKUP {event.backup_id} FAILED: {event.error}")
             return True
         elif isinstance(event, ev.UpdateFinished):
+            self._stopped_unfinished()
             self._current = None
             self._activity = None
             return True
         return False
+
+    def _stopped_unfinished(self) -> None:
+        """A migration that never finished (interrupted, abandoned): its line and the lines
+        it printed stay on the screen instead of vanishing with the live region."""
+        current = self._current
+        if current is None:
+            return
+        self._say("✗", f"[{current.index}/{current.total}] {current.id}  did not finish")
+        output = self._outputs.pop(current.id, _Output())
+        self._pending.extend(_output_lines(list(output.tail), output.count))
+        self._current = None
 
     def _finished_migration(self, event: ev.MigrationFinished) -> None:
         current = self._current
