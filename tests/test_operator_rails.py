@@ -429,3 +429,31 @@ def test_after_ctrl_c_the_running_migrations_output_stays_on_the_terminal(
     kept = after_notice.split("did not finish")
     assert len(kept) == 2, text
     assert "| step one done" in kept[1].split("Update FAILED")[0]
+
+
+def test_the_live_backup_line_is_green_and_status_says_rolled_back_in_words(
+    failing: list[str],
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env.update(COLUMNS="80", DOPEMUX_UPDATE_PROGRESS="live", TERM="xterm-256color")
+    done = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "upgrade", "--no-restart", *failing],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    backup = next(line for line in done.stdout.splitlines() if "Backup 20" in line)
+    assert "\x1b[1;31m" not in backup
+    assert "\x1b[32m" in backup
+    assert "Rolling back 1 completed migration in reverse order" in done.stdout
+    status = cli("status", *failing).stdout
+    assert "rolled back at" in status
+    assert "rolled_back" not in status
+
+
+def test_a_usage_error_with_json_still_prints_one_json_object(installation: Path) -> None:
+    done = cli("status", "--root", str(installation), "--json", "--bogus")
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["ok"] is False
+    assert "error: No such option" in done.stderr

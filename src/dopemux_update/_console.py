@@ -251,7 +251,8 @@ class PlainReporter:
             else:
                 self._say(f"      FAILED after {event.seconds:.2f}s: {event.error}")
         elif isinstance(event, ev.RollbackStarted):
-            self._say(f"Rolling back {event.steps} completed migration(s) in reverse order...")
+            steps = f"{event.steps} completed migration{'' if event.steps == 1 else 's'}"
+            self._say(f"Rolling back {steps} in reverse order...")
         elif isinstance(event, ev.RollbackStep):
             state = "undone" if event.ok else f"UNDO FAILED: {event.error}"
             self._say(f"  rollback {event.id}: {state}")

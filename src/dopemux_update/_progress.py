@@ -208,7 +208,12 @@ def _spinner(now: float) -> Text:
 def _output_lines(lines: Sequence[str], count: int) -> list[Text]:
     out = []
     if count > len(lines):
-        out.append(Text(f"      | ... {count - len(lines)} earlier line(s) in the log", "dim"))
+        earlier = count - len(lines)
+        out.append(
+            Text(
+                f"      | ... {earlier} earlier line{'' if earlier == 1 else 's'} in the log", "dim"
+            )
+        )
     out.extend(Text(f"      | {line}", style="dim") for line in lines)
     return out
 
@@ -370,8 +375,9 @@ class LiveDisplay:
         elif isinstance(event, ev.RollbackStarted):
             self._stopped_unfinished()
             self._rolling_back = True
-            self._activity = f"Rolling back {event.steps} completed migration(s)"
-            self._say("↶", f"Rolling back {event.steps} completed migration(s) in reverse order")
+            steps = f"{event.steps} completed migration{'' if event.steps == 1 else 's'}"
+            self._activity = f"Rolling back {steps}"
+            self._say("↶", f"Rolling back {steps} in reverse order")
             return True
         elif isinstance(event, ev.RollbackStep):
             output = self._outputs.pop(event.id, _Output())

@@ -266,7 +266,7 @@ def plain_summary(summary: Summary) -> list[str]:
     timing = max((len(r.duration) for r in summary.rows), default=0)
     for row in rows:
         if isinstance(row, int):
-            lines.append(f"  ... {row} more migration(s) ...")
+            lines.append(f"  ... {row} more migration{'' if row == 1 else 's'} ...")
         else:
             lines.append(f"  {row.status:<{width}}  {row.duration:>{timing}}  {row.id}".rstrip())
     label = max((len(d.label) for d in summary.details), default=0) + 1

@@ -761,6 +761,9 @@ def _usage_error(exc: click.UsageError, args: Sequence[str]) -> None:
         message += f"\noptions go after the command name: dopemux-update status {option}" + (
             " DIR" if option in ("--root", "--migrations") else ""
         )
+    if "--json" in args:
+        payload = {"ok": False, "exit_code": EXIT_USAGE, "error": message}
+        click.echo(json.dumps(payload, indent=2))
     click.echo(f"error: {message}", err=True)
 
 
