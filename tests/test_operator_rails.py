@@ -457,3 +457,23 @@ def test_a_usage_error_with_json_still_prints_one_json_object(installation: Path
     assert done.returncode == 2
     assert json.loads(done.stdout)["ok"] is False
     assert "error: No such option" in done.stderr
+
+
+def test_the_documented_shell_completion_completes_commands() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "_DOPEMUX_UPDATE_COMPLETE=bash_source dopemux-update" in readme
+    assert "NO_COLOR" in readme
+    env = {
+        **os.environ,
+        "COMP_WORDS": "dopemux-update back",
+        "COMP_CWORD": "1",
+        "_DOPEMUX_UPDATE_COMPLETE": "bash_complete",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "dopemux_update"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert "backups" in done.stdout
