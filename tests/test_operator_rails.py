@@ -477,3 +477,12 @@ def test_the_documented_shell_completion_completes_commands() -> None:
         env=env,
     )
     assert "backups" in done.stdout
+
+
+def test_a_warning_no_line_tells_is_one_short_ui_line(installation: Path) -> None:
+    os.mkfifo(installation / "a-fifo")
+    done = cli("backups", "create", "--root", str(installation))
+    assert done.returncode == 0
+    assert done.stderr == "warning: backup.skipped: path=a-fifo, kind=fifo\n"
+    quiet = cli("backups", "create", "--root", str(installation), "-q")
+    assert quiet.stderr == ""

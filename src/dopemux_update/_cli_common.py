@@ -187,6 +187,10 @@ _SHOWN_BY_THE_UI = (
     "journal.",
     "state.write_failed",
 )
+# ... but for these, which no line of the command's tells.
+_NOT_SHOWN_BY_THE_UI = frozenset(
+    {"restore.sqlite_replaced", "restore.folder_kept", "migration.changed_cwd"}
+)
 
 
 def _ui_only(quiet: bool) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
@@ -195,7 +199,8 @@ def _ui_only(quiet: bool) -> Callable[[Any, str, MutableMapping[str, Any]], Any]
 
     def ui_only(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         event = str(event_dict.get("event", ""))
-        if event.startswith(_SHOWN_BY_THE_UI) or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+        shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
+        if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
             raise structlog.DropEvent
         level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
         fields = ", ".join(
