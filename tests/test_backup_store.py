@@ -129,20 +129,21 @@ def test_a_successful_update_prunes_old_backups_but_not_one_needing_recovery(
     migrations.add("v1.0_to_v1.1", "2_b.py", forward="return False")
     migrations.add("v1.1_to_v1.2", "1_c.py")
 
-    async def run(current: str, target: str) -> Any:
+    async def run(current: str, target: str, force: bool = False) -> Any:
         return await OrchestrationPhase(
             project_root=installation,
             migrations_dir=migrations.root,
             current_version=current,
             target_version=target,
             keep_backups=1,
+            force=force,
         ).execute()
 
     stuck = anyio.run(run, "1.0", "1.1")
     assert stuck.needs_recovery
     assert anyio.run(recover, installation).action == "restored"
     assert anyio.run(run, "1.1", "1.2").ok
-    assert anyio.run(run, "1.1", "1.2").ok  # recorded version aside, a second run
+    assert anyio.run(run, "1.1", "1.2", True).ok  # recorded version forced aside: a second run
     store, _ = store_and_scope(installation)
     remaining = store.ids()
     assert stuck.backup_id in remaining

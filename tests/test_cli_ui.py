@@ -259,7 +259,7 @@ def test_live_upgrade_shows_each_migration_with_its_output_then_a_summary_table(
     assert lines[done_b + 1] == "      | hello from b"
     assert "/ ~3s" in lines[done_a]
     assert any(line.startswith("✓ Backup ") and "verified" in line for line in lines)
-    summary = out[out.index("Upgraded 1.0 → 1.1: 3 migration(s) applied.") :]
+    summary = out[out.index("Upgraded 1.0 → 1.1: 3 migrations applied.") :]
     rows = [line.split()[:2] for line in summary.splitlines() if line.startswith("v1.0_to_v1.1/")]
     assert rows == [[A, "applied"], [B, "applied"], [C, "applied"]]
     assert re.search(r"^Backup: +\S+", summary, re.MULTILINE)
@@ -448,7 +448,7 @@ def test_subprocess_in_a_pipe_prints_plain_lines_attributed_to_their_migration(
     a, b = lines.index(f"[1/3] {A} (forward)"), lines.index(f"[2/3] {B} (forward)")
     assert lines[a + 1 : a + 3] == ["      | hello from a", "      | second line of a"]
     assert lines[b + 1] == "      | hello from b"
-    assert "Upgraded 1.0 → 1.1: 3 migration(s) applied." in lines
+    assert "Upgraded 1.0 → 1.1: 3 migrations applied." in lines
     assert any(line.split()[:3] == ["applied", line.split()[1], A] for line in lines)
 
 
@@ -601,7 +601,7 @@ def test_plain_summary_of_a_downgrade_and_of_a_failed_restart(
     assert any(re.fullmatch(r"RESTART FAILED: +alpha: .+", line) for line in out)
     assert main(["downgrade", "--to", "1.0", "--yes", "--no-restart", *args]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "Downgraded 1.1 → 1.0: 1 migration(s) applied." in out
+    assert "Downgraded 1.1 → 1.0: 1 migration reverted." in out
     assert any(line.split()[::2] == ["reverted", A] for line in out)
 
 

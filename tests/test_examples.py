@@ -125,7 +125,11 @@ def test_the_walkthrough_of_the_readmes_first_command_runs_end_to_end(tmp_path: 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Rehearsal clean: 4 migrations" in result.stdout
-    assert "Upgraded 0.1.0 → 0.3.0: 4 migration(s) applied." in result.stdout
+    assert "Update FAILED at v0.2.0_to_v0.3.0/999_fails_on_purpose" in result.stdout
+    assert "Verified identical: yes" in result.stdout
+    assert "exactly as before the failed upgrade" in result.stdout
+    assert f"The upgraded copy of the sample is in {tmp_path / 'copy'}" in result.stdout
+    assert "Upgraded 0.1.0 → 0.3.0: 4 migrations applied." in result.stdout
     assert "config/app.yaml: unchanged (user comments and all)" in result.stdout
     assert "Installed version: 0.3.0" in result.stdout
     assert tree_digest(EXAMPLE_INSTALLATION) == before

@@ -57,7 +57,7 @@ def test_every_command_prints_the_documented_keys(
     backup_id = seen["backups list"]["backups"][0]["id"]
     seen["backups verify"] = run(capsys, "backups", "verify", backup_id, *where)
     seen["backups restore"] = run(capsys, "backups", "restore", backup_id, "--yes", *where)
-    seen["backups prune"] = run(capsys, "backups", "prune", "--keep", "1", *where)
+    seen["backups prune"] = run(capsys, "backups", "prune", "--keep", "1", "--yes", *where)
     new_where = ["--root", str(example_copy), "--migrations", str(tmp_path / "migrations")]
     seen["new"] = run(capsys, "new", "--from", "0.2.0", "--to", "0.3.0", "x", *new_where)
     seen["any error"] = run(capsys, "plan", "--to", "banana", *where)

@@ -35,6 +35,7 @@ from ._exceptions import StateError as StateError
 from ._exceptions import UnsafeStateError as UnsafeStateError
 from ._exceptions import UpdateError as UpdateError
 from ._exceptions import VersionError as VersionError
+from ._exceptions import VersionMismatchError as VersionMismatchError
 from ._models import Direction as Direction
 from ._models import Migration as Migration
 from ._models import MigrationInfo as MigrationInfo
@@ -57,6 +58,7 @@ from ._recovery import recover as recover
 from ._rehearsal import RehearsalCall as RehearsalCall
 from ._rehearsal import RehearsalFinding as RehearsalFinding
 from ._rehearsal import RehearsalReport as RehearsalReport
+from ._rehearsal import RehearsalStopped as RehearsalStopped
 from ._rehearsal import rehearse as rehearse
 from ._restart import CommandRestarter as CommandRestarter
 from ._restart import DockerComposeRestarter as DockerComposeRestarter
@@ -65,6 +67,7 @@ from ._restart import RestartResult as RestartResult
 from ._restart import ServiceRestartPhase as ServiceRestartPhase
 from ._restore import RestoreReport as RestoreReport
 from ._revert import revert_run as revert_run
+from ._sandbox import SandboxEscapeError as SandboxEscapeError
 from ._snapshot import TreeChanges as TreeChanges
 from ._snapshot import TreeDiff as TreeDiff
 from ._state import RunRecord as RunRecord
@@ -107,6 +110,7 @@ __all__ = [
     "RehearsalCall",
     "RehearsalFinding",
     "RehearsalReport",
+    "RehearsalStopped",
     "RestartError",
     "RestartReceiver",
     "RestartResult",
@@ -120,6 +124,7 @@ __all__ = [
     "RollbackStep",
     "Route",
     "RunRecord",
+    "SandboxEscapeError",
     "Scope",
     "ServiceRestartPhase",
     "State",
@@ -136,6 +141,7 @@ __all__ = [
     "UpdatePipeline",
     "UpdateResult",
     "VersionError",
+    "VersionMismatchError",
     "build_plan",
     "find_route",
     "load_transitions",
@@ -145,3 +151,12 @@ __all__ = [
     "revert_run",
     "scan_migrations",
 ]
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed package's metadata when first asked for."""
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - only when asked for
+
+        return version("dopemux-update")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,13 +18,14 @@ from ._cli_common import (
     common_options,
     emit,
     make_context,
+    plural,
 )
 from ._cli_recover import recover_first
 from ._console import format_bytes
 from ._exceptions import BackupError
 from ._journal import Journal
 from ._lock import holding_lock
-from ._recovery import journaled_restore
+from ._recovery import covers_installation, journaled_restore
 from ._tree import Scope
 
 __all__ = ["DamagedBackup", "backups", "read_backups"]
@@ -32,6 +33,21 @@ __all__ = ["DamagedBackup", "backups", "read_backups"]
 
 def _store(ctx: Context) -> BackupStore:
     return BackupStore(ctx.state_dir / "backups")
+
+
+def _backup_id(store: BackupStore, given: str) -> str:
+    """``latest`` is the newest backup; an unknown id points at ``backups list``."""
+    ids = store.ids()
+    if given == "latest":
+        if not ids:
+            raise CommandError("there are no backups (`dopemux-update backups create` takes one)")
+        return ids[-1]
+    if given not in ids:
+        raise CommandError(
+            f"backup {given!r} does not exist in {store.backups_dir}: `dopemux-update backups"
+            " list` shows the backups there (`latest` names the newest)"
+        )
+    return given
 
 
 _SHARING_NOTE = (
@@ -62,7 +78,8 @@ def _describe(info: BackupInfo, *, shared_files: int | None = None) -> str:
         versions += f" → {info.version_to}"
     shared = "" if shared_files is None else f", {shared_files} shared with other backups"
     return (
-        f"{info.id}  {info.created_at}  {versions:<20} {info.files:>7} files"
+        f"{info.id}  {info.created_at}  {versions:<20} {info.files:>7}"
+        f" {'file' if info.files == 1 else 'files'}"
         f"  {format_bytes(info.bytes):>10}  ({format_bytes(info.copied_bytes)} copied{shared})"
     )
 
@@ -170,6 +187,7 @@ def verify_backup(
     Unchanged files are shared between backups: a damaged one names every backup it damages.
     """
     ctx = make_context(root, migrations, as_json, verbose)
+    backup_id = _backup_id(_store(ctx), backup_id)
     try:
         manifest = _store(ctx).verify(backup_id)
     except BackupError as exc:
@@ -207,7 +225,10 @@ def verify_backup(
             "damaged": [],
             "affected": [],
         },
-        [f"Backup {backup_id} is intact: {info.files} files, {format_bytes(info.bytes)}."],
+        [
+            f"Backup {backup_id} is intact: {plural(info.files, 'file')},"
+            f" {format_bytes(info.bytes)}."
+        ],
     )
     return EXIT_OK
 
@@ -219,9 +240,15 @@ def verify_backup(
 def restore_backup(
     backup_id: str, yes: bool, root: Path, migrations: Path | None, as_json: bool, verbose: int
 ) -> int:
-    """Make the installation identical to backup ID (and record its version as installed)."""
+    """Make the installation identical to backup ID (`latest`: the newest one).
+
+    The backup's version is recorded as installed only when it held the whole installation;
+    after a partial backup (``--include``, or ``--exclude`` beyond the defaults) the record
+    keeps its version.
+    """
     ctx = make_context(root, migrations, as_json, verbose)
     store = _store(ctx)
+    backup_id = _backup_id(store, backup_id)
     manifest = store.read_manifest(backup_id)
     if not yes:
         if as_json or not sys.stdin.isatty():
@@ -239,6 +266,17 @@ def restore_backup(
         recover_first(ctx)  # an interrupted run is settled before the tree is replaced
         # Journaled like a run: one cut short is seen by `status` and finished by `recover`.
         report, version = journaled_restore(ctx.root, ctx.state_dir, backup_id)
+        partial = not covers_installation(manifest, ctx.root, ctx.state_dir)
+        installed = ctx.state.installed_version()
+    if partial:
+        recorded = (
+            f"{installed or 'not recorded'}, unchanged: the backup held part of the"
+            f" installation only (included {list(manifest.included) or 'all'},"
+            f" excluded {list(manifest.excluded)})"
+        )
+    else:
+        recorded = version or "unchanged (the backup records none)"
+    files = len(report.written)
     emit(
         ctx,
         {
@@ -249,40 +287,84 @@ def restore_backup(
             "fixed": list(report.fixed),
             "databases": list(report.databases),
             "installed_version": version,
+            "partial": partial,
         },
         [
-            f"Restored backup {backup_id}: {len(report.written)} written,"
+            f"Restored backup {backup_id}: {files} written,"
             f" {len(report.removed)} removed, {len(report.fixed)} fixed,"
-            f" {len(report.databases)} database(s) put back.",
-            f"Installed version: {version or 'unchanged (the backup records none)'}",
+            f" {plural(len(report.databases), 'database')} put back.",
+            f"Installed version: {recorded}",
         ],
     )
     return EXIT_OK
 
 
+def _protected(ctx: Context) -> set[str]:
+    """The backups a run needing recovery, or an unfinished one, depends on."""
+    protect = {
+        run.backup_id
+        for run in ctx.state.read().history
+        if run.outcome == "needs_recovery" and run.backup_id
+    }
+    interrupted = Journal(ctx.state_dir).read()
+    if interrupted and interrupted[0].get("backup_id"):
+        protect.add(interrupted[0]["backup_id"])  # an unfinished run's backup stays
+    return protect
+
+
+def _doomed(store: BackupStore, keep: int, protect: set[str]) -> list[str]:
+    """What ``store.prune(keep, protect=protect)`` would delete."""
+    ids = store.ids()
+    old = ids[: max(0, len(ids) - keep)]
+    return [backup_id for backup_id in old if backup_id not in protect]
+
+
 @backups.command("prune")
-@click.option("--keep", type=click.IntRange(min=0), required=True, help="How many to keep.")
+@click.option(
+    "--keep", type=click.IntRange(min=0), required=True, metavar="N", help="How many to keep."
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @common_options
 def prune_backups(
-    keep: int, root: Path, migrations: Path | None, as_json: bool, verbose: int
+    keep: int,
+    dry_run: bool,
+    yes: bool,
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
 ) -> int:
     """Delete all but the newest N backups (never one a run needing recovery depends on)."""
     ctx = make_context(root, migrations, as_json, verbose)
-    with holding_lock(ctx.state_dir):
-        protect = {
-            run.backup_id
-            for run in ctx.state.read().history
-            if run.outcome == "needs_recovery" and run.backup_id
-        }
-        interrupted = Journal(ctx.state_dir).read()
-        if interrupted and interrupted[0].get("backup_id"):
-            protect.add(interrupted[0]["backup_id"])  # an unfinished run's backup stays
-        store = _store(ctx)
-        deleted = store.prune(keep, protect=protect)
-        kept = store.ids()
+    store = _store(ctx)
+    if not ctx.state_dir.is_dir():  # no state folder: no backups, and none is created
+        deleted: list[str] = []
+        kept: list[str] = []
+    else:
+        doomed = _doomed(store, keep, _protected(ctx))
+        if doomed and not dry_run and not yes:
+            if as_json or not sys.stdin.isatty():
+                raise CommandError(
+                    f"pruning deletes {plural(len(doomed), 'backup')} and there is no terminal"
+                    " to ask: pass --yes to go ahead (--dry-run lists them)"
+                )
+            if not click.confirm(
+                f"Delete {plural(len(doomed), 'backup')}: {', '.join(doomed)}?", err=True
+            ):
+                raise CommandError("cancelled; nothing was changed")
+        if dry_run:
+            deleted, kept = doomed, [i for i in store.ids() if i not in doomed]
+        else:
+            with holding_lock(ctx.state_dir):
+                deleted = store.prune(keep, protect=_protected(ctx))
+                kept = store.ids()
+    verb = "Would delete" if dry_run else "Deleted"
+    lines = [f"{verb} {plural(len(deleted), 'backup')}; {len(kept)} kept."]
+    lines.extend(f"  {backup_id}" for backup_id in deleted if dry_run)
     emit(
         ctx,
-        {"command": "backups prune", "deleted": deleted, "kept": kept},
-        [f"Deleted {len(deleted)} backup(s); {len(kept)} kept."],
+        {"command": "backups prune", "deleted": deleted, "kept": kept, "dry_run": dry_run},
+        lines,
     )
     return EXIT_OK

@@ -175,15 +175,75 @@ _LEVELS = {
 }
 
 
+# Events the command's own lines already tell (the progress, the summary, recover's report):
+# at the default verbosity they stay in the run log instead of repeating on the console.
+_SHOWN_BY_THE_UI = (
+    "migration.",
+    "rollback.",
+    "restore.",
+    "update.",
+    "recovery.",
+    "restart.",
+    "health.",
+    "journal.",
+    "state.write_failed",
+)
+# ... but for these, which no line of the command's tells.
+_NOT_SHOWN_BY_THE_UI = frozenset(
+    {"restore.sqlite_replaced", "restore.folder_kept", "migration.changed_cwd"}
+)
+
+
+def _ui_only(quiet: bool) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    """The default console: what the command's lines already say is dropped; any other
+    warning or error becomes one short line (``warning: backup.skipped: path=x``)."""
+
+    def ui_only(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event = str(event_dict.get("event", ""))
+        shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
+        if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+            raise structlog.DropEvent
+        level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
+        fields = ", ".join(
+            f"{key}={value}"
+            for key, value in event_dict.items()
+            if key not in ("event", "level", "timestamp")
+        )
+        return f"{level}: {event}" + (f": {fields}" if fields else "")
+
+    return ui_only
+
+
+def quiet_requested() -> bool:
+    """``-q``/``--quiet`` was given to the running command (kept in click's context, so that
+    no command's signature has to carry it)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().meta.get(_QUIET_KEY))
+
+
+_QUIET_KEY = "dopemux_update.quiet"
+
+
 def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None = None) -> None:
-    """Console logs on stderr at the chosen verbosity; with ``run_log``, every event too."""
+    """Console logs on stderr at the chosen verbosity; with ``run_log``, every event too.
+
+    At the default verbosity the console shows the command's own lines only: log events are
+    left to the run log, but for warnings and errors nothing else reports (one short line
+    each); ``-v`` adds the log lines (JSON only with ``--json``), ``-q`` keeps errors only.
+    """
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     renderer: structlog.types.Processor
-    if json_logs or not sys.stderr.isatty():
+    if json_logs:
         renderer = structlog.processors.JSONRenderer()
     else:
-        plain = "NO_COLOR" in os.environ or os.environ.get("TERM") in ("dumb", "unknown")
+        plain = (
+            "NO_COLOR" in os.environ
+            or os.environ.get("TERM") in ("dumb", "unknown")
+            or not sys.stderr.isatty()
+        )
         renderer = structlog.dev.ConsoleRenderer(colors=not plain)
+    if verbosity == 0 and not json_logs:
+        renderer = _ui_only(quiet_requested())
     processors: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -212,6 +272,11 @@ def open_run_log(ctx: Context, command: str, verbose: int) -> RunLog:
     return run_log
 
 
+def _remember_quiet(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().meta[_QUIET_KEY] = True
+
+
 def common_options(function: F) -> F:
     """``--root``, ``--migrations``, ``--json`` and ``-v``, taken after the command's name."""
     decorators = [
@@ -230,6 +295,14 @@ def common_options(function: F) -> F:
         ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
         click.option("-v", "--verbose", count=True, help="Log more to stderr (-vv for debug)."),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember_quiet,
+            help="Print only errors and the final line.",
+        ),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -261,13 +334,35 @@ def time_limit_options(function: F) -> F:
     return function
 
 
-def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> Context:
+def make_context(
+    root: Path,
+    migrations: Path | None,
+    as_json: bool,
+    verbose: int,
+    *,
+    new_migrations: bool = False,
+) -> Context:
     """Where the command works; a state folder that another user could change is refused
-    here, before any command reads it (those that write check again under the lock)."""
+    here, before any command reads it (those that write check again under the lock).
+
+    The root must exist, for every command; so must a ``--migrations`` folder given
+    explicitly (a typo there would otherwise read as "nothing to run"), except for ``new``
+    (``new_migrations``), which creates it.
+    """
     configure_logging(verbose, json_logs=as_json)
     # Absolute once: a migration that changes the working directory cannot redirect anything.
     root = root.absolute()
     migrations = migrations.absolute() if migrations is not None else None
+    if not root.is_dir():
+        raise CommandError(
+            f"{root}: installation folder does not exist"
+            " (pass the installation's folder with --root DIR)"
+        )
+    if migrations is not None and not new_migrations and not migrations.is_dir():
+        raise CommandError(
+            f"{migrations}: migrations folder does not exist"
+            " (pass the folder that holds the vX_to_vY folders with --migrations DIR)"
+        )
     ctx = Context(
         root=root,
         migrations=migrations if migrations is not None else root / "migrations",
@@ -276,6 +371,11 @@ def make_context(root: Path, migrations: Path | None, as_json: bool, verbose: in
     )
     check_state_dir(ctx.state_dir)
     return ctx
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:

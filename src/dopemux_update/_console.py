@@ -37,13 +37,16 @@ __all__ = [
 ]
 
 PROGRESS_ENV = "DOPEMUX_UPDATE_PROGRESS"
-Mode = Literal["json", "plain", "live"]
+Mode = Literal["json", "plain", "live", "quiet"]
 
 
 def display_mode(as_json: bool, stream: TextIO | None = None) -> Mode:
     """``json`` with ``--json``; else the override, else ``live`` on a capable terminal."""
     if as_json:
         return "json"
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().meta.get("dopemux_update.quiet"):
+        return "quiet"  # -q: errors and the final line only
     forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
     if forced in ("plain", "live"):
         return "plain" if forced == "plain" else "live"
@@ -142,7 +145,7 @@ def describe_plan(plan: Plan) -> list[str]:
 
 def show_plan(plan: Plan, mode: Mode) -> None:
     """Print the plan: a rich table in live mode, plain lines otherwise (not in JSON mode)."""
-    if mode == "json":
+    if mode in ("json", "quiet"):
         return
     if mode == "live" and not plan.is_empty:
         from ._progress import make_console, plan_renderable  # noqa: PLC0415 - rich is slow
@@ -235,7 +238,8 @@ class PlainReporter:
             self._say("Taking a backup of the installation...")
         elif isinstance(event, ev.BackupCreated):
             size = format_bytes(event.bytes)
-            self._say(f"Backup {event.backup_id}: {event.files} files, {size}, verified")
+            files = f"{event.files} file{'' if event.files == 1 else 's'}"
+            self._say(f"Backup {event.backup_id}: {files}, {size}, verified")
         elif isinstance(event, ev.MigrationStarted):
             verb = "forward" if event.direction.value == "upgrade" else "backward"
             self._say(f"[{event.index}/{event.total}] {event.id} ({verb})")
@@ -247,7 +251,8 @@ class PlainReporter:
             else:
                 self._say(f"      FAILED after {event.seconds:.2f}s: {event.error}")
         elif isinstance(event, ev.RollbackStarted):
-            self._say(f"Rolling back {event.steps} completed migration(s) in reverse order...")
+            steps = f"{event.steps} completed migration{'' if event.steps == 1 else 's'}"
+            self._say(f"Rolling back {steps} in reverse order...")
         elif isinstance(event, ev.RollbackStep):
             state = "undone" if event.ok else f"UNDO FAILED: {event.error}"
             self._say(f"  rollback {event.id}: {state}")
@@ -333,10 +338,19 @@ class _Plain(_Quiet):
             click.echo(text)
 
 
+class _FinalLine(_Quiet):
+    """``-q``: the summary's headline only (errors go to stderr as usual)."""
+
+    def show_summary(self, summary: Summary) -> None:
+        click.echo(summary.headline)
+
+
 def open_display(mode: Mode, collector: OutputCollector) -> Display:
     """The display for ``mode``; a live one draws only between ``__enter__`` and ``__exit__``."""
     if mode == "json":
         return _Quiet(collector)
+    if mode == "quiet":
+        return _FinalLine(collector)
     if mode == "plain":
         return _Plain(collector)
     from ._progress import LiveDisplay  # noqa: PLC0415 - rich is slow to import

@@ -7,6 +7,7 @@ Every exception the library raises derives from :class:`UpdateError`::
     │   ├── MigrationValidationError   bad folders, files, functions or MIGRATION_INFO
     │   ├── PlanError                  no path, or competing paths, between two versions
     │   ├── VersionError               a version string that is not PEP 440
+    │   ├── VersionMismatchError       the version to start from is not the recorded one
     │   ├── RecoveryNeededError        an earlier run was interrupted: recover first
     │   ├── LockError                  another updater holds the installation's lock
     │   └── UnsafeStateError           the state folder is writable by, or belongs to, others
@@ -70,6 +71,20 @@ class PlanError(PreflightError):
         self.available = available
         listing = ", ".join(available) if available else "none"
         super().__init__(f"{message}; available transitions: {listing}")
+
+
+class VersionMismatchError(PreflightError):
+    """The version an update was told to start from is not the one recorded as installed
+    (pass ``force=True``, ``--force`` on the command line, to start from it anyway)."""
+
+    def __init__(self, given: str, recorded: str, *, where: str = "current_version") -> None:
+        self.given = given
+        self.recorded = recorded
+        super().__init__(
+            f"{where} {given} disagrees with the recorded installed version {recorded}:"
+            f" running from {given} would repeat or skip migrations; to run from {given}"
+            " anyway, force it (`--force`, or force=True)"
+        )
 
 
 class LockError(PreflightError):

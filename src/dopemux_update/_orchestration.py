@@ -21,7 +21,13 @@ from . import _events as ev
 from ._backup import BackupStore, ProgressCallback
 from ._capture import capture_thread, routing_installed
 from ._discovery import load_transitions, scan_migrations
-from ._exceptions import PreflightError, RecoveryNeededError, RevertError, UpdateError
+from ._exceptions import (
+    PreflightError,
+    RecoveryNeededError,
+    RevertError,
+    UpdateError,
+    VersionMismatchError,
+)
 from ._faults import crash_point
 from ._identical import differences
 from ._journal import Journal, Record
@@ -172,6 +178,8 @@ class OrchestrationPhase:
     ``restart_phase``. ``timeout`` limits each migration (seconds); a migration still running
     ``grace`` seconds after its timeout, or after a cancellation, is abandoned and the run left
     for ``recover`` (the tree is not touched while its thread may still write to it).
+    A ``current_version`` other than the recorded installed version is refused
+    (:class:`~dopemux_update.VersionMismatchError`) unless ``force=True``.
 
     Before the commit, a ``restart_phase`` that offers ``unknown_services`` is asked whether
     it can restart every service the plan names (see :class:`RestartReceiver`). After a
@@ -196,6 +204,7 @@ class OrchestrationPhase:
         timeout: float | None = None,
         grace: float = DEFAULT_GRACE,
         full_backup: bool = False,
+        force: bool = False,
     ) -> None:
         # Absolute once, here: a migration that changes the working directory (at import or
         # while it runs) cannot redirect the lock, the state, the backups or the migrations.
@@ -229,6 +238,7 @@ class OrchestrationPhase:
         self.timeout = timeout
         self.grace = grace
         self.full_backup = full_backup  # copy every file: share none with older backups
+        self.force = force  # run from current_version even when another one is recorded
         self._plan: Plan | None = None
         self._executed = False
         #: Set by ``_revert.revert_run``: this run undoes run ``_reverts`` (why: ``_reason``).
@@ -272,6 +282,7 @@ class OrchestrationPhase:
         plan = await self.plan()  # validation reads only: nothing is written if it fails
         self._executed = True
         if plan.is_empty and not plan.moves:
+            await anyio.to_thread.run_sync(self._check_recorded)
             return self._finish(_Run(plan), ok=True)
         # A release without migrations still moves the version record: journaled like any run.
         async with holding_lock_async(self.state_dir):
@@ -281,6 +292,7 @@ class OrchestrationPhase:
                     f"an earlier run on {self.project_root} was interrupted"
                     f" ({journal.path} exists); run `dopemux-update recover` first"
                 )
+            await anyio.to_thread.run_sync(self._check_recorded)
             try:
                 return await self._execute(plan, journal)
             finally:
@@ -309,6 +321,16 @@ class OrchestrationPhase:
             keep_backups=self.keep_backups,
             reason=reason,
         )
+
+    def _check_recorded(self) -> None:
+        """``current_version`` must be the recorded installed version (unless ``force``):
+        starting from another one would repeat or skip migrations. Nothing recorded: any."""
+        if self.force:
+            return
+        store = StateStore(self.state_dir, version_file=self.project_root / VERSION_FILE)
+        recorded = store.installed_version()
+        if recorded is not None and parse_version(recorded) != self.current_version:
+            raise VersionMismatchError(str(self.current_version), recorded)
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -78,7 +78,8 @@ def plan_renderable(plan: Plan) -> RenderableType:
     # 80-column terminal instead of squeezing the description into a word per line.
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("migration", overflow="fold", ratio=1)
+    longest = max((len(step.id) for step in plan.steps), default=0)
+    table.add_column("migration", overflow="fold", min_width=longest)
     table.add_column("estimate", justify="right", no_wrap=True)
     table.add_column("breaking", no_wrap=True)
     table.add_column("restarts", overflow="fold")
@@ -86,7 +87,8 @@ def plan_renderable(plan: Plan) -> RenderableType:
     for number, ident, description, estimate, breaking, restarts, backup in plan_rows(plan):
         table.add_row(
             Text(number),
-            Text.assemble(Text(ident), "\n", Text(description, style="dim")),
+            # The id never breaks (no_wrap); the description wraps under it, in its column.
+            Group(Text(ident, no_wrap=True, overflow="fold"), Text(description, style="dim")),
             Text(estimate),
             Text(breaking, style="bold red" if breaking == "yes" else "dim"),
             Text(restarts, style="" if restarts != "-" else "dim"),
@@ -107,8 +109,8 @@ def summary_renderable(summary: Summary) -> RenderableType:
     if summary.rows:
         table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
         table.add_column("migration", no_wrap=True)
-        table.add_column("status")
-        table.add_column("duration", justify="right")
+        table.add_column("status", no_wrap=True)
+        table.add_column("duration", justify="right", no_wrap=True)
         for row in summary.visible_rows():
             if isinstance(row, int):
                 table.add_row(Text(f"... {row} more", style="dim"))
@@ -116,16 +118,87 @@ def summary_renderable(summary: Summary) -> RenderableType:
                 style = _STATUS_STYLE.get(row.status, "")
                 table.add_row(Text(row.id), Text(row.status, style=style), Text(row.duration))
         parts.append(table)
-    width = max((len(detail.label) for detail in summary.details), default=0) + 1
+    width = max((len(detail.label) for detail in summary.details), default=0) + 2
     parts.extend(
-        Text.assemble(
-            (f"{detail.label + ':':<{width}} ", "bold"),
-            (detail.value, "red" if detail.bad else ""),
+        # A long value wraps under itself, not under its label.
+        _KeepingCommands(
+            detail.value,
+            "red" if detail.bad else "",
+            label=Text(f"{detail.label + ':':<{width}}", style="bold"),
         )
         for detail in summary.details
     )
-    parts.extend(Text(line, style="bold red" if not summary.ok else "") for line in summary.closing)
+    parts.extend(
+        _KeepingCommands(line, "bold red" if not summary.ok else "") for line in summary.closing
+    )
     return Group(*parts)
+
+
+class _KeepingCommands:
+    """A paragraph wrapped at spaces outside backticks only: `dopemux-update recover` is
+    never split across lines, so that it can be copied in one go."""
+
+    def __init__(self, text: str, style: str, *, label: Text | None = None) -> None:
+        self.text = text
+        self.style = style
+        self.label = label if label is not None else Text()
+
+    def _tokens(self) -> list[str]:
+        parts = self.text.split("`")
+        if len(parts) % 2 == 0:  # an unpaired backtick: nothing to keep together
+            return self.text.split()
+        tokens: list[str] = []
+        glue = False  # the next piece joins the last token (no space between them)
+        for index, part in enumerate(parts):
+            if index % 2 == 1:
+                piece = f"`{part}`"
+                if glue and tokens:
+                    tokens[-1] += piece
+                else:
+                    tokens.append(piece)
+                glue = True
+                continue
+            words = part.split(" ")
+            for position, word in enumerate(words):
+                if position == 0 and glue and tokens:
+                    tokens[-1] += word
+                elif word:
+                    tokens.append(word)
+            glue = bool(part) and not part.endswith(" ")
+        return tokens
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        indent = len(self.label.plain)
+        width = max(options.max_width - indent, 1)
+        lines: list[str] = []
+        line = ""
+        for whole in self._tokens():
+            # A token wider than the line (a long path) is folded, the rest kept whole.
+            pieces = [whole[i : i + width] for i in range(0, len(whole), width)] or [whole]
+            for token in pieces[:-1]:
+                if line:
+                    lines.append(line)
+                lines.append(token)
+                line = ""
+            token = pieces[-1]
+            if line and len(line) + 1 + len(token) > width:
+                lines.append(line)
+                line = token
+            else:
+                line = f"{line} {token}" if line else token
+        lines.append(line)
+        for number, text in enumerate(lines):
+            head = self.label if number == 0 else Text(" " * indent)
+            yield Text.assemble(head, Text(text, style=self.style), no_wrap=True, overflow="fold")
+
+    def __rich_measure__(self, console: Console, options: Any) -> Any:
+        from rich.measure import Measurement  # noqa: PLC0415 - rich is loaded already
+
+        tokens = self._tokens()
+        indent = len(self.label.plain)
+        return Measurement(
+            indent + max((len(t) for t in tokens), default=1), indent + len(self.text)
+        )
 
 
 def _spinner(now: float) -> Text:
@@ -135,7 +208,12 @@ def _spinner(now: float) -> Text:
 def _output_lines(lines: Sequence[str], count: int) -> list[Text]:
     out = []
     if count > len(lines):
-        out.append(Text(f"      | ... {count - len(lines)} earlier line(s) in the log", "dim"))
+        earlier = count - len(lines)
+        out.append(
+            Text(
+                f"      | ... {earlier} earlier line{'' if earlier == 1 else 's'} in the log", "dim"
+            )
+        )
     out.extend(Text(f"      | {line}", style="dim") for line in lines)
     return out
 
@@ -256,7 +334,7 @@ class LiveDisplay:
             urgent = self._update(event)
         self._flush(force=urgent)
 
-    def _update(self, event: ev.Event) -> bool:  # noqa: PLR0912 - one branch per event kind
+    def _update(self, event: ev.Event) -> bool:  # noqa: PLR0912, PLR0915 - a branch per event kind
         """Apply ``event`` to the state; True when what it printed should show at once."""
         now = time.monotonic()
         if isinstance(event, ev.PlanReady):
@@ -278,14 +356,16 @@ class LiveDisplay:
             self._transfer = None
             self._say(
                 "✓",
-                f"Backup {event.backup_id}: {event.files} files, {format_bytes(event.bytes)},"
-                f" verified ({format_seconds(took)})",
+                f"Backup {event.backup_id}: {event.files} file{'' if event.files == 1 else 's'},"
+                f" {format_bytes(event.bytes)}, verified ({format_seconds(took)})",
+                "green",
             )
         elif isinstance(event, ev.MigrationStarted):
             self._left_estimate -= event.estimated_seconds
             self._current = _Running(
                 event.id, event.index, event.total, event.estimated_seconds, now, event.direction
             )
+            return True  # what finished before it is printed now, above any later notice
         elif isinstance(event, ev.MigrationOutput):
             output = self._outputs.setdefault(event.id, _Output())
             output.tail.append(clip_line(event.line))
@@ -293,9 +373,11 @@ class LiveDisplay:
         elif isinstance(event, ev.MigrationFinished):
             self._finished_migration(event)
         elif isinstance(event, ev.RollbackStarted):
+            self._stopped_unfinished()
             self._rolling_back = True
-            self._activity = f"Rolling back {event.steps} completed migration(s)"
-            self._say("↶", f"Rolling back {event.steps} completed migration(s) in reverse order")
+            steps = f"{event.steps} completed migration{'' if event.steps == 1 else 's'}"
+            self._activity = f"Rolling back {steps}"
+            self._say("↶", f"Rolling back {steps} in reverse order")
             return True
         elif isinstance(event, ev.RollbackStep):
             output = self._outputs.pop(event.id, _Output())
@@ -321,10 +403,22 @@ class LiveDisplay:
                 self._say("✗", f"RESTORE FROM BACKUP {event.backup_id} FAILED: {event.error}")
             return True
         elif isinstance(event, ev.UpdateFinished):
+            self._stopped_unfinished()
             self._current = None
             self._activity = None
             return True
         return False
+
+    def _stopped_unfinished(self) -> None:
+        """A migration that never finished (interrupted, abandoned): its line and the lines
+        it printed stay on the screen instead of vanishing with the live region."""
+        current = self._current
+        if current is None:
+            return
+        self._say("✗", f"[{current.index}/{current.total}] {current.id}  did not finish")
+        output = self._outputs.pop(current.id, _Output())
+        self._pending.extend(_output_lines(list(output.tail), output.count))
+        self._current = None
 
     def _finished_migration(self, event: ev.MigrationFinished) -> None:
         current = self._current
@@ -345,8 +439,11 @@ class LiveDisplay:
         self._current = None
 
     def _say(self, mark: str, text: str, style: str = "bold red") -> None:
-        line = Text(f"{mark} ", style=style)
-        line.append(text, style="" if style == "green" else style)
+        # A grid, so that a wrapped line keeps its indent under the text, not under the mark.
+        line = Table.grid(padding=(0, 1))
+        line.add_column(no_wrap=True)
+        line.add_column()
+        line.add_row(Text(mark, style=style), Text(text, style="" if style == "green" else style))
         self._pending.append(line)
 
     def _flush(self, *, force: bool) -> None:

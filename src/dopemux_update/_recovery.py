@@ -8,6 +8,7 @@ interrupted by another crash is simply run again, and running it twice is harmle
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ._backup import BackupStore
+from ._backup import BackupStore, Manifest
 from ._exceptions import StateError, UpdateError
 from ._faults import crash_point
 from ._journal import Journal, Record
@@ -26,8 +27,9 @@ from ._log import get_logger
 from ._restore import RestoreReport
 from ._state import DEFAULT_STATE_DIR, VERSION_FILE, RunRecord, StateStore, utcnow
 from ._state_guard import absolute
+from ._tree import glob_escape
 
-__all__ = ["RecoveryResult", "journaled_restore", "recover", "recover_sync"]
+__all__ = ["RecoveryResult", "covers_installation", "journaled_restore", "recover", "recover_sync"]
 
 logger = get_logger()
 
@@ -112,6 +114,19 @@ def _common(started: Record) -> dict[str, Any]:
     }
 
 
+def covers_installation(manifest: Manifest, project_root: Path, state_dir: Path) -> bool:
+    """Whether the backup held the whole installation: nothing included selectively, and
+    nothing left out but ``.git``, the state folder and a migrations folder. Only then does
+    its version describe the tree once it is restored."""
+    defaults = {".git", "migrations"}
+    with contextlib.suppress(ValueError):
+        defaults.add(glob_escape(state_dir.relative_to(project_root).as_posix()))
+    return not manifest.included and all(
+        pattern in defaults or pattern.rstrip("/").endswith("migrations")
+        for pattern in manifest.excluded
+    )
+
+
 def journaled_restore(
     project_root: Path, state_dir: Path, backup_id: str, *, run_id: str | None = None
 ) -> tuple[RestoreReport, str | None]:
@@ -137,12 +152,16 @@ def journaled_restore(
         )
     report = backups.restore(backup_id, project_root)
     crash_point("restore.before_record")
-    if manifest.version_from is not None:
+    if manifest.version_from is not None and covers_installation(
+        manifest, project_root, state_dir
+    ):  # a partial backup puts back only part of the tree: the record keeps its version
         StateStore(state_dir, version_file=project_root / VERSION_FILE).record(
             installed_version=manifest.version_from
         )
     journal.retire()
-    return report, manifest.version_from
+    return report, manifest.version_from if covers_installation(
+        manifest, project_root, state_dir
+    ) else None
 
 
 def _finish_restore(project_root: Path, state_dir: Path, started: Record) -> RecoveryResult:

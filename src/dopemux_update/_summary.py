@@ -6,7 +6,7 @@ Built once from the result (``build_summary``) and drawn either as plain lines
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +176,19 @@ def _failure_closing(result: UpdateResult) -> str:
     return f"The installation was rolled back{restored}; it is still at {result.version_from}."
 
 
+def _own_reason(result: UpdateResult, output: Sequence[Mapping[str, str]]) -> str | None:
+    """The failed migration's last printed line: usually why it failed, where the error
+    only says that it returned False."""
+    lines = [
+        entry["line"]
+        for entry in output
+        if entry.get("id") == result.failed_migration
+        and entry.get("stream") != "omitted"
+        and entry.get("line", "").strip()
+    ]
+    return lines[-1].strip() if lines else None
+
+
 def build_summary(
     result: UpdateResult,
     restarted: RestartResult | None,
@@ -184,8 +197,10 @@ def build_summary(
     undo: Mapping[str, tuple[bool, float]],
     restarter_used: bool,
     log_path: Path | None,
+    output: Sequence[Mapping[str, str]] = (),
 ) -> Summary:
-    """Everything the operator needs to know about the run, in display order."""
+    """Everything the operator needs to know about the run, in display order; ``output``
+    (the lines the migrations printed) gives a failed migration's own reason."""
     details: list[Detail] = []
     closing: list[str] = []
     if result.ok:
@@ -193,9 +208,11 @@ def build_summary(
         if result.version_from == result.version_to:
             headline = f"Nothing to do: already at {result.version_to}."
         else:
+            count = len(result.applied)
+            done = "applied" if result.direction is Direction.UPGRADE else "reverted"
             headline = (
                 f"{verb} {result.version_from} → {result.version_to}:"
-                f" {len(result.applied)} migration(s) applied."
+                f" {count} migration{'' if count == 1 else 's'} {done}."
             )
         if result.backup_id is not None:
             details.append(Detail("Backup", result.backup_id))
@@ -221,6 +238,9 @@ def build_summary(
         )
         details.append(Detail("Failed migration", str(result.failed_migration), bad=True))
         details.append(Detail("Error", str(result.error), bad=True))
+        reason = _own_reason(result, output)
+        if reason is not None:
+            details.append(Detail("Its last output", reason, bad=True))
         details.append(Detail("Rolled back", ", ".join(result.rolled_back) or "nothing"))
         if result.backup_lost:
             details.append(
@@ -250,7 +270,7 @@ def plain_summary(summary: Summary) -> list[str]:
     timing = max((len(r.duration) for r in summary.rows), default=0)
     for row in rows:
         if isinstance(row, int):
-            lines.append(f"  ... {row} more migration(s) ...")
+            lines.append(f"  ... {row} more migration{'' if row == 1 else 's'} ...")
         else:
             lines.append(f"  {row.status:<{width}}  {row.duration:>{timing}}  {row.id}".rstrip())
     label = max((len(d.label) for d in summary.details), default=0) + 1

@@ -76,7 +76,7 @@ from ._journal import Journal
 from ._lock import holding_lock, lock_holder
 from ._models import Direction, Plan, Transition, UpdateResult
 from ._orchestration import OrchestrationPhase
-from ._planning import find_route, newest_reachable
+from ._planning import baseline, find_route, newest_reachable, spelled
 from ._restart import (
     CommandRestarter,
     DockerComposeRestarter,
@@ -119,7 +119,22 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
 # -- the commands ---------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    a migration failed; the update was rolled back
+  2    usage or validation error; nothing was changed
+  3    the installation needs recovery (`dopemux-update recover`)
+  4    another update holds the lock
+  5    migrations committed, but a service restart failed
+  130  interrupted
+
+\b
+Options such as --root and --json go after the command's name:
+  dopemux-update status --root DIR"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_CODES)
 @click.version_option(package_name="dopemux-update", prog_name="dopemux-update")
 def cli() -> None:
     """Run Dopemux update migrations: validated first, backed up, rolled back exactly."""
@@ -157,8 +172,14 @@ def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
 
 
 @cli.command()
+@click.option(
+    "--check",
+    is_flag=True,
+    help="For monitoring, exit with: 0 up to date, 1 migrations pending, 2 a problem with"
+    " the migrations or the record, 3 needs recovery, 5 service restarts owed.",
+)
 @common_options
-def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
+def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, check: bool) -> int:
     """Show the installed version and what is pending."""
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.root.is_dir():
@@ -222,7 +243,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
     if last is not None:
         lines.append(
             f"Last run:          {last.version_from} → {last.version_to}"
-            f" {last.outcome} at {last.finished_at}"
+            f" {last.outcome.replace('_', ' ')} at {last.finished_at}"
         )
     stored = format_bytes(sum(b.copied_bytes for b in backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
@@ -243,7 +264,25 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> 
             f"Restarts owed:     {', '.join(state.restarts_owed)} (run `dopemux-update restart`)"
         )
     emit(ctx, payload, lines)
-    return EXIT_OK
+    return _status_check(payload) if check else EXIT_OK
+
+
+def _status_check(payload: dict[str, Any]) -> int:
+    """``status --check``: the most urgent thing to act on, as an exit code."""
+    if payload["needs_recovery"]:
+        return EXIT_RECOVERY
+    if (
+        payload["problem"]
+        or payload["installed_version"] is None
+        or payload["version_file"] is not None
+        or payload["drift"]
+    ):
+        return EXIT_USAGE
+    if payload.get("restarts_owed"):  # recorded by an update whose restarts did not happen
+        return EXIT_RESTART_FAILED
+    latest, installed = payload["latest_version"], payload["installed_version"]
+    behind = latest is not None and parse_version(latest) != parse_version(installed)
+    return EXIT_FAILED if payload["pending"] or behind else EXIT_OK
 
 
 @cli.command()
@@ -286,9 +325,24 @@ def plan(
 def _update_options(function: F) -> F:
     decorators = [
         click.option(
-            "--from", "from_version", help="Current version.  [default: the recorded one]"
+            "--from",
+            "from_version",
+            metavar="VERSION",
+            help="Current version (must be the recorded one, unless --force)."
+            "  [default: the recorded one]",
         ),
-        click.option("--yes", "-y", is_flag=True, help="Do not ask before breaking changes."),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Run from --from VERSION even though another version is recorded.",
+        ),
+        click.option(
+            "--yes",
+            "-y",
+            is_flag=True,
+            help="Do not ask for confirmation (asked before breaking changes and before"
+            " every downgrade).",
+        ),
         click.option(
             "--no-restart", is_flag=True, help="List the services to restart; restart none."
         ),
@@ -304,6 +358,7 @@ def _update_options(function: F) -> F:
         click.option(
             "--keep-backups",
             type=click.IntRange(min=1),
+            metavar="N",
             default=5,
             show_default=True,
             help="Backups kept after a successful update.",
@@ -321,7 +376,12 @@ def _update_options(function: F) -> F:
 
 
 @cli.command()
-@click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
+@click.option(
+    "--to",
+    "to_version",
+    metavar="VERSION",
+    help="Target version.  [default: the newest reachable]",
+)
 @_update_options
 def upgrade(to_version: str | None, **options: Any) -> int:
     """Run the migrations up to a newer version."""
@@ -329,7 +389,13 @@ def upgrade(to_version: str | None, **options: Any) -> int:
 
 
 @cli.command()
-@click.option("--to", "to_version", required=True, help="The older version to go back to.")
+@click.option(
+    "--to",
+    "to_version",
+    required=True,
+    metavar="VERSION",
+    help="The older version to go back to.",
+)
 @_update_options
 def downgrade(to_version: str, **options: Any) -> int:
     """Run the migrations backward to an older version."""
@@ -392,6 +458,7 @@ class UpdateOptions:
     health_timeout: float | None = None
     health_command: str | None = None
     no_health_check: bool = False
+    force: bool = False
 
     @property
     def gate(self) -> GateOptions:
@@ -422,9 +489,10 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         with holding_lock(ctx.state_dir):
             recovered = recover_first(ctx)
     current = installed_version(ctx, version_option_value(opts.from_version, option="--from"))
+    _check_from(ctx, current, force=opts.force)
     target = version_option_value(opts.to_version, option="--to")
     if opts.no_restart and opts.restart_command is not None:
-        raise CommandError("--restart-command cannot go with --no-restart")
+        raise CommandError("--restart-command and --no-restart contradict each other: pass one")
     opts.gate.check(no_restart=opts.no_restart)
     restarter = None if opts.no_restart else _restarter(ctx, opts.restart_command)
     restart_phase, no_gate = restart_phase_for(ctx, restarter, opts.gate)
@@ -445,6 +513,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         timeout=opts.timeout,
         grace=opts.grace,
         full_backup=opts.full_backup,
+        force=opts.force,
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
     the_plan = anyio.run(phase.plan)
@@ -497,6 +566,19 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _check_from(ctx: Context, current: Version, *, force: bool) -> None:
+    """``--from`` that is not the recorded version would repeat or skip migrations."""
+    recorded = ctx.state.installed_version()
+    if force or recorded is None or parse_version(recorded) == current:
+        return
+    raise CommandError(
+        f"--from {current} disagrees with the recorded installed version {recorded}"
+        f" ({ctx.state.path}): running from {current} would repeat or skip migrations;"
+        " pass --force to run from it anyway, or `dopemux-update stamp VERSION` to correct"
+        " the record"
+    )
 
 
 def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path | None) -> int:
@@ -601,6 +683,7 @@ def _report_update(
         undo=display.collector.undo,
         restarter_used=restarter_used,
         log_path=log_path,
+        output=display.collector.lines,
     )
     display.show_summary(gate_summary(summary, result, restarted, gate, no_gate))
     return code
@@ -611,9 +694,10 @@ def _report_update(
 @click.option(
     "--force",
     is_flag=True,
-    help="Record VERSION even over a corrupt state.json (kept aside as"
-    " state.json.corrupt-TIME) or an interrupted run that `recover` cannot settle (its journal"
-    " kept aside as journal.jsonl.closed-TIME).",
+    help="Record VERSION even below the baseline (the oldest version a migration folder"
+    " starts from), over a corrupt state.json (kept aside as state.json.corrupt-TIME) or"
+    " over an interrupted run that `recover` cannot settle (its journal kept aside as"
+    " journal.jsonl.closed-TIME).",
 )
 @common_options
 def stamp(
@@ -622,6 +706,19 @@ def stamp(
     """Record VERSION as installed, without running any migration."""
     ctx = make_context(root, migrations, as_json, verbose)
     parsed = version_option_value(version, option="VERSION")
+    assert parsed is not None  # noqa: S101 - VERSION is a required argument
+    try:
+        transitions = scan_migrations(ctx.migrations).transitions
+    except UpdateError:  # a broken migrations folder must not stop a repair of the record
+        transitions = ()
+    first = baseline(transitions)
+    if first is not None and parsed < first and not force:
+        raise CommandError(
+            f"{parsed} is older than the baseline {first} (the oldest version a migration"
+            f" folder in {ctx.migrations} starts from): no migration could be planned from it;"
+            " pass --force to record it anyway"
+        )
+    parsed = spelled(transitions, parsed)  # 0.2 is recorded as the folder's 0.2.0
     aside = None
     closed = False
     with holding_lock(ctx.state_dir):
@@ -674,7 +771,7 @@ def new(
     verbose: int,
 ) -> int:
     """Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."""
-    ctx = make_context(root, migrations, as_json, verbose)
+    ctx = make_context(root, migrations, as_json, verbose, new_migrations=True)
     path = new_migration(ctx.migrations, from_version, to_version, name)
     migration_id = f"{path.parent.name}/{path.stem}"
     emit(
@@ -695,6 +792,33 @@ def _error(message: str, code: int, argv: Sequence[str]) -> int:
     return code
 
 
+_COMMON_OPTIONS = ("--root", "--migrations", "--json", "-v", "--verbose", "-q", "--quiet")
+
+
+def _usage_error(exc: click.UsageError, args: Sequence[str]) -> None:
+    """click's usage and hint, then the error in the one ``error:`` style; an option that
+    every command takes, placed before the command, gets a hint where it goes."""
+    if exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), err=True)
+        if exc.ctx.command.get_help_option(exc.ctx) is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+    message = exc.format_message()
+    option = getattr(exc, "option_name", None)
+    if (
+        isinstance(exc, click.NoSuchOption)
+        and option in _COMMON_OPTIONS
+        and exc.ctx is not None
+        and exc.ctx.parent is None  # given to dopemux-update itself, not to a command
+    ):
+        message += f"\noptions go after the command name: dopemux-update status {option}" + (
+            " DIR" if option in ("--root", "--migrations") else ""
+        )
+    if "--json" in args:
+        payload = {"ok": False, "exit_code": EXIT_USAGE, "error": message}
+        click.echo(json.dumps(payload, indent=2))
+    click.echo(f"error: {message}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -706,9 +830,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         return _error("aborted", EXIT_INTERRUPTED, args)
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        _usage_error(exc, args)
         return EXIT_USAGE
+    except click.ClickException as exc:
+        return _error(exc.format_message(), EXIT_USAGE, args)
     except LockError as exc:
         return _error(str(exc), EXIT_LOCKED, args)
     except PreflightError as exc:
