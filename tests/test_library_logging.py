@@ -107,3 +107,29 @@ def test_a_host_that_configured_structlog_gets_events_through_its_processors(
     assert done.stdout == ""
     assert "event='migration.applied'" in done.stderr
     assert "host='yes'" in done.stderr
+
+
+def test_the_library_logs_normally_after_the_command_line_ran_in_the_same_process(
+    tmp_path: Path,
+) -> None:
+    """main() configures structlog for its run log, then puts the previous setup back."""
+    root = _installation(tmp_path)
+    script = textwrap.dedent(f"""
+    import asyncio, logging, sys
+    from pathlib import Path
+    from dopemux_update import OrchestrationPhase
+    from dopemux_update.cli import main
+    root = Path({str(root)!r})
+    assert main(["stamp", "1.0", "--root", str(root)]) == 0
+    assert main(["upgrade", "--to", "1.1", "--no-restart", "--root", str(root),
+                 "--migrations", str(root.parent / "migrations")]) == 0
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    phase = OrchestrationPhase(project_root=root, migrations_dir=root.parent / "migrations",
+                               current_version="1.1", target_version="1.2")
+    assert not asyncio.run(phase.execute())
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ERROR:dopemux_update:migration.failed" in done.stderr

@@ -820,7 +820,26 @@ def _usage_error(exc: click.UsageError, args: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    The command configures structlog for its console and run log; the configuration found
+    before is put back afterwards, so that a caller in the same process (a test, a host)
+    does not go on logging into a closed run log.
+    """
+    import structlog  # noqa: PLC0415 - the console's configuration, put back below
+
+    configured = structlog.is_configured()
+    saved = structlog.get_config()
+    try:
+        return _main(argv)
+    finally:
+        if configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         value = cli.main(args=args, prog_name="dopemux-update", standalone_mode=False)
