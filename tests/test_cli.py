@@ -54,7 +54,7 @@ def test_stamp_then_status_reports_the_installed_version(
     assert code == 0
     assert status["installed_version"] == "1.0"
     assert status["latest_version"] == "1.1"
-    assert status["pending"] == ["v1.0_to_v1.1"]
+    assert status["hops"] == ["v1.0_to_v1.1"]
 
 
 def test_upgrade_success_exits_0_and_lists_ids_in_order(
@@ -191,8 +191,8 @@ def test_plan_shows_the_plan_as_json(
     )
     assert code == 0
     assert [m["id"] for m in plan["migrations"]] == ["v1.0_to_v1.1/1_a", "v1.1_to_v1.2/1_b"]  # type: ignore[attr-defined]
-    assert plan["breaking_changes"] == ["v1.0_to_v1.1/1_a"]
-    assert plan["estimated_seconds"] == 10
+    assert plan["breaking_migrations"] == ["v1.0_to_v1.1/1_a"]
+    assert plan["estimated_duration_seconds"] == 10
 
 
 def upgrade_restarting(

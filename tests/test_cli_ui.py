@@ -56,7 +56,7 @@ DOCUMENTED_KEYS = {
     "restart_services",
     "restarted",
     "restart_failed",
-    "durations",
+    "calls",
     "output",
     "recovered",
     "abandoned",

@@ -522,7 +522,10 @@ def test_a_rehearsal_keeps_the_last_lines_of_a_flood_of_output(
     )
     done = cli("verify", "--from", "1.0", "--json", *common(installation, migrations))
     assert done.returncode == 0, done.stderr
-    first = json_of(done)["calls"][0]["output"]
+    output = json_of(done)["calls"][0]["output"]
+    assert output[0]["stream"] == "omitted"
+    assert {entry["stream"] for entry in output[1:]} == {"stdout"}
+    first = [entry["line"] for entry in output]
     assert len(first) == 201
     assert first[0] == "… 4,801 earlier lines not shown (see the run log)"
     assert first[1:3] == ["4801", "4802"]

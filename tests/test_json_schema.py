@@ -66,8 +66,14 @@ def test_every_command_prints_the_documented_keys(
     for command, payload in seen.items():
         missing = table[command] - set(payload)
         assert not missing, f"{command}: documented but missing: {sorted(missing)}"
-        if "command" in table[command]:
-            assert payload["command"] == command  # the object names its command
+        named = "plan" if command == "any error" else command  # the failing command's name
+        assert payload["command"] == named  # every object names its command
+        assert isinstance(payload["ok"], bool)
+        assert isinstance(payload["exit_code"], int)
+        assert list(payload)[:3] == ["command", "ok", "exit_code"]
     assert seen["upgrade"]["ok"] is True
     assert seen["verify"]["ok"] is True
     assert seen["any error"]["ok"] is False
+    assert seen["any error"]["exit_code"] == 2
+    assert seen["any error"]["nothing_changed"] is True
+    assert "Nothing was changed" not in seen["any error"]["error"]

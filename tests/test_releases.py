@@ -47,7 +47,7 @@ def test_status_reads_dopemuxs_version_file_when_nothing_is_recorded(dopemux_roo
     code, status = cli(dopemux_root, "status")
     assert code == 0
     assert status["installed_version"] == "1.0"
-    assert status["pending"] == ["v1.0_to_v1.1"]
+    assert status["hops"] == ["v1.0_to_v1.1"]
 
 
 def test_an_upgrade_keeps_the_version_file_in_step_in_its_own_style(dopemux_root: Path) -> None:

@@ -212,6 +212,7 @@ def verify_backup(
                 "affected": affected,
             },
             lines,
+            code=EXIT_FAILED,
         )
         return EXIT_FAILED
     info = _store(ctx).info(manifest)

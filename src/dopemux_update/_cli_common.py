@@ -378,9 +378,20 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def emit(ctx: Context, payload: dict[str, Any], lines: Sequence[str] = ()) -> None:
+def emit(
+    ctx: Context, payload: dict[str, Any], lines: Sequence[str] = (), *, code: int = EXIT_OK
+) -> None:
+    """The command's result: ``payload`` as one JSON object (with ``--json``), else ``lines``.
+
+    Every object starts with ``command``, ``ok`` and ``exit_code`` (from ``code`` unless the
+    payload has its own)."""
     if ctx.json:
-        click.echo(json.dumps(payload, indent=2, default=str))
+        head = {
+            "command": payload.get("command"),
+            "ok": payload.get("ok", code == EXIT_OK),
+            "exit_code": payload.get("exit_code", code),
+        }
+        click.echo(json.dumps({**head, **payload}, indent=2, default=str))
     else:
         for line in lines:
             click.echo(line)

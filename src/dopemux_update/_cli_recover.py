@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from ._cli_common import (
     emit,
     make_context,
 )
+from ._exceptions import UpdateError
 from ._fsutil import fsync_dir
 from ._journal import Journal
 from ._lock import holding_lock
@@ -175,9 +177,13 @@ def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose:
         with holding_lock(ctx.state_dir):
             result = recover_sync(ctx.root, state_dir=ctx.state_dir)  # never raises
     code = EXIT_OK if result.ok else EXIT_RECOVERY
+    payload = _payload(result)
+    if result.action == "none":  # nothing done: the version stays what is recorded
+        with contextlib.suppress(UpdateError):
+            payload["installed_version"] = ctx.state.installed_version()
     emit(
         ctx,
-        {"command": "recover", "ok": result.ok, "exit_code": code, **_payload(result)},
+        {"command": "recover", "ok": result.ok, "exit_code": code, **payload},
         [_describe(result)],
     )
     return code

@@ -75,7 +75,7 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
                 "seconds": round(call.seconds, 6),
                 "error": call.error,
                 "traceback": call.traceback,
-                "output": [line for _, line in call.output],
+                "output": [{"stream": stream, "line": line} for stream, line in call.output],
             }
             for call in report.calls
         ],

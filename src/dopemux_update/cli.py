@@ -102,16 +102,16 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
             {
                 "id": step.id,
                 "description": step.migration.info.description,
-                "estimated_seconds": step.migration.info.estimated_duration_seconds,
+                "estimated_duration_seconds": step.migration.info.estimated_duration_seconds,
                 "breaking_changes": step.migration.info.breaking_changes,
                 "requires_restart": list(step.migration.info.requires_restart),
                 "backup_required": step.migration.info.backup_required,
             }
             for step in plan.steps
         ],
-        "breaking_changes": list(plan.breaking_changes),
+        "breaking_migrations": list(plan.breaking_changes),
         "restart_services": list(plan.restart_services),
-        "estimated_seconds": plan.estimated_seconds,
+        "estimated_duration_seconds": plan.estimated_seconds,
         "backup_required": plan.backup_required,
     }
 
@@ -209,7 +209,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
         "installed_version": installed,
         "version_file": version_file,
         "latest_version": latest,
-        "pending": pending,
+        "hops": pending,
         "migrations_dir": str(ctx.migrations),
         "migrations_found": catalog.exists,
         "transitions": [t.name for t in catalog.transitions],
@@ -263,8 +263,9 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
         lines.append(
             f"Restarts owed:     {', '.join(state.restarts_owed)} (run `dopemux-update restart`)"
         )
-    emit(ctx, payload, lines)
-    return _status_check(payload) if check else EXIT_OK
+    code = _status_check(payload) if check else EXIT_OK
+    emit(ctx, payload, lines, code=code)
+    return code
 
 
 def _status_check(payload: dict[str, Any]) -> int:
@@ -282,7 +283,7 @@ def _status_check(payload: dict[str, Any]) -> int:
         return EXIT_RESTART_FAILED
     latest, installed = payload["latest_version"], payload["installed_version"]
     behind = latest is not None and parse_version(latest) != parse_version(installed)
-    return EXIT_FAILED if payload["pending"] or behind else EXIT_OK
+    return EXIT_FAILED if payload["hops"] or behind else EXIT_OK
 
 
 @cli.command()
@@ -663,7 +664,7 @@ def _report_update(
         "restart_services": list(result.restart_services),
         "restarted": list(restarted.restarted) if restarted is not None else [],
         "restart_failed": [{"service": name, "error": error} for name, error in failed],
-        "durations": {name: round(seconds, 6) for name, seconds in result.durations},
+        "calls": _calls_payload(result, display.collector.undo),
         "output": display.collector.lines,
         "recovered": recovered,
         "abandoned": result.abandoned,
@@ -687,6 +688,40 @@ def _report_update(
     )
     display.show_summary(gate_summary(summary, result, restarted, gate, no_gate))
     return code
+
+
+def _calls_payload(
+    result: UpdateResult, undo: dict[str, tuple[bool, float]]
+) -> list[dict[str, Any]]:
+    """Each migration call in the order it ran, shaped as ``verify``'s ``calls``: the
+    steps (stage ``apply``), then the undos of a rollback (stage ``rollback``)."""
+    forward = result.direction is Direction.UPGRADE
+    way, undo_way = ("forward", "backward") if forward else ("backward", "forward")
+    calls: list[dict[str, Any]] = [
+        {
+            "stage": "apply",
+            "id": ident,
+            "function": f"migrate_{way}",
+            "direction": way,
+            "ok": ident != result.failed_migration,
+            "seconds": round(seconds, 6),
+            "error": result.error if ident == result.failed_migration else None,
+        }
+        for ident, seconds in result.durations
+    ]
+    calls.extend(
+        {
+            "stage": "rollback",
+            "id": ident,
+            "function": f"migrate_{undo_way}",
+            "direction": undo_way,
+            "ok": ok,
+            "seconds": round(seconds, 6),
+            "error": None,
+        }
+        for ident, (ok, seconds) in undo.items()
+    )
+    return calls
 
 
 @cli.command()
@@ -785,9 +820,34 @@ def new(
 # -- entry point ----------------------------------------------------------------------------
 
 
+_NOTHING_CHANGED = "\nNothing was changed."
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (``backups list`` for a group), as JSON objects name it."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    if not words or words[0] not in cli.commands:
+        return None
+    command = cli.commands[words[0]]
+    if isinstance(command, click.Group) and len(words) > 1 and words[1] in command.commands:
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+def error_payload(message: str, code: int, argv: Sequence[str]) -> dict[str, Any]:
+    """The JSON object of a command that failed before producing its own result."""
+    return {
+        "command": _command_name(argv),
+        "ok": False,
+        "exit_code": code,
+        "error": message.removesuffix(_NOTHING_CHANGED),
+        "nothing_changed": code in (EXIT_USAGE, EXIT_LOCKED),
+    }
+
+
 def _error(message: str, code: int, argv: Sequence[str]) -> int:
     if "--json" in argv:
-        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}, indent=2))
+        click.echo(json.dumps(error_payload(message, code, argv), indent=2))
     click.echo(f"error: {message}", err=True)
     return code
 
@@ -814,8 +874,7 @@ def _usage_error(exc: click.UsageError, args: Sequence[str]) -> None:
             " DIR" if option in ("--root", "--migrations") else ""
         )
     if "--json" in args:
-        payload = {"ok": False, "exit_code": EXIT_USAGE, "error": message}
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json.dumps(error_payload(message, EXIT_USAGE, args), indent=2))
     click.echo(f"error: {message}", err=True)
 
 
@@ -857,7 +916,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except LockError as exc:
         return _error(str(exc), EXIT_LOCKED, args)
     except PreflightError as exc:
-        return _error(f"{exc}\nNothing was changed.", EXIT_USAGE, args)
+        return _error(f"{exc}{_NOTHING_CHANGED}", EXIT_USAGE, args)
     except UpdateError as exc:
         return _error(str(exc), EXIT_USAGE, args)
     except KeyboardInterrupt:
