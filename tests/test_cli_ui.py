@@ -182,13 +182,14 @@ def test_plan_on_a_terminal_is_a_rich_table(
     assert code == 0
     lines = out.splitlines()
     header = next(index for index, line in enumerate(lines) if "migration" in line)
-    assert lines[header].split() == ["#", "migration", "estimate", "breaking", "restarts", "backup"]
-    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    assert lines[header].split() == ["#", "migration", "estimate", "breaking", "backup"]
+    rows = [line.split() for line in lines[header + 1 : header + 6]]
     assert rows == [
-        ["1", "v1.0_to_v1.1/1_a", "4s", "yes", "-", "yes"],
+        ["1", "v1.0_to_v1.1/1_a", "4s", "yes", "yes"],
         ["alpha"],  # each description under its id
-        ["2", "v1.1_to_v1.2/1_b", "1s", "no", "web,", "db", "no"],
+        ["2", "v1.1_to_v1.2/1_b", "1s", "no", "no"],
         ["beta"],
+        ["restarts:", "web,", "db"],  # and the services it restarts under that
     ]
 
 
@@ -206,10 +207,31 @@ def test_the_plan_table_stays_readable_on_an_80_column_terminal(
     lines = plain(capsys.readouterr().out).splitlines()
     assert all(len(line) <= 80 for line in lines)
     header = next(line for line in lines if "migration" in line)
-    assert header.split() == ["#", "migration", "estimate", "breaking", "restarts", "backup"]
+    assert header.split() == ["#", "migration", "estimate", "breaking", "backup"]
     words = " ".join(line.strip() for line in lines if line.startswith("   "))
     assert description in words  # wrapped over a few lines, not a word per line
     assert sum(1 for line in lines if line.startswith("   ")) <= 3
+
+
+def test_the_longest_example_ids_fit_an_80_column_plan_with_every_column(
+    example_copy: Path,
+    capsys: pytest.CaptureFixture[str],
+    live: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ids of 44 characters and two restarts: nothing is cropped, nothing breaks mid-word."""
+    from conftest import EXAMPLE_MIGRATIONS
+
+    monkeypatch.setenv("COLUMNS", "80")
+    where = ["--root", str(example_copy), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    assert main(["plan", "--to", "0.2.0", *where]) == 0
+    lines = plain(capsys.readouterr().out).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    text = "\n".join(lines)
+    assert "restarts: mcp-broker, mcp-leantime" in text
+    assert "v0.1.0_to_v0.2.0/002_upgrade_database_schema" in text
+    header = next(line for line in lines if "migration" in line)
+    assert header.split()[-1] == "backup"
 
 
 def test_plan_with_json_is_one_object_and_no_table(
@@ -641,3 +663,16 @@ def test_the_interrupt_notice_goes_above_the_live_region_not_through_it() -> Non
     assert isinstance(console.file, io.StringIO)
     drawn = console.file.getvalue()
     assert "\x1b[2KInterrupted: stopping\n" in drawn  # printed on a cleared line, above
+
+
+def test_a_wrapped_output_line_continues_in_its_column_not_at_the_margin() -> None:
+    from rich.console import Console
+
+    from dopemux_update._progress import _output_line
+
+    console = Console(width=40, record=True, color_system=None)
+    console.print(_output_line("→ Added column decisions.priority_level (existing decisions)"))
+    lines = console.export_text().splitlines()
+    assert len(lines) > 1
+    assert lines[0].startswith("      | → Added")
+    assert all(line.startswith(" " * 8) and line.strip() for line in lines[1:])

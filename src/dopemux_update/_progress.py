@@ -82,16 +82,18 @@ def plan_renderable(plan: Plan) -> RenderableType:
     table.add_column("migration", overflow="fold", min_width=longest)
     table.add_column("estimate", justify="right", no_wrap=True)
     table.add_column("breaking", no_wrap=True)
-    table.add_column("restarts", overflow="fold")
     table.add_column("backup", no_wrap=True)
     for number, ident, description, estimate, breaking, restarts, backup in plan_rows(plan):
+        # The id never breaks (no_wrap); the description and the services it restarts wrap
+        # under it, in its column, so that the table fits 80 columns with the longest id.
+        under = [Text(ident, no_wrap=True, overflow="fold"), Text(description, style="dim")]
+        if restarts != "-":
+            under.append(Text(f"restarts: {restarts}"))
         table.add_row(
             Text(number),
-            # The id never breaks (no_wrap); the description wraps under it, in its column.
-            Group(Text(ident, no_wrap=True, overflow="fold"), Text(description, style="dim")),
+            Group(*under),
             Text(estimate),
             Text(breaking, style="bold red" if breaking == "yes" else "dim"),
-            Text(restarts, style="" if restarts != "-" else "dim"),
             Text(backup, style="" if backup == "yes" else "dim"),
         )
     footer = [
@@ -205,8 +207,8 @@ def _spinner(now: float) -> Text:
     return Text(SPINNER[int(now * 12.5) % len(SPINNER)], style="cyan")
 
 
-def _output_lines(lines: Sequence[str], count: int) -> list[Text]:
-    out = []
+def _output_lines(lines: Sequence[str], count: int) -> list[RenderableType]:
+    out: list[RenderableType] = []
     if count > len(lines):
         earlier = count - len(lines)
         out.append(
@@ -214,8 +216,18 @@ def _output_lines(lines: Sequence[str], count: int) -> list[Text]:
                 f"      | ... {earlier} earlier line{'' if earlier == 1 else 's'} in the log", "dim"
             )
         )
-    out.extend(Text(f"      | {line}", style="dim") for line in lines)
+    out.extend(_output_line(line) for line in lines)
     return out
+
+
+def _output_line(line: str) -> RenderableType:
+    """A line a migration printed, under its migration: when it wraps, the continuation
+    stays in the text's column, right of the ``|``, instead of starting at the margin."""
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(Text("      | ", style="dim"), Text(line, style="dim"))
+    return grid
 
 
 @dataclass
@@ -507,7 +519,7 @@ class LiveDisplay:
         )
         output = self._outputs.get(current.id)
         tail = list(output.tail)[-TAIL:] if output is not None else []
-        return [line, *(Text(f"      | {text}", style="dim") for text in tail)]
+        return [line, *(_output_line(text) for text in tail)]
 
     def _overall_line(self, now: float) -> RenderableType:
         total_estimate = sum(self._estimates.values())
