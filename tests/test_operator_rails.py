@@ -486,3 +486,24 @@ def test_a_warning_no_line_tells_is_one_short_ui_line(installation: Path) -> Non
     assert done.stderr == "warning: backup.skipped: path=a-fifo, kind=fifo\n"
     quiet = cli("backups", "create", "--root", str(installation), "-q")
     assert quiet.stderr == ""
+
+
+def test_verify_and_plan_diff_create_no_state_folder(
+    tmp_path: Path, migrations: MigrationWriter
+) -> None:
+    """Only stamp, upgrade, downgrade and backups create make .dopemux/update."""
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "a.txt").write_text("a\n")
+    migrations.add(
+        "v1.0_to_v1.1",
+        "1_a.py",
+        forward="(project_root / 'b').write_text('b')\nreturn True",
+        backward="(project_root / 'b').unlink()\nreturn True",
+    )
+    where = ["--root", str(root), "--migrations", str(migrations.root)]
+    done = cli("verify", "--from", "1.0", *where)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = cli("plan", "--from", "1.0", "--diff", *where)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt"]

@@ -770,6 +770,7 @@ def test_a_rehearsal_writes_a_run_log_named_in_its_output_and_a_refused_one_none
     installation: Path, migrations: MigrationWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     migrations.add(V1, "001_boom.py", forward="print('  → about to fail')\nraise KeyError('k')")
+    (installation / ".dopemux" / "update").mkdir(parents=True)  # verify never makes one
     assert verify(installation, migrations.root, "--from", "0.1.0", "--json") == 1
     log = Path(json.loads(capsys.readouterr().out)["log"])
     assert log.parent == installation / ".dopemux" / "update" / "logs"

@@ -3,6 +3,7 @@ the preview of what the plan would change in it (``verify --changes``, ``plan --
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -166,10 +167,14 @@ def verify_command(
         click.echo(f"Rehearsing on a sandbox copy of {ctx.root.resolve()} ...")
     # Every event, output line and traceback, kept in memory until the rehearsal has run
     # (a refused verify leaves no log), then written to .dopemux/update/logs/.
+    # An installation without a state folder gets none from verify (only stamp, upgrade,
+    # downgrade and backups create make one): no lock to take, since no update can hold
+    # one there, and the run log stays in memory.
+    keeps_state = ctx.state_dir.is_dir()
     run_log = open_run_log(ctx, "verify", verbose)
     try:
         # Held throughout, so that the copy is not taken halfway through someone's update.
-        with holding_lock(ctx.state_dir):
+        with holding_lock(ctx.state_dir) if keeps_state else contextlib.nullcontext():
             report = anyio.run(
                 functools.partial(
                     run_interruptibly,
@@ -178,19 +183,23 @@ def verify_command(
                     again="Still stopping; the installation itself was never touched.",
                 )
             )
-        run_log.start()
+        if keeps_state:
+            run_log.start()
+        else:
+            run_log.discard()
     finally:
         run_log.close()
+    log_path = run_log.path if keeps_state else None
     if report is None:
-        return _interrupted(ctx, run_log.path)
+        return _interrupted(ctx, log_path)
     code = EXIT_OK if report.ok else EXIT_FAILED
     lines = report.describe()
     if not report.migrations:
         lines = [f"Nothing to rehearse: no migration between {report.version_from} and itself."]
     lines = [*_changes_lines(report), *lines]
-    emit(
-        ctx, {**_payload(report, code), "log": str(run_log.path)}, [*lines, f"Log: {run_log.path}"]
-    )
+    if log_path is not None:
+        lines.append(f"Log: {log_path}")
+    emit(ctx, {**_payload(report, code), "log": str(log_path) if log_path else None}, lines)
     if report.abandoned:
         # A migration's thread is still running (on the sandbox, which is gone); leave now,
         # before it can print into this command's output.
@@ -238,7 +247,7 @@ def preview_changes(
         state_dir=ctx.state_dir,
         forward_only=True,
     )
-    with holding_lock(ctx.state_dir):
+    with holding_lock(ctx.state_dir) if ctx.state_dir.is_dir() else contextlib.nullcontext():
         report = anyio.run(
             functools.partial(
                 run_interruptibly,
@@ -262,7 +271,7 @@ def preview_changes(
     return payload, lines
 
 
-def _interrupted(ctx: Context, log: Path) -> int:
+def _interrupted(ctx: Context, log: Path | None) -> int:
     message = "Interrupted; the rehearsal was stopped. The installation was never touched."
     emit(
         ctx,
@@ -271,8 +280,8 @@ def _interrupted(ctx: Context, log: Path) -> int:
             "ok": False,
             "exit_code": EXIT_INTERRUPTED,
             "error": message,
-            "log": str(log),
+            "log": str(log) if log is not None else None,
         },
-        [message, f"Log: {log}"],
+        [message, *([f"Log: {log}"] if log is not None else [])],
     )
     return EXIT_INTERRUPTED
