@@ -378,10 +378,12 @@ def test_the_live_view_at_80_columns_keeps_ids_whole_and_indents_wrapped_lines(
     )
     out = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", done.stdout)
     lines = out.splitlines()
-    assert all(len(line.rstrip()) <= 80 for line in lines)
-    assert sum("v0.1.0_to_v0.2.0/001_add_the_broker_table" in line for line in lines) >= 3
     log = next(i for i, line in enumerate(lines) if line.startswith("Log:"))
-    assert lines[log + 1].startswith(" " * 20)  # the long path wraps under itself
+    path = lines[log].split()[-1]
+    assert path.endswith(".jsonl")  # printed whole, for the terminal to wrap and to copy
+    assert Path(path).is_file()
+    assert all(len(line.rstrip()) <= 80 for line in lines if path not in line)
+    assert sum("v0.1.0_to_v0.2.0/001_add_the_broker_table" in line for line in lines) >= 3
     assert "`dopemux-update" not in out or all(
         line.count("`") % 2 == 0 for line in lines
     )  # a command is never split

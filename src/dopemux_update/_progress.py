@@ -174,15 +174,9 @@ class _KeepingCommands:
         width = max(options.max_width - indent, 1)
         lines: list[str] = []
         line = ""
-        for whole in self._tokens():
-            # A token wider than the line (a long path) is folded, the rest kept whole.
-            pieces = [whole[i : i + width] for i in range(0, len(whole), width)] or [whole]
-            for token in pieces[:-1]:
-                if line:
-                    lines.append(line)
-                lines.append(token)
-                line = ""
-            token = pieces[-1]
+        for token in self._tokens():
+            # A token wider than the line (a long path, a command) gets a line of its own,
+            # whole: the terminal wraps it softly, so that it still copies as one piece.
             if line and len(line) + 1 + len(token) > width:
                 lines.append(line)
                 line = token
@@ -191,7 +185,9 @@ class _KeepingCommands:
         lines.append(line)
         for number, text in enumerate(lines):
             head = self.label if number == 0 else Text(" " * indent)
-            yield Text.assemble(head, Text(text, style=self.style), no_wrap=True, overflow="fold")
+            yield Text.assemble(
+                head, Text(text, style=self.style), no_wrap=True, overflow="ignore", end="\n"
+            )
 
     def __rich_measure__(self, console: Console, options: Any) -> Any:
         from rich.measure import Measurement  # noqa: PLC0415 - rich is loaded already
@@ -336,7 +332,9 @@ class LiveDisplay:
 
     def show_summary(self, summary: Summary) -> None:
         self.console.print()
-        self.console.print(summary_renderable(summary))
+        # Not cropped: a path or command wider than the terminal is printed whole (see
+        # ``_Fact``), for the terminal to wrap and the operator to copy.
+        self.console.print(summary_renderable(summary), crop=False)
 
     # -- events (the event loop's thread) ------------------------------------------------------
 
