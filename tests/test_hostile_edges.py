@@ -496,6 +496,21 @@ def test_a_folder_another_user_owns_and_keeps_closed_stops_the_backup_naming_it(
         assert tree_digest(root) == before
 
 
+def test_a_file_the_process_may_not_read_stops_the_backup_naming_it_as_unreadable(
+    reachable: Path,
+) -> None:
+    root = _unprivileged_installation(reachable)
+    secret = root / "private" / "key"
+    os.chown(secret, 0, 0)
+    secret.chmod(0o600)
+    assert as_unprivileged("stamp", "1.0", "--root", str(root)).returncode == 0
+    done = as_unprivileged("backups", "create", "--json", "--root", str(root))
+    assert done.returncode == 2, done.stderr
+    error = json_of(done)["error"]
+    assert f"{secret}: cannot be read (Permission denied); no backup was taken" in error
+    assert "written" not in error
+
+
 def test_a_folder_its_owner_made_unreadable_is_backed_up_and_closed_again(
     reachable: Path,
 ) -> None:

@@ -755,6 +755,16 @@ class BackupStore:
         except BaseException as exc:
             shutil.rmtree(building, ignore_errors=True)
             if isinstance(exc, OSError):
+                source = Path(exc.filename) if isinstance(exc.filename, str) else None
+                if (
+                    source is not None
+                    and source.is_relative_to(scope.root)
+                    and not source.is_relative_to(self.backups_dir)
+                ):  # the installation's file failed, not the backup's
+                    raise BackupError(
+                        f"{source}: cannot be read ({exc.strerror}); no backup was taken",
+                        backup_id=backup_id,
+                    ) from exc
                 raise BackupError(f"could not be written: {exc}", backup_id=backup_id) from exc
             raise
         self._check_written(manifest)
