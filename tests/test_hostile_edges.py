@@ -450,8 +450,11 @@ def test_a_damaged_file_with_the_sqlite_header_is_backed_up_as_a_plain_file(
     before = tree_digest(installation)
     created = cli("backups", "create", "--json", *args)
     assert created.returncode == 0, created.stderr
-    assert "backup.not_a_database" in created.stderr
-    assert "data/cache.db" in created.stderr
+    if garbage.startswith(b"\x10\x00"):  # a sane header: SQLite itself has to say no
+        assert "backup.not_a_database" in created.stderr
+        assert "data/cache.db" in created.stderr
+    else:  # the header alone shows it is no database: a plain file from the start
+        assert "backup.not_a_database" not in created.stderr
     assert tree_digest(installation) == before  # no -wal or -shm left beside it
     failed = cli("upgrade", "--json", *args)
     assert failed.returncode == 1, failed.stderr
@@ -561,3 +564,14 @@ def test_the_state_store_creates_its_folder_private_whatever_the_umask(tmp_path:
         0o700,
         0o600,
     ]
+
+
+def test_verify_treats_a_file_that_only_starts_like_sqlite_as_a_plain_file(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    (installation / "looks-like.db").write_bytes(b"SQLite format 3\x00" + b"not a database " * 20)
+    migrations.add("v1.0_to_v1.1", "1_a.py")
+    (installation / ".dopemux" / "update").mkdir(parents=True)
+    done = cli("verify", "--from", "1.0", "--json", *common(installation, migrations))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json_of(done)["ok"] is True

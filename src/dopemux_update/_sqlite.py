@@ -64,12 +64,20 @@ _T = TypeVar("_T")
 
 
 def is_sqlite(path: Path) -> bool:
-    """Whether the file at ``path`` starts with the SQLite 3 header."""
+    """Whether the file at ``path`` starts with a sane SQLite 3 header: the magic string, a
+    page size SQLite can have, file format versions 1 or 2, and the payload fractions every
+    SQLite file carries (64, 32, 32). A damaged file that only starts with the magic string
+    is a plain file to us (its bytes are all that can be kept of it)."""
     try:
         with path.open("rb") as handle:
-            return handle.read(len(HEADER)) == HEADER
+            header = handle.read(100)
     except OSError:
         return False
+    if len(header) < 100 or not header.startswith(HEADER):
+        return False
+    page_size = int.from_bytes(header[16:18], "big")
+    sane_size = page_size == 1 or (512 <= page_size <= 32768 and page_size & (page_size - 1) == 0)
+    return sane_size and header[18] in (1, 2) and header[19] in (1, 2) and header[21:24] == b"@  "
 
 
 def is_wal(path: Path) -> bool:
