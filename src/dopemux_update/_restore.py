@@ -38,6 +38,7 @@ from ._exceptions import BackupError
 from ._faults import check_write, crash_point
 from ._fsutil import sync_filesystem
 from ._log import get_logger
+from ._snapshot import may_set_owner
 from ._sparse import copy_sparse
 from ._tree import Scope, TreeEntry, shown, walk
 
@@ -320,11 +321,10 @@ def _rename_into(folder: int, tmp: str, name: str) -> None:
 
 
 def _may_own(uid: int, gid: int) -> bool:
-    """Whether this process may give a file this owner and group."""
-    euid = os.geteuid()
-    if euid == 0:
-        return True
-    return uid in (-1, euid) and (gid == -1 or gid == os.getegid() or gid in os.getgroups())
+    """Whether this process may give a file this owner and group (-1: left as it is): the
+    one rule of :func:`~dopemux_update._snapshot.may_set_owner`, which also decides where
+    owners are compared."""
+    return may_set_owner(os.geteuid() if uid == -1 else uid, os.getegid() if gid == -1 else gid)
 
 
 def _owner(entry: Entry, info: os.stat_result) -> tuple[int, int] | None:

@@ -34,7 +34,7 @@ import xxhash
 
 from ._copy import hash_file
 from ._exceptions import UpdateError
-from ._sqlite import SIDECARS, is_sqlite, open_for_reading
+from ._sqlite import SETTINGS, SIDECARS, is_sqlite, open_for_reading, read_settings
 from ._tree import Scope, TreeEntry, encode_name, link_destination, shown, walk
 
 __all__ = [
@@ -104,7 +104,6 @@ class DatabaseDigest:
 
 #: A database's settings that are part of its identity: ``journal_mode`` is ``wal`` or
 #: ``delete`` (the only mode a database file keeps), the others are numbers.
-SETTINGS = ("page_size", "journal_mode", "auto_vacuum", "user_version", "application_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,13 +601,9 @@ def database_digest(path: Path) -> DatabaseDigest:
 def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
     """The :data:`SETTINGS` of the database ``connection`` reads, read without changing any
     (``PRAGMA journal_mode`` without a value only answers)."""
-    settings: dict[str, int | str] = {}
-    for name in SETTINGS:
-        value = connection.execute(f"PRAGMA {name}").fetchone()[0]
-        if name == "journal_mode":
-            settings[name] = "wal" if str(value).lower() == "wal" else "delete"
-        else:
-            settings[name] = int(value)
+    settings = read_settings(connection)
+    # Identity knows WAL or not: every other mode is SQLite's rollback journal.
+    settings["journal_mode"] = "wal" if settings.get("journal_mode") == "wal" else "delete"
     return settings
 
 
