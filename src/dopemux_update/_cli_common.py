@@ -36,7 +36,6 @@ EXIT_RESTART_FAILED = 5
 EXIT_UNHEALTHY = 6  # committed, a service failed its health check, the run was reverted
 EXIT_INTERRUPTED = 130
 
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

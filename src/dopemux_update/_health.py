@@ -27,16 +27,20 @@ from ._log import get_logger
 from ._models import validate_service_name
 
 __all__ = [
+    "COMPOSE_FILES",
     "CommandHealth",
     "DockerComposeHealth",
     "HealthChecker",
     "HealthStatus",
     "compose_services",
+    "find_compose_file",
     "parse_compose_ps",
 ]
 
 logger = get_logger()
 
+#: The file names docker compose looks for in a project folder, in its order.
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 _OUTPUT_LIMIT = 2000  # characters of a failing command's output kept in a detail
 
 
@@ -92,6 +96,11 @@ def service_state(containers: Sequence[dict[str, Any]], service: str) -> HealthS
             return HealthStatus(service, False, f"running, health {health}")
     health = str(mine[0].get("Health", "")).lower()
     return HealthStatus(service, True, "running, healthy" if health else "running")
+
+
+def find_compose_file(root: Path) -> Path | None:
+    """The compose file docker compose would use in ``root``, if there is one."""
+    return next((root / name for name in COMPOSE_FILES if (root / name).is_file()), None)
 
 
 def compose_services(compose_file: Path) -> tuple[str, ...] | None:

@@ -37,7 +37,7 @@ from packaging.version import Version
 from ._backup import MANIFEST, MANIFEST_SUM
 from ._capture import KeptLines, routing_installed
 from ._exceptions import PreflightError, UpdateError
-from ._health import compose_services
+from ._health import compose_services, find_compose_file
 from ._journal import JOURNAL
 from ._log import get_logger
 from ._models import Direction, MigrationFunction, Step
@@ -67,7 +67,6 @@ logger = get_logger()
 APPLY, REVERT, COMPARE, APPLY_AGAIN = "apply", "revert", "compare", "apply again"
 RESTARTS = "restarts"  # the requires_restart names, checked after the apply pass
 #: Where a compose file is looked for, in this order (as the command line does).
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,9 +422,7 @@ class _Rehearsal:
         update itself does not (they are dropped from its restarts with a warning)."""
         if any(step.direction is not Direction.UPGRADE for step in self.steps):
             return []
-        compose = next(
-            (self.sandbox / n for n in COMPOSE_FILES if (self.sandbox / n).is_file()), None
-        )
+        compose = find_compose_file(self.sandbox)
         defined = compose_services(compose) if compose is not None else None
         if compose is None or defined is None:
             return []

@@ -25,7 +25,6 @@ from packaging.version import Version
 from ._backup import BackupStore
 from ._cli_backups import DamagedBackup, backups, read_backups
 from ._cli_common import (
-    COMPOSE_FILES,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
@@ -72,6 +71,7 @@ from ._console import (
 from ._discovery import scan_migrations
 from ._drift import find_drift
 from ._exceptions import LockError, PlanError, PreflightError, StateError, UpdateError
+from ._health import find_compose_file
 from ._journal import Journal
 from ._lock import holding_lock, lock_holder
 from ._models import Direction, Plan, Transition, UpdateResult
@@ -417,10 +417,8 @@ def _restarter(ctx: Context, command: str | None) -> Restarter | None:
             raise CommandError(f"--restart-command: {program!r} is not an executable program")
         return restarter
     root = ctx.root.resolve()  # the restarter runs in root: a relative path would not hold
-    for name in COMPOSE_FILES:
-        if (root / name).is_file():
-            return DockerComposeRestarter(root, compose_file=root / name)
-    return None
+    compose = find_compose_file(root)
+    return DockerComposeRestarter(root, compose_file=compose) if compose is not None else None
 
 
 def _confirm(ctx: Context, plan: Plan, yes: bool, display: Display) -> None:

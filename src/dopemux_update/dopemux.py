@@ -45,7 +45,7 @@ import anyio
 
 from . import _events as ev
 from ._exceptions import UpdateError
-from ._health import HealthChecker
+from ._health import HealthChecker, find_compose_file
 from ._log import get_logger
 from ._models import UpdateResult
 from ._orchestration import OrchestrationPhase
@@ -66,7 +66,6 @@ logger = get_logger()
 PHASE_NAME = "Orchestration"
 #: Dopemux's own state, never part of our backup (it only grows, and it is not ours).
 DOPEMUX_STATE_FOLDERS = (".dopemux/backups", ".dopemux/rollback", ".dopemux/update-session")
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
 class _Manager(Protocol):
@@ -260,12 +259,12 @@ class UpdateManagerPhase:
     def _make_restart_phase(self) -> ServiceRestartPhase | None:
         restarter = self._restarter
         if isinstance(restarter, _Default):
-            restarter = None
-            for name in COMPOSE_FILES:
-                compose = self.project_root / name
-                if compose.is_file():
-                    restarter = DockerComposeRestarter(self.project_root, compose_file=compose)
-                    break
+            compose = find_compose_file(self.project_root)
+            restarter = (
+                DockerComposeRestarter(self.project_root, compose_file=compose)
+                if compose is not None
+                else None
+            )
         if restarter is None:
             return None
         if isinstance(self._health, _Default):  # the restarter's own check
