@@ -276,6 +276,24 @@ def test_no_restart_owes_every_restart_in_first_appearance_order(
     assert state(example_copy)["restarts_owed"] == []
 
 
+def test_a_run_recover_completes_after_a_crash_at_the_commit_owes_its_restarts(
+    example_copy: Path, fake_docker: FakeDocker
+) -> None:
+    fake_docker.set(services=SAMPLE_SERVICES)
+    crash = {"DOPEMUX_UPDATE_CRASH_AT": "journal.committed"}
+    assert cli("upgrade", "--to", "0.2.0", *sample(example_copy), env=crash).returncode == -9
+    code, recovered = run_json("recover", *sample(example_copy))
+    assert code == 0, recovered
+    assert recovered["action"] == "committed"
+    assert state(example_copy)["restarts_owed"] == ["mcp-broker", "mcp-leantime", "conport"]
+    code, status = run_json("status", *sample(example_copy))
+    assert status["restarts_owed"] == ["mcp-broker", "mcp-leantime", "conport"]
+    assert fake_docker.calls() == []  # nothing was restarted by the crashed run or recover
+    code, done = run_json("restart", *sample(example_copy))
+    assert code == 0, done
+    assert state(example_copy)["restarts_owed"] == []
+
+
 def test_a_restart_name_the_compose_file_does_not_define_fails_the_run(
     installation: Path, migrations: MigrationWriter, fake_docker: FakeDocker
 ) -> None:

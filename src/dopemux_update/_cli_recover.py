@@ -74,7 +74,8 @@ def _describe(result: RecoveryResult) -> str:
         services = ", ".join(result.restart_services) or "none"
         return (
             f"Recovered {run}: it had committed; the installed version is now"
-            f" {result.installed_version}. Services to restart: {services}."
+            f" {result.installed_version}. Services to restart: {services}"
+            + (" (recorded as owed: `dopemux-update restart`)." if result.restart_services else ".")
         )
     if result.action == "failed":
         return f"Recovery of {run} FAILED: {result.error}"

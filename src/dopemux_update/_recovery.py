@@ -199,6 +199,8 @@ def _complete_commit(
     outcome = "reverted" if facts.get("reverts") else "applied"
     if not _already_recorded(state, facts.get("run_id"), outcome):
         state.record(installed_version=facts["version_to"], run=_history_entry(facts, outcome))
+    # The journal is retired before any restart: the interrupted run restarted nothing.
+    state.owe_restarts(facts.get("restart_services", ()))
     crash_point("recovery.before_clear")
     journal.retire()
     logger.warning("recovery.committed", **common)
