@@ -885,17 +885,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     before is put back afterwards, so that a caller in the same process (a test, a host)
     does not go on logging into a closed run log.
     """
-    import structlog  # noqa: PLC0415 - the console's configuration, put back below
-
-    configured = structlog.is_configured()
-    saved = structlog.get_config()
+    before = sys.modules.get("structlog")  # not imported: nobody configured it
+    configured = before is not None and before.is_configured()
+    saved = before.get_config() if before is not None else None
     try:
         return _main(argv)
     finally:
-        if configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
+        structlog = sys.modules.get("structlog")
+        if structlog is not None:
+            if configured and saved is not None:
+                structlog.configure(**saved)
+            else:
+                structlog.reset_defaults()
 
 
 def _main(argv: Sequence[str] | None) -> int:
