@@ -65,7 +65,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "stamp",
         "Record VERSION as installed, without running any migration.",
     ),
-    "status": ("._cli_update", "status", "Show the installed version and what is pending."),
+    "status": ("._cli_status", "status", "Show the installed version and what is pending."),
     "upgrade": ("._cli_update", "upgrade", "Run the migrations up to a newer version."),
     "verify": (
         "._cli_verify",
