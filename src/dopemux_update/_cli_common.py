@@ -20,6 +20,18 @@ import structlog
 from packaging.version import Version
 
 from ._exceptions import UpdateError
+
+# The exit codes and CommandError live in ._exit (which cli needs before any command runs);
+# the commands import them from here.
+from ._exit import EXIT_FAILED as EXIT_FAILED  # noqa: PLC0414
+from ._exit import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # noqa: PLC0414
+from ._exit import EXIT_LOCKED as EXIT_LOCKED  # noqa: PLC0414
+from ._exit import EXIT_OK as EXIT_OK  # noqa: PLC0414
+from ._exit import EXIT_RECOVERY as EXIT_RECOVERY  # noqa: PLC0414
+from ._exit import EXIT_RESTART_FAILED as EXIT_RESTART_FAILED  # noqa: PLC0414
+from ._exit import EXIT_UNHEALTHY as EXIT_UNHEALTHY  # noqa: PLC0414
+from ._exit import EXIT_USAGE as EXIT_USAGE  # noqa: PLC0414
+from ._exit import CommandError as CommandError  # noqa: PLC0414
 from ._private import check_state_dir, make_private_dirs, open_private
 from ._runner import DEFAULT_GRACE
 from ._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
@@ -27,25 +39,8 @@ from ._versions import parse_version
 
 _HELD_IN_MEMORY = 4 << 20  # characters of a run log held in memory before it starts
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RECOVERY = 3
-EXIT_LOCKED = 4
-EXIT_RESTART_FAILED = 5
-EXIT_UNHEALTHY = 6  # committed, a service failed its health check, the run was reverted
-EXIT_INTERRUPTED = 130
-
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CommandError(click.ClickException):
-    """A user-facing error that ends the command with ``exit_code``."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

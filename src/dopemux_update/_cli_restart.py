@@ -48,7 +48,7 @@ def restart_command(
     verbose: int,
 ) -> int:
     """Restart (and health-check) the services an earlier run still owes."""
-    from .cli import _restarter  # noqa: PLC0415 - cli imports this module
+    from ._cli_update import _restarter  # noqa: PLC0415 - the update commands, loaded here
 
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.root.is_dir():

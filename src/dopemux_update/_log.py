@@ -11,14 +11,17 @@ looks at structlog's configuration:
   record (``record.dopemux_event``, ``record.dopemux_fields``) for handlers that want them.
   That logger has a ``NullHandler``, so a host without any logging set up sees nothing at all
   (not even Python's last-resort handler on stderr).
+
+structlog is not imported here: until someone has imported it, nobody can have configured it,
+so each call only looks it up in ``sys.modules`` (importing it costs tens of milliseconds of
+start-up, its dev console pulling in rich).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
-
-import structlog
 
 __all__ = ["Logger", "get_logger"]
 
@@ -55,7 +58,8 @@ class Logger:
 
     def _log(self, level: str, event: str, fields: dict[str, Any]) -> None:
         merged = {**self._context, **fields} if self._context else fields
-        if structlog.is_configured():
+        structlog = sys.modules.get("structlog")
+        if structlog is not None and structlog.is_configured():
             getattr(structlog.get_logger(LOGGER_NAME), level)(event, **merged)
             return
         number = _LEVELS[level]

@@ -4,119 +4,107 @@ Exit codes: 0 success; 1 a migration failed and the update was rolled back clean
 validation error, nothing changed; 3 needs recovery; 4 another update holds the lock;
 5 the migrations were committed but a service restart failed (restarts are owed); 6 committed,
 a service failed its health check, and the run was reverted; 130 interrupted.
+
+Each command's module is imported only when that command runs (``--help`` lists the commands
+from the table below), so that a quick command does not pay for the others' imports.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import json
-import os
-import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import anyio
 import click
-from packaging.version import Version
 
-from ._backup import BackupStore
-from ._cli_backups import DamagedBackup, backups, read_backups
-from ._cli_common import (
+from ._exceptions import LockError, PreflightError, UpdateError
+from ._exit import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_RECOVERY,
-    EXIT_RESTART_FAILED,
-    EXIT_UNHEALTHY,
     EXIT_USAGE,
     CommandError,
-    Context,
-    F,
-    RunLog,
-    common_options,
-    emit,
-    installed_version,
-    make_context,
-    open_run_log,
-    time_limit_options,
-    version_option_value,
 )
-from ._cli_gate import (
-    GateOptions,
-    GateOutcome,
-    gate_options,
-    gate_payload,
-    gate_summary,
-    owed_after,
-    record_restarts,
-    restart_phase_for,
-    revert_unhealthy,
-)
-from ._cli_history import history_command
-from ._cli_recover import close_unrecoverable, recover_command, recover_first, run_interruptibly
-from ._cli_restart import restart_command
-from ._cli_verify import preview_changes, verify_command
-from ._console import (
-    Display,
-    OutputCollector,
-    display_mode,
-    format_bytes,
-    open_display,
-    show_plan,
-)
-from ._discovery import scan_migrations
-from ._drift import find_drift
-from ._exceptions import LockError, PlanError, PreflightError, StateError, UpdateError
-from ._health import find_compose_file
-from ._journal import Journal
-from ._lock import holding_lock, lock_holder
-from ._models import Direction, Plan, Transition, UpdateResult
-from ._orchestration import OrchestrationPhase
-from ._planning import baseline, find_route, newest_reachable, spelled
-from ._restart import (
-    CommandRestarter,
-    DockerComposeRestarter,
-    Restarter,
-    RestartResult,
-)
-from ._scaffold import new_migration
-from ._state import VERSION_FILE
-from ._summary import build_summary
-from ._versions import parse_version
 
 __all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_RECOVERY", "EXIT_USAGE", "main"]
 
-
-def _plan_payload(plan: Plan) -> dict[str, Any]:
-    return {
-        "version_from": str(plan.current),
-        "version_to": str(plan.target),
-        "direction": plan.direction.value,
-        "hops": [hop.name for hop in plan.hops],
-        "no_op": [{"version_from": str(a), "version_to": str(b)} for a, b in plan.noop],
-        "migrations": [
-            {
-                "id": step.id,
-                "description": step.migration.info.description,
-                "estimated_duration_seconds": step.migration.info.estimated_duration_seconds,
-                "breaking_changes": step.migration.info.breaking_changes,
-                "requires_restart": list(step.migration.info.requires_restart),
-                "backup_required": step.migration.info.backup_required,
-            }
-            for step in plan.steps
-        ],
-        "breaking_migrations": list(plan.breaking_changes),
-        "restart_services": list(plan.restart_services),
-        "estimated_duration_seconds": plan.estimated_seconds,
-        "backup_required": plan.backup_required,
-    }
-
-
 # -- the commands ---------------------------------------------------------------------------
+
+# name -> (module, attribute, the first paragraph of its help: what ``--help`` lists).
+# tests/test_cli_lazy.py checks this table against the commands themselves.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "backups": (
+        "._cli_backups",
+        "backups",
+        "List, take, verify, restore and prune backups of the installation.",
+    ),
+    "downgrade": ("._cli_update", "downgrade", "Run the migrations backward to an older version."),
+    "history": ("._cli_history", "history_command", "List the recorded runs, newest first."),
+    "new": ("._cli_update", "new", "Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."),
+    "plan": (
+        "._cli_update",
+        "plan",
+        "Validate every migration between two versions and show the plan.",
+    ),
+    "recover": (
+        "._cli_recover",
+        "recover_command",
+        "Finish or undo an interrupted run (exit 0 when there is nothing to do).",
+    ),
+    "restart": (
+        "._cli_restart",
+        "restart_command",
+        "Restart (and health-check) the services an earlier run still owes.",
+    ),
+    "stamp": (
+        "._cli_update",
+        "stamp",
+        "Record VERSION as installed, without running any migration.",
+    ),
+    "status": ("._cli_status", "status", "Show the installed version and what is pending."),
+    "upgrade": ("._cli_update", "upgrade", "Run the migrations up to a newer version."),
+    "verify": (
+        "._cli_verify",
+        "verify_command",
+        "Rehearse the plan on a sandbox copy: run it, undo it (the copy must come back"
+        " identical), run it again. The installation is never changed. Exit 0 when clean.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from :data:`COMMANDS` when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute, _ = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module, __package__), attribute)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click lists them, but from the table: listing imports no command's module."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, short_help(name, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def short_help(name: str, limit: int) -> str:
+    """The line ``--help`` shows for command ``name``, as click would make it."""
+    if name in COMMANDS:
+        return click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)
+    return ""
 
 
 _EXIT_CODES = """\b
@@ -134,685 +122,12 @@ Options such as --root and --json go after the command's name:
   dopemux-update status --root DIR"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_CODES)
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_CODES
+)
 @click.version_option(package_name="dopemux-update", prog_name="dopemux-update")
 def cli() -> None:
     """Run Dopemux update migrations: validated first, backed up, rolled back exactly."""
-
-
-cli.add_command(backups)
-cli.add_command(recover_command)
-cli.add_command(verify_command)
-cli.add_command(history_command)
-cli.add_command(restart_command)
-
-
-def _pending(
-    transitions: Sequence[Transition], current: Version
-) -> tuple[str, list[str], str | None]:
-    """The newest reachable version, the hops to it, and a problem that stops planning."""
-    latest = str(newest_reachable(transitions, current))
-    try:
-        return latest, [hop.name for hop in find_route(transitions, current).hops], None
-    except PlanError as exc:
-        return latest, [], str(exc)
-
-
-def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
-    """Who runs an update now; whether one was interrupted; and what (update or restore)."""
-    running = lock_holder(ctx.state_dir)
-    journal = Journal(ctx.state_dir)
-    interrupted = running is None and journal.exists()
-    what = "update"
-    with contextlib.suppress(OSError):  # unreadable: still an interrupted run, of some kind
-        traces = journal.inspect() if interrupted else None
-        if traces is not None and traces.records and not traces.first_damaged:
-            what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
-    return running, interrupted, what
-
-
-@cli.command()
-@click.option(
-    "--check",
-    is_flag=True,
-    help="For monitoring, exit with: 0 up to date, 1 migrations pending, 2 a problem with"
-    " the migrations or the record, 3 needs recovery, 5 service restarts owed.",
-)
-@common_options
-def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, check: bool) -> int:
-    """Show the installed version and what is pending."""
-    ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
-    store = ctx.state
-    state = store.read()
-    problem: str | None = None
-    try:
-        installed = store.installed_version()  # state.json's, else Dopemux's VERSION file
-        version_file = store.version_file_disagrees()
-    except StateError as exc:
-        installed, version_file, problem = state.installed_version, None, str(exc)
-    catalog = scan_migrations(ctx.migrations)
-    latest: str | None = None
-    pending: list[str] = []
-    if installed is not None:
-        latest, pending, problem = _pending(catalog.transitions, parse_version(installed))
-    last = state.history[-1] if state.history else None
-    found = read_backups(BackupStore(ctx.state_dir / "backups"))
-    backups = [b for b in found if not isinstance(b, DamagedBackup)]
-    damaged = [b for b in found if isinstance(b, DamagedBackup)]
-    drift = find_drift(state.history, ctx.migrations)
-    running, interrupted, what = _interruption(ctx)
-    payload = {
-        "command": "status",
-        "root": str(ctx.root),
-        "installed_version": installed,
-        "version_file": version_file,
-        "latest_version": latest,
-        "hops": pending,
-        "migrations_dir": str(ctx.migrations),
-        "migrations_found": catalog.exists,
-        "transitions": [t.name for t in catalog.transitions],
-        "problem": problem,
-        "last_run": last.model_dump(mode="json") if last else None,
-        "backups": len(backups),
-        "backups_bytes": sum(b.copied_bytes for b in backups),
-        "damaged_backups": [{"id": b.id, "error": b.error} for b in damaged],
-        "needs_recovery": interrupted,
-        "interrupted": what if interrupted else None,
-        "running": running,
-        "drift": [{"id": d.id, "path": str(d.path), "reason": d.reason} for d in drift],
-        "restarts_owed": list(state.restarts_owed),
-    }
-    lines = [
-        f"Installation:      {ctx.root.resolve()}",
-        f"Installed version: {installed or 'not recorded (use `dopemux-update stamp VERSION`)'}",
-    ]
-    if version_file is not None:
-        lines.append(
-            f"WARNING: {ctx.root / VERSION_FILE} says {version_file}, but the update record"
-            f" says {installed}; `dopemux-update stamp VERSION` sets both"
-        )
-    if not catalog.exists:
-        lines.append(f"Migrations:        none (no folder at {ctx.migrations})")
-    if latest is not None:
-        lines.append(f"Newest reachable:  {latest}")
-        lines.append(f"Pending:           {', '.join(pending) if pending else 'nothing'}")
-    if problem:
-        lines.append(f"Problem:           {problem}")
-    if last is not None:
-        lines.append(
-            f"Last run:          {last.version_from} → {last.version_to}"
-            f" {last.outcome.replace('_', ' ')} at {last.finished_at}"
-        )
-    stored = format_bytes(sum(b.copied_bytes for b in backups))
-    lines.append(f"Backups:           {len(backups)} ({stored} stored)")
-    lines.extend(f"WARNING: backup {b.id} is DAMAGED: {b.error}" for b in damaged)
-    if running is not None:
-        lines.append(f"An update is running now: {running}.")
-    if interrupted:
-        lines.append(
-            "WARNING: an update was interrupted and the installation NEEDS RECOVERY:"
-            " run `dopemux-update recover`."
-            if what == "update"
-            else "WARNING: an interrupted restore (`backups restore` was cut short): the"
-            " installation NEEDS RECOVERY: run `dopemux-update recover` to finish it."
-        )
-    lines.extend(f"WARNING: {d.id} was applied but {d.reason} ({d.path})" for d in drift)
-    if state.restarts_owed:
-        lines.append(
-            f"Restarts owed:     {', '.join(state.restarts_owed)} (run `dopemux-update restart`)"
-        )
-    code = _status_check(payload) if check else EXIT_OK
-    emit(ctx, payload, lines, code=code)
-    return code
-
-
-def _status_check(payload: dict[str, Any]) -> int:
-    """``status --check``: the most urgent thing to act on, as an exit code."""
-    if payload["needs_recovery"]:
-        return EXIT_RECOVERY
-    if (
-        payload["problem"]
-        or payload["installed_version"] is None
-        or payload["version_file"] is not None
-        or payload["drift"]
-    ):
-        return EXIT_USAGE
-    if payload.get("restarts_owed"):  # recorded by an update whose restarts did not happen
-        return EXIT_RESTART_FAILED
-    latest, installed = payload["latest_version"], payload["installed_version"]
-    behind = latest is not None and parse_version(latest) != parse_version(installed)
-    return EXIT_FAILED if payload["hops"] or behind else EXIT_OK
-
-
-@cli.command()
-@click.option("--to", "to_version", help="Target version.  [default: the newest reachable]")
-@click.option("--from", "from_version", help="Current version.  [default: the recorded one]")
-@click.option(
-    "--diff", "show_diff", is_flag=True, help="Preview the changes here (on a sandbox copy)."
-)
-@common_options
-def plan(
-    to_version: str | None,
-    from_version: str | None,
-    show_diff: bool,
-    root: Path,
-    migrations: Path | None,
-    as_json: bool,
-    verbose: int,
-) -> int:
-    """Validate every migration between two versions and show the plan."""
-    ctx = make_context(root, migrations, as_json, verbose)
-    current = installed_version(ctx, version_option_value(from_version, option="--from"))
-    phase = OrchestrationPhase(
-        project_root=ctx.root,
-        migrations_dir=ctx.migrations,
-        current_version=current,
-        target_version=version_option_value(to_version, option="--to"),
-        state_dir=ctx.state_dir,
-    )
-    the_plan = anyio.run(phase.plan)
-    preview: tuple[dict[str, Any], list[str]] = ({}, [])
-    if show_diff:  # the forward pass on a sandbox copy: what it would change here
-        preview = preview_changes(ctx, current, version_option_value(to_version, option="--to"))
-    emit(ctx, {"command": "plan", **_plan_payload(the_plan), **preview[0]})
-    show_plan(the_plan, display_mode(ctx.json))
-    for line in [] if ctx.json else preview[1]:
-        click.echo(line)
-    return EXIT_OK
-
-
-def _update_options(function: F) -> F:
-    decorators = [
-        click.option(
-            "--from",
-            "from_version",
-            metavar="VERSION",
-            help="Current version (must be the recorded one, unless --force)."
-            "  [default: the recorded one]",
-        ),
-        click.option(
-            "--force",
-            is_flag=True,
-            help="Run from --from VERSION even though another version is recorded.",
-        ),
-        click.option(
-            "--yes",
-            "-y",
-            is_flag=True,
-            help="Do not ask for confirmation (asked before breaking changes and before"
-            " every downgrade).",
-        ),
-        click.option(
-            "--no-restart", is_flag=True, help="List the services to restart; restart none."
-        ),
-        click.option(
-            "--restart-command",
-            metavar="TEMPLATE",
-            help="Restart each service with this command, e.g. 'systemctl restart {service}'.",
-        ),
-        gate_options,
-        click.option("--include", multiple=True, metavar="GLOB", help="Back up only what matches."),
-        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out of the backup."),
-        time_limit_options,
-        click.option(
-            "--keep-backups",
-            type=click.IntRange(min=1),
-            metavar="N",
-            default=5,
-            show_default=True,
-            help="Backups kept after a successful update.",
-        ),
-        click.option(
-            "--full-backup",
-            is_flag=True,
-            help="Copy every file into the backup, sharing none with older backups.",
-        ),
-        common_options,
-    ]
-    for decorator in reversed(decorators):
-        function = decorator(function)
-    return function
-
-
-@cli.command()
-@click.option(
-    "--to",
-    "to_version",
-    metavar="VERSION",
-    help="Target version.  [default: the newest reachable]",
-)
-@_update_options
-def upgrade(to_version: str | None, **options: Any) -> int:
-    """Run the migrations up to a newer version."""
-    return _update(Direction.UPGRADE, to_version, **options)
-
-
-@cli.command()
-@click.option(
-    "--to",
-    "to_version",
-    required=True,
-    metavar="VERSION",
-    help="The older version to go back to.",
-)
-@_update_options
-def downgrade(to_version: str, **options: Any) -> int:
-    """Run the migrations backward to an older version."""
-    return _update(Direction.DOWNGRADE, to_version, **options)
-
-
-def _restarter(ctx: Context, command: str | None) -> Restarter | None:
-    if command is not None:
-        try:
-            restarter = CommandRestarter(command, cwd=ctx.root)
-        except ValueError as exc:
-            raise CommandError(f"--restart-command: {exc}") from exc
-        program = restarter.args[0]
-        found = shutil.which(program)
-        local = ctx.root / program
-        if found is None and "{service}" not in program and not os.access(local, os.X_OK):
-            # Found out before any migration runs, not as a failed restart after the commit.
-            raise CommandError(f"--restart-command: {program!r} is not an executable program")
-        return restarter
-    root = ctx.root.resolve()  # the restarter runs in root: a relative path would not hold
-    compose = find_compose_file(root)
-    return DockerComposeRestarter(root, compose_file=compose) if compose is not None else None
-
-
-def _confirm(ctx: Context, plan: Plan, yes: bool, display: Display) -> None:
-    reasons = []
-    if plan.direction is Direction.DOWNGRADE and plan.steps:
-        reasons.append(f"this downgrade runs {len(plan.steps)} migration(s) backward")
-    if plan.breaking_changes:
-        reasons.append("breaking changes: " + ", ".join(plan.breaking_changes))
-    if not reasons or yes:
-        return
-    if ctx.json or not sys.stdin.isatty():
-        raise CommandError(
-            f"confirmation needed ({'; '.join(reasons)}) and there is no terminal to ask:"
-            " pass --yes to go ahead"
-        )
-    display.show_plan_now(plan)  # what the operator is asked to agree to
-    if not click.confirm(f"{'; '.join(reasons).capitalize()}. Continue?", err=True):
-        raise CommandError("cancelled; nothing was changed", EXIT_USAGE)
-
-
-@dataclass(frozen=True)
-class UpdateOptions:
-    """The options ``upgrade`` and ``downgrade`` share, as click passes them."""
-
-    to_version: str | None
-    from_version: str | None
-    yes: bool
-    no_restart: bool
-    restart_command: str | None
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    keep_backups: int
-    timeout: float | None
-    grace: float
-    full_backup: bool = False
-    health_timeout: float | None = None
-    health_command: str | None = None
-    no_health_check: bool = False
-    force: bool = False
-
-    @property
-    def gate(self) -> GateOptions:
-        return GateOptions(self.health_timeout, self.health_command, self.no_health_check)
-
-
-def _update(expected: Direction, to_version: str | None, **options: Any) -> int:
-    common = {key: options.pop(key) for key in ("root", "migrations", "as_json", "verbose")}
-    ctx = make_context(**common)
-    run_log = open_run_log(ctx, expected.value, common["verbose"])
-    try:
-        return _update_logged(ctx, run_log, expected, UpdateOptions(to_version, **options))
-    except LockError:
-        run_log.discard()  # refused before anything ran: like any refused command, no log
-        raise
-    except UpdateError:
-        if run_log.started:
-            click.echo(f"Log: {run_log.path}", err=True)
-        raise
-    finally:
-        run_log.close()
-
-
-def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: UpdateOptions) -> int:
-    recovered = None
-    if Journal(ctx.state_dir).exists():
-        run_log.start()
-        with holding_lock(ctx.state_dir):
-            recovered = recover_first(ctx)
-    current = installed_version(ctx, version_option_value(opts.from_version, option="--from"))
-    _check_from(ctx, current, force=opts.force)
-    target = version_option_value(opts.to_version, option="--to")
-    if opts.no_restart and opts.restart_command is not None:
-        raise CommandError("--restart-command and --no-restart contradict each other: pass one")
-    opts.gate.check(no_restart=opts.no_restart)
-    restarter = None if opts.no_restart else _restarter(ctx, opts.restart_command)
-    restart_phase, no_gate = restart_phase_for(ctx, restarter, opts.gate)
-    gate = GateOutcome()
-    collector = OutputCollector()
-    display = open_display(display_mode(ctx.json), collector)
-    phase = OrchestrationPhase(
-        project_root=ctx.root,
-        migrations_dir=ctx.migrations,
-        current_version=current,
-        target_version=target,
-        restart_phase=restart_phase,
-        state_dir=ctx.state_dir,
-        on_event=display,
-        backup_include=opts.include,
-        backup_exclude=opts.exclude,
-        keep_backups=opts.keep_backups,
-        timeout=opts.timeout,
-        grace=opts.grace,
-        full_backup=opts.full_backup,
-        force=opts.force,
-    )
-    # Validation first, reading only: a bad migration changes nothing, not even the lock file.
-    the_plan = anyio.run(phase.plan)
-    if not the_plan.is_empty or the_plan.moves:
-        if the_plan.direction is not expected:
-            other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
-            raise CommandError(
-                f"{the_plan.target} is {'below' if other == 'downgrade' else 'above'}"
-                f" the installed {the_plan.current}: use `dopemux-update {other}`"
-            )
-        _confirm(ctx, the_plan, opts.yes, display)
-        run_log.start()  # validation passed: from here on the run leaves a log
-
-    async def run() -> tuple[UpdateResult, RestartResult | None]:
-        result = await phase.execute()
-        restarted = None
-        if result.ok and restart_phase is not None and restart_phase.services:
-            display.restarting(restart_phase.services)
-            restarted = await restart_phase.execute()
-            if restarted.unhealthy and restarter is not None:
-                await revert_unhealthy(phase, restarter, display, gate)
-        return result, restarted
-
-    with display:
-        outcome = anyio.run(run_interruptibly, run)
-    log_path = run_log.path if run_log.started else None
-    interrupted = outcome is None
-    if outcome is None:
-        if phase.result is None:  # interrupted before the run began: nothing was changed
-            return _report_interrupted(ctx, collector, log_path)
-        outcome = (phase.result, None)
-    result, restarted = outcome
-    gate.owed = record_restarts(ctx, *owed_after(result, restarted, gate))
-    code = _report_update(
-        ctx,
-        result,
-        restarted,
-        display,
-        gate=gate,
-        no_gate=no_gate,
-        restarter_used=restarter is not None,
-        recovered=recovered,
-        log_path=log_path,
-        interrupted=interrupted,
-    )
-    if result.abandoned:
-        # A migration's thread is still running and can't be stopped; leaving through the
-        # normal exit would wait for it. The journal tells `recover` what to do.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-def _check_from(ctx: Context, current: Version, *, force: bool) -> None:
-    """``--from`` that is not the recorded version would repeat or skip migrations."""
-    recorded = ctx.state.installed_version()
-    if force or recorded is None or parse_version(recorded) == current:
-        return
-    raise CommandError(
-        f"--from {current} disagrees with the recorded installed version {recorded}"
-        f" ({ctx.state.path}): running from {current} would repeat or skip migrations;"
-        " pass --force to run from it anyway, or `dopemux-update stamp VERSION` to correct"
-        " the record"
-    )
-
-
-def _report_interrupted(ctx: Context, collector: OutputCollector, log_path: Path | None) -> int:
-    history = ctx.state.read().history
-    last = history[-1] if history else None
-    stuck = last is not None and last.outcome == "needs_recovery"
-    code = EXIT_RECOVERY if stuck else EXIT_INTERRUPTED
-    message = (
-        "Interrupted; the rollback did not complete: the installation NEEDS RECOVERY"
-        " (run `dopemux-update recover`)."
-        if stuck
-        else "Interrupted; the update was rolled back and the installation is as before."
-    )
-    emit(
-        ctx,
-        {
-            "ok": False,
-            "exit_code": code,
-            "interrupted": True,
-            "needs_recovery": stuck,
-            "health": [],
-            "reverted": False,
-            "log": str(log_path) if log_path else None,
-            "error": message,
-            "output": collector.lines,
-        },
-        [message, *([f"Log: {log_path}"] if log_path else [])],
-    )
-    return code
-
-
-def _rollback_outcome(result: UpdateResult) -> str | None:
-    """What a failed run's rollback achieved, in one word a script can test."""
-    if result.ok or result.committed:
-        return None
-    if result.verified_identical:
-        return "restored_verified"
-    if result.backup_id is None:
-        return "backward_only_unverified"  # no backup: partial writes may remain
-    if result.backup_lost:
-        return "backup_lost"
-    return "incomplete"
-
-
-def _report_update(
-    ctx: Context,
-    result: UpdateResult,
-    restarted: RestartResult | None,
-    display: Display,
-    *,
-    restarter_used: bool,
-    gate: GateOutcome | None = None,
-    no_gate: str | None = None,
-    recovered: dict[str, Any] | None = None,
-    log_path: Path | None = None,
-    interrupted: bool = False,
-) -> int:
-    gate = gate if gate is not None else GateOutcome()
-    if gate.attempted:
-        code = EXIT_UNHEALTHY if gate.reverted else EXIT_RECOVERY
-    elif result.ok:
-        code = EXIT_RESTART_FAILED if restarted is not None and restarted.failed else EXIT_OK
-    elif result.needs_recovery:
-        code = EXIT_RECOVERY
-    else:
-        code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED
-    failed = restarted.failed if restarted is not None else ()
-    payload = {
-        "command": result.direction.value,
-        "ok": result.ok,
-        "exit_code": code,
-        "version_from": result.version_from,
-        "version_to": result.version_to,
-        "installed_version": result.installed_version,
-        "applied": list(result.applied),
-        "rolled_back": list(result.rolled_back),
-        "failed_migration": result.failed_migration,
-        "error": result.error,
-        "needs_recovery": result.needs_recovery,
-        "backup_id": result.backup_id,
-        "restored": result.restored,
-        "restart_services": list(result.restart_services),
-        "restarted": list(restarted.restarted) if restarted is not None else [],
-        "restart_failed": [{"service": name, "error": error} for name, error in failed],
-        "calls": _calls_payload(result, display.collector.undo),
-        "output": display.collector.lines,
-        "recovered": recovered,
-        "abandoned": result.abandoned,
-        "verified_identical": result.verified_identical,
-        "committed": result.committed,
-        "backup_lost": result.backup_lost,
-        "rollback": _rollback_outcome(result),
-        "interrupted": interrupted,
-        "log": str(log_path) if log_path else None,
-        **gate_payload(restarted, gate, no_gate),
-    }
-    emit(ctx, payload)
-    summary = build_summary(
-        result,
-        restarted,
-        plan=display.collector.plan,
-        undo=display.collector.undo,
-        restarter_used=restarter_used,
-        log_path=log_path,
-        output=display.collector.lines,
-    )
-    display.show_summary(gate_summary(summary, result, restarted, gate, no_gate))
-    return code
-
-
-def _calls_payload(
-    result: UpdateResult, undo: dict[str, tuple[bool, float]]
-) -> list[dict[str, Any]]:
-    """Each migration call in the order it ran, shaped as ``verify``'s ``calls``: the
-    steps (stage ``apply``), then the undos of a rollback (stage ``rollback``)."""
-    forward = result.direction is Direction.UPGRADE
-    way, undo_way = ("forward", "backward") if forward else ("backward", "forward")
-    calls: list[dict[str, Any]] = [
-        {
-            "stage": "apply",
-            "id": ident,
-            "function": f"migrate_{way}",
-            "direction": way,
-            "ok": ident != result.failed_migration,
-            "seconds": round(seconds, 6),
-            "error": result.error if ident == result.failed_migration else None,
-        }
-        for ident, seconds in result.durations
-    ]
-    calls.extend(
-        {
-            "stage": "rollback",
-            "id": ident,
-            "function": f"migrate_{undo_way}",
-            "direction": undo_way,
-            "ok": ok,
-            "seconds": round(seconds, 6),
-            "error": None,
-        }
-        for ident, (ok, seconds) in undo.items()
-    )
-    return calls
-
-
-@cli.command()
-@click.argument("version")
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Record VERSION even below the baseline (the oldest version a migration folder"
-    " starts from), over a corrupt state.json (kept aside as state.json.corrupt-TIME) or"
-    " over an interrupted run that `recover` cannot settle (its journal kept aside as"
-    " journal.jsonl.closed-TIME).",
-)
-@common_options
-def stamp(
-    version: str, force: bool, root: Path, migrations: Path | None, as_json: bool, verbose: int
-) -> int:
-    """Record VERSION as installed, without running any migration."""
-    ctx = make_context(root, migrations, as_json, verbose)
-    parsed = version_option_value(version, option="VERSION")
-    assert parsed is not None  # noqa: S101 - VERSION is a required argument
-    try:
-        transitions = scan_migrations(ctx.migrations).transitions
-    except UpdateError:  # a broken migrations folder must not stop a repair of the record
-        transitions = ()
-    first = baseline(transitions)
-    if first is not None and parsed < first and not force:
-        raise CommandError(
-            f"{parsed} is older than the baseline {first} (the oldest version a migration"
-            f" folder in {ctx.migrations} starts from): no migration could be planned from it;"
-            " pass --force to record it anyway"
-        )
-    parsed = spelled(transitions, parsed)  # 0.2 is recorded as the folder's 0.2.0
-    aside = None
-    closed = False
-    with holding_lock(ctx.state_dir):
-        if force:
-            try:
-                ctx.state.read()
-            except StateError:
-                aside = ctx.state.set_aside()  # the one command that can repair it
-        recovered = recover_first(ctx, force=force)
-        try:
-            previous = ctx.state.installed_version()
-        except StateError as exc:
-            raise CommandError(
-                f"{exc}; to record {parsed} over it, pass --force (the file is kept aside)"
-            ) from exc
-        ctx.state.record(installed_version=str(parsed))
-        if recovered is not None and recovered["action"] == "failed":
-            closed = close_unrecoverable(ctx)
-    lines = [f"Recorded {parsed} as the installed version (was {previous or 'not recorded'})."]
-    if aside is not None:
-        lines.append(f"The corrupt state file was kept as {aside}.")
-    if closed:
-        lines.append("The interrupted run that could not be recovered is now closed.")
-    emit(
-        ctx,
-        {
-            "command": "stamp",
-            "installed_version": str(parsed),
-            "previous_version": previous,
-            "corrupt_state_kept": str(aside) if aside is not None else None,
-            "closed_interrupted_run": closed,
-        },
-        lines,
-    )
-    return EXIT_OK
-
-
-@cli.command()
-@click.option("--from", "from_version", required=True, help="The version it migrates from.")
-@click.option("--to", "to_version", required=True, help="The version it migrates to.")
-@click.argument("name")
-@common_options
-def new(
-    from_version: str,
-    to_version: str,
-    name: str,
-    root: Path,
-    migrations: Path | None,
-    as_json: bool,
-    verbose: int,
-) -> int:
-    """Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."""
-    ctx = make_context(root, migrations, as_json, verbose, new_migrations=True)
-    path = new_migration(ctx.migrations, from_version, to_version, name)
-    migration_id = f"{path.parent.name}/{path.stem}"
-    emit(
-        ctx,
-        {"command": "new", "path": str(path), "id": migration_id},
-        [f"Created {path}", "Edit both functions and MIGRATION_INFO, then `dopemux-update plan`."],
-    )
-    return EXIT_OK
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -824,9 +139,9 @@ _NOTHING_CHANGED = "\nNothing was changed."
 def _command_name(argv: Sequence[str]) -> str | None:
     """The command ``argv`` names (``backups list`` for a group), as JSON objects name it."""
     words = [arg for arg in argv if not arg.startswith("-")]
-    if not words or words[0] not in cli.commands:
+    if not words or words[0] not in cli.list_commands(click.Context(cli)):
         return None
-    command = cli.commands[words[0]]
+    command = cli.get_command(click.Context(cli), words[0])
     if isinstance(command, click.Group) and len(words) > 1 and words[1] in command.commands:
         return f"{words[0]} {words[1]}"
     return words[0]
@@ -883,17 +198,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     before is put back afterwards, so that a caller in the same process (a test, a host)
     does not go on logging into a closed run log.
     """
-    import structlog  # noqa: PLC0415 - the console's configuration, put back below
-
-    configured = structlog.is_configured()
-    saved = structlog.get_config()
+    before = sys.modules.get("structlog")  # not imported: nobody configured it
+    configured = before is not None and before.is_configured()
+    saved = before.get_config() if before is not None else None
     try:
         return _main(argv)
     finally:
-        if configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
+        structlog = sys.modules.get("structlog")
+        if structlog is not None:
+            if configured and saved is not None:
+                structlog.configure(**saved)
+            else:
+                structlog.reset_defaults()
 
 
 def _main(argv: Sequence[str] | None) -> int:

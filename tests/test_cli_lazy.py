@@ -1,0 +1,51 @@
+"""Start-up: the command line imports a command's module only when that command runs."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import click
+import pytest
+
+from dopemux_update import cli
+
+HEAVY = ("rich", "pydantic", "anyio", "asyncio", "structlog")
+
+
+def _imported_by(*args: str) -> tuple[set[str], set[str]]:
+    """The package's modules and the heavy libraries that ``dopemux-update ARGS`` imports."""
+    code = (
+        "import sys\n"
+        "from dopemux_update.cli import main\n"
+        f"code = main({list(args)!r})\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stderr.split())
+    ours = {name for name in loaded if name.startswith("dopemux_update.")}
+    return ours, {name for name in HEAVY if name in loaded}
+
+
+def test_help_imports_no_command_and_none_of_rich_pydantic_anyio_asyncio_structlog() -> None:
+    ours, heavy = _imported_by("--help")
+    assert ours <= {"dopemux_update.cli", "dopemux_update._exit", "dopemux_update._exceptions"}
+    assert heavy == set()
+
+
+def test_a_command_imports_its_own_module_and_not_the_others() -> None:
+    ours, _ = _imported_by("history", "--help")
+    assert "dopemux_update._cli_history" in ours
+    assert not ours & {"dopemux_update._cli_update", "dopemux_update._cli_verify"}
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_the_command_table_matches_each_command(name: str) -> None:
+    module, attribute, _ = cli.COMMANDS[name]
+    command = getattr(importlib.import_module(module, "dopemux_update"), attribute)
+    assert isinstance(command, click.Command)
+    assert command.name == name
+    assert not command.hidden
+    for limit in (20, 45, 60, 200):
+        assert cli.short_help(name, limit) == command.get_short_help_str(limit)
