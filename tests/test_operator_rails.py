@@ -509,3 +509,12 @@ def test_verify_and_plan_diff_create_no_state_folder(
     done = cli("plan", "--from", "1.0", "--diff", *where)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("argv", [[], ["backups"]])
+def test_no_command_shows_the_help_once_not_as_an_error(argv: list[str]) -> None:
+    done = cli(*argv)
+    assert done.returncode == 2  # click's convention for a missing command
+    assert done.stdout.startswith("Usage: dopemux-update")
+    assert "Commands:" in done.stdout
+    assert "error:" not in done.stdout + done.stderr

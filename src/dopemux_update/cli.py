@@ -170,7 +170,11 @@ _COMMON_OPTIONS = ("--root", "--migrations", "--json", "-v", "--verbose", "-q", 
 
 def _usage_error(exc: click.UsageError, args: Sequence[str]) -> None:
     """click's usage and hint, then the error in the one ``error:`` style; an option that
-    every command takes, placed before the command, gets a hint where it goes."""
+    every command takes, placed before the command, gets a hint where it goes. No command
+    at all gets the help itself, as ``--help`` shows it (exit 2, as click has it)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_help())
+        return
     if exc.ctx is not None:
         click.echo(exc.ctx.get_usage(), err=True)
         if exc.ctx.command.get_help_option(exc.ctx) is not None:
