@@ -49,3 +49,14 @@ def test_the_command_table_matches_each_command(name: str) -> None:
     assert not command.hidden
     for limit in (20, 45, 60, 200):
         assert cli.short_help(name, limit) == command.get_short_help_str(limit)
+
+
+def test_status_at_the_default_verbosity_imports_neither_structlog_nor_rich(
+    example_copy: object,
+) -> None:
+    """Its console lines come from a stdlib handler; structlog (and rich, through it) are
+    loaded only by commands that log more than lines (a run log, -v, --json)."""
+    _, heavy = _imported_by("status", "--root", str(example_copy))
+    assert not heavy & {"structlog", "rich"}
+    _, heavy = _imported_by("status", "-v", "--root", str(example_copy))
+    assert "structlog" in heavy

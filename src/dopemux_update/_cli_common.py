@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import click
-import structlog
 from packaging.version import Version
 
 from ._exceptions import UpdateError
@@ -138,6 +137,8 @@ class RunLog:
 def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
     def drop_quiet(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         if _LEVELS.get(method, logging.INFO) < threshold:
+            import structlog  # noqa: PLC0415 - imported by configure_logging already
+
             raise structlog.DropEvent
         return event_dict
 
@@ -193,19 +194,60 @@ def _ui_only(quiet: bool) -> Callable[[Any, str, MutableMapping[str, Any]], Any]
     warning or error becomes one short line (``warning: backup.skipped: path=x``)."""
 
     def ui_only(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-        event = str(event_dict.get("event", ""))
-        shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
-        if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+        line = _ui_line(quiet, method, event_dict)
+        if line is None:
+            import structlog  # noqa: PLC0415 - imported by configure_logging already
+
             raise structlog.DropEvent
-        level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
-        fields = ", ".join(
-            f"{key}={value}"
-            for key, value in event_dict.items()
-            if key not in ("event", "level", "timestamp")
-        )
-        return f"{level}: {event}" + (f": {fields}" if fields else "")
+        return line
 
     return ui_only
+
+
+def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> str | None:
+    """The short console line of a log event at the default verbosity, or None when the
+    command's own lines already tell it (or ``-q`` keeps errors only)."""
+    event = str(event_dict.get("event", ""))
+    shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
+    if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+        return None
+    level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
+    fields = ", ".join(
+        f"{key}={value}"
+        for key, value in event_dict.items()
+        if key not in ("event", "level", "timestamp")
+    )
+    return f"{level}: {event}" + (f": {fields}" if fields else "")
+
+
+class _UiLines(logging.Handler):
+    """The default console of a command without a run log, without structlog: the library
+    sends its events to the stdlib logger while structlog is not configured (see ``_log``);
+    warnings and errors become the same short lines as :func:`_ui_only` makes."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.quiet = quiet
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = dict(getattr(record, "dopemux_fields", {}))
+        if "traceback" in fields:  # as _brief does: the traceback needs -v
+            fields.pop("traceback")
+            fields["traceback_in"] = "-v"
+        event = {"event": getattr(record, "dopemux_event", record.getMessage()), **fields}
+        line = _ui_line(self.quiet, record.levelname.lower(), event)
+        if line is not None:
+            sys.stderr.write(line + "\n")
+
+
+_LIBRARY_LOGGER = "dopemux_update"
+
+
+def reset_console_logging() -> None:
+    """Remove the handler a light :func:`configure_logging` installed (the command ended)."""
+    logger = logging.getLogger(_LIBRARY_LOGGER)
+    for handler in [h for h in logger.handlers if isinstance(h, _UiLines)]:
+        logger.removeHandler(handler)
 
 
 def quiet_requested() -> bool:
@@ -225,6 +267,14 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     left to the run log, but for warnings and errors nothing else reports (one short line
     each); ``-v`` adds the log lines (JSON only with ``--json``), ``-q`` keeps errors only.
     """
+    reset_console_logging()
+    if run_log is None and verbosity == 0 and not json_logs and "structlog" not in sys.modules:
+        # A command without a run log (status, plan, history, ...) at the default
+        # verbosity: the same short lines, without importing structlog (and rich) at all.
+        logging.getLogger(_LIBRARY_LOGGER).addHandler(_UiLines(quiet_requested()))
+        return
+    import structlog  # noqa: PLC0415 - 60 ms: only for commands that log more than lines
+
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     renderer: structlog.types.Processor
     if json_logs:

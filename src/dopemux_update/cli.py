@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        common = sys.modules.get("dopemux_update._cli_common")
+        if common is not None:
+            common.reset_console_logging()
         structlog = sys.modules.get("structlog")
         if structlog is not None:
             if configured and saved is not None:
