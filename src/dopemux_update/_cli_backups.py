@@ -154,8 +154,6 @@ def create_backup(
 ) -> int:
     """Take a verified backup of the installation now."""
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     try:
         scope = Scope.for_installation(
             ctx.root,

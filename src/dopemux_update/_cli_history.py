@@ -70,8 +70,6 @@ def history_command(
 ) -> int:
     """List the recorded runs, newest first."""
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     try:
         history = ctx.state.read().history
     except StateError as exc:

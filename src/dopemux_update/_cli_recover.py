@@ -170,8 +170,6 @@ async def run_interruptibly(
 def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """Finish or undo an interrupted run (exit 0 when there is nothing to do)."""
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     if not ctx.state_dir.is_dir():
         result = RecoveryResult("none")  # no state folder, no traces: and none is created
     else:

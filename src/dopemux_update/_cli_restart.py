@@ -51,8 +51,6 @@ def restart_command(
     from ._cli_update import _restarter  # noqa: PLC0415 - the update commands, loaded here
 
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     gate = GateOptions(health_timeout, health_command, no_health_check)
     gate.check(no_restart=False)
     try:

@@ -22,7 +22,6 @@ from ._cli_common import (
     EXIT_RECOVERY,
     EXIT_RESTART_FAILED,
     EXIT_USAGE,
-    CommandError,
     Context,
     common_options,
     emit,
@@ -77,8 +76,6 @@ def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
 def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, check: bool) -> int:
     """Show the installed version and what is pending."""
     ctx = make_context(root, migrations, as_json, verbose)
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     store = ctx.state
     state = store.read()
     problem: str | None = None

@@ -210,8 +210,6 @@ def verify_command(
 
 
 def _refuse_when_busy(ctx: Context, command: str) -> None:
-    if not ctx.root.is_dir():
-        raise CommandError(f"{ctx.root}: installation folder does not exist")
     running = lock_holder(ctx.state_dir)  # before the journal: a running update has one
     if running is not None:
         raise LockError(f"another update is running on this installation: {running}")
