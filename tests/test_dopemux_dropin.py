@@ -177,6 +177,8 @@ async def test_a_failed_validation_after_our_commit_reverts_exactly(
     assert tree_digest(manager_root, exclude=(".dopemux/update", "VERSION")) == before
     assert recorded(manager_root) == "1.0"
     assert (manager_root / "VERSION").read_text() == "v1.0\n"
+    last = StateStore(manager_root / ".dopemux" / "update").read().history[-1]
+    assert (last.outcome, last.reason) == ("reverted", "a later phase of the update failed")
 
 
 async def test_a_dry_run_plans_and_changes_nothing(manager_root: Path) -> None:
@@ -233,6 +235,8 @@ async def test_an_unhealthy_service_reverts_the_run_and_the_phase_fails(
     assert recorded(manager_root) == "1.0"
     restarts = [c for c in fake_docker.calls() if c.endswith("restart web")]
     assert len(restarts) == 2  # after the update, and again after the revert
+    last = StateStore(manager_root / ".dopemux" / "update").read().history[-1]
+    assert (last.outcome, last.reason) == ("reverted", "health check")
     assert manager.rollback.calls == 1
 
 

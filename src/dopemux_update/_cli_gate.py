@@ -28,6 +28,7 @@ from ._log import get_logger
 from ._models import UpdateResult
 from ._orchestration import OrchestrationPhase
 from ._restart import DEFAULT_HEALTH_TIMEOUT, Restarter, RestartResult, ServiceRestartPhase
+from ._revert import HEALTH_REASON
 from ._summary import Detail, Summary
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 logger = get_logger()
-
-HEALTH_REASON = "health check"
 
 
 def gate_options(function: F) -> F:

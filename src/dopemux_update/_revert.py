@@ -29,11 +29,14 @@ from ._state import DEFAULT_STATE_DIR, VERSION_FILE, RunRecord, State, StateStor
 from ._state_guard import absolute
 from ._versions import parse_version
 
-__all__ = ["revert_run", "revertible_run"]
+__all__ = ["HEALTH_REASON", "revert_run", "revertible_run"]
 
 logger = get_logger()
 
 _COMMITTED = ("applied", "reverted")
+#: The ``reason`` of a revert made because a restarted service stayed unhealthy; history
+#: says "reverted after health check".
+HEALTH_REASON = "health check"
 
 
 def revertible_run(state: State, run_id: str | None = None) -> RunRecord:

@@ -57,6 +57,7 @@ from ._restart import (
     RestartResult,
     ServiceRestartPhase,
 )
+from ._revert import HEALTH_REASON
 from ._runner import DEFAULT_GRACE
 
 __all__ = ["DOPEMUX_STATE_FOLDERS", "PHASE_NAME", "UpdateManagerPhase", "install"]
@@ -171,6 +172,7 @@ class UpdateManagerPhase:
         if not dry_run and not await self._recover_first():
             return False
         restart_phase = self._make_restart_phase()
+        self._restart_phase = restart_phase
         phase = OrchestrationPhase(
             project_root=self.project_root,
             migrations_dir=self.migrations_dir,
@@ -199,7 +201,6 @@ class UpdateManagerPhase:
         if restart_phase is None or not restart_phase.services:
             self._progress(f"Migrated to {result.installed_version}", 100.0)
             return True
-        self._restart_phase = restart_phase
         self._progress(f"Restarting {', '.join(restart_phase.services)}", 90.0)
         restarted = await restart_phase.execute()
         self.restart_result = restarted
@@ -209,24 +210,27 @@ class UpdateManagerPhase:
         problems = [name for name, _ in restarted.failed] + list(restarted.unhealthy)
         self._progress(f"Not healthy after the update: {', '.join(problems)}; reverting", None)
         logger.error("dopemux.unhealthy", services=problems)
-        await self.revert()
+        await self.revert(reason=HEALTH_REASON)
         return False
 
-    async def revert(self) -> bool:
+    async def revert(self, *, reason: str = "a later phase of the update failed") -> bool:
         """Undo the run this phase committed (backward functions in reverse, the version
-        records back, journaled like any run), then restart its services again.
+        records back, journaled like any run), then restart the services the revert names
+        (not those its backward functions removed from the compose file).
 
         True when there is nothing to undo (no run committed, or already reverted) or the
         revert succeeded. Dopemux's ``auto_rollback`` calls this first once :func:`install`
-        put the phase in place.
+        put the phase in place; ``reason`` goes into the history record.
         """
         phase = self._phase
         if self._reverted or phase is None or self.result is None or not self.result.ok:
             return True
         with anyio.CancelScope(shield=True):  # half a revert helps nobody
             self._progress("Reverting the migrations", None)
+            restarter = self._restart_phase.restarter if self._restart_phase else None
+            again = ServiceRestartPhase(restarter, health=None) if restarter else None
             try:
-                reverted = await phase.revert()
+                reverted = await phase.revert(restart_phase=again, reason=reason)
             except UpdateError as exc:
                 logger.error("dopemux.revert_failed", error=str(exc))
                 self._progress(f"Revert failed: {exc}", None)
@@ -236,10 +240,7 @@ class UpdateManagerPhase:
                 self._progress(f"Revert failed: {reverted.error}", None)
                 return False
             self._reverted = True
-            restart_phase = self._restart_phase
-            if restart_phase is not None and restart_phase.services:
-                again = ServiceRestartPhase(restart_phase.restarter, health=None)
-                again.hand_over(restart_phase.services)
+            if again is not None and again.services:
                 await again.execute()
             self._progress(f"Reverted to {reverted.installed_version}", None)
         return True
