@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import anyio.to_thread
 
 from . import _events as ev
 from ._exceptions import UpdateError
@@ -171,7 +172,7 @@ class UpdateManagerPhase:
         current, target = str(info.current), str(info.target)
         if not dry_run and not await self._recover_first():
             return False
-        restart_phase = self._make_restart_phase()
+        restart_phase = await anyio.to_thread.run_sync(self._make_restart_phase)  # stats
         self._restart_phase = restart_phase
         phase = OrchestrationPhase(
             project_root=self.project_root,
