@@ -26,7 +26,7 @@ from dopemux_update import (
     recover,
 )
 from dopemux_update import _backup as backup_module
-from dopemux_update._backup import sign_manifest
+from dopemux_update._manifest import sign_manifest
 
 
 def store_and_scope(root: Path, **kw: Any) -> tuple[BackupStore, Scope]:

@@ -29,7 +29,7 @@ import xxhash
 from conftest import MigrationWriter
 from dopemux_update import BackupError, BackupStore, Scope
 from dopemux_update import _sqlite as sqlite_module
-from dopemux_update._backup import sign_manifest
+from dopemux_update._manifest import sign_manifest
 from dopemux_update._sparse import copy_sparse
 
 NOBODY = 65534

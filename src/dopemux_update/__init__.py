@@ -8,9 +8,7 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
-    from ._backup import BackupInfo as BackupInfo
     from ._backup import BackupStore as BackupStore
-    from ._backup import InsufficientSpaceError as InsufficientSpaceError
     from ._discovery import Catalog as Catalog
     from ._discovery import load_transitions as load_transitions
     from ._discovery import scan_migrations as scan_migrations
@@ -44,6 +42,8 @@ if _typing.TYPE_CHECKING:
     from ._exceptions import UpdateError as UpdateError
     from ._exceptions import VersionError as VersionError
     from ._exceptions import VersionMismatchError as VersionMismatchError
+    from ._manifest import BackupInfo as BackupInfo
+    from ._manifest import InsufficientSpaceError as InsufficientSpaceError
     from ._models import Direction as Direction
     from ._models import Migration as Migration
     from ._models import MigrationInfo as MigrationInfo
@@ -162,9 +162,9 @@ __all__ = [
 
 # Where each public name lives: imported from there on first use.
 _WHERE: dict[str, str] = {
-    "BackupInfo": "._backup",
+    "BackupInfo": "._manifest",
     "BackupStore": "._backup",
-    "InsufficientSpaceError": "._backup",
+    "InsufficientSpaceError": "._manifest",
     "Catalog": "._discovery",
     "load_transitions": "._discovery",
     "scan_migrations": "._discovery",

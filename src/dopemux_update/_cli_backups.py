@@ -21,12 +21,12 @@ from ._cli_common import (
     plural,
 )
 from ._cli_recover import recover_first
-from ._console import format_bytes
 from ._exceptions import BackupError
 from ._journal import Journal
 from ._lock import holding_lock
 from ._recovery import covers_installation, journaled_restore
 from ._tree import Scope
+from ._view import format_bytes
 
 __all__ = ["DamagedBackup", "backups", "read_backups"]
 

@@ -27,7 +27,6 @@ from ._cli_common import (
     emit,
     make_context,
 )
-from ._console import format_bytes
 from ._discovery import scan_migrations
 from ._drift import find_drift
 from ._exceptions import PlanError, StateError
@@ -37,6 +36,7 @@ from ._models import Transition
 from ._planning import find_route, newest_reachable
 from ._state import VERSION_FILE
 from ._versions import parse_version
+from ._view import format_bytes
 
 __all__ = ["status"]
 

@@ -22,8 +22,9 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from ._backup import TREE, BackupStore, Entry, database_signature, file_signature
+from ._backup import BackupStore
 from ._copy import hash_file
+from ._manifest import TREE, Entry, database_signature, file_signature
 from ._restore import _matches, _removals
 from ._snapshot import (
     DatabaseDigest,

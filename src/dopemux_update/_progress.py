@@ -29,7 +29,9 @@ from rich.text import Text
 
 from . import _events as ev
 from ._capture import clip_line
-from ._console import (
+from ._models import Direction, Plan
+from ._summary import Summary, format_seconds
+from ._view import (
     PROGRESS_ENV,
     OutputCollector,
     format_bytes,
@@ -38,8 +40,6 @@ from ._console import (
     plan_rows,
     verified_words,
 )
-from ._models import Direction, Plan
-from ._summary import Summary, format_seconds
 
 __all__ = ["LiveDisplay", "make_console", "plan_renderable", "summary_renderable"]
 

@@ -34,12 +34,12 @@ import anyio
 import anyio.to_thread
 from packaging.version import Version
 
-from ._backup import MANIFEST, MANIFEST_SUM
 from ._capture import KeptLines, routing_installed
 from ._exceptions import PreflightError, UpdateError
 from ._health import compose_services, find_compose_file
 from ._journal import JOURNAL
 from ._log import get_logger
+from ._manifest import MANIFEST, MANIFEST_SUM
 from ._models import Direction, MigrationFunction, Step
 from ._orchestration import prepare_plan
 from ._runner import DEFAULT_GRACE, CallOutcome, call_function

@@ -27,17 +27,18 @@ import re
 import secrets
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from . import _sqlite
-from ._backup import TREE, BackupStore, Entry, ProgressCallback, database_signature, file_signature
 from ._copy import hash_file
 from ._exceptions import BackupError
 from ._faults import check_write, crash_point
 from ._fsutil import sync_filesystem
 from ._log import get_logger
+from ._manifest import TREE, Entry, Manifest, ProgressCallback, database_signature, file_signature
 from ._snapshot import may_set_owner
 from ._sparse import copy_sparse
 from ._tree import Scope, TreeEntry, shown, walk
@@ -49,6 +50,24 @@ logger = get_logger()
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _HELD_FOLDERS = 256
 _GLOB = re.compile(r"\[([*?\[])\]|([*?\[])")
+
+
+class StoredBackups(Protocol):
+    """What a restore needs of the backup store (``_backup.BackupStore``, which restores
+    through this module: the store builds on the restore, never the other way round)."""
+
+    def read_manifest(self, backup_id: str) -> Manifest: ...
+
+    def path_of(self, backup_id: str) -> Path: ...
+
+    def verify(
+        self,
+        backup_id: str,
+        *,
+        only: Iterable[str] | None = None,
+        manifest: Manifest | None = None,
+        entries: dict[str, Entry] | None = None,
+    ) -> Manifest: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,7 +571,7 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
 
 
 def restore(
-    store: BackupStore,
+    store: StoredBackups,
     backup_id: str,
     root: Path,
     *,

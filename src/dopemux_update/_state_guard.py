@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._backup import MANIFEST, MANIFEST_SUM
 from ._exceptions import UpdateError
 from ._log import get_logger
+from ._manifest import MANIFEST, MANIFEST_SUM
 
 __all__ = ["StateGuard", "StateTamperedError", "absolute", "restore_cwd"]
 
