@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from conftest import FakeDocker, MigrationWriter, tree_digest
-from dopemux_update._snapshot import same_database
-from dopemux_update._state import StateStore
+from dopemux_update._backup._snapshot import same_database
+from dopemux_update._safety._state import StateStore
 from dopemux_update.dopemux import PHASE_NAME, install
 
 pytestmark = pytest.mark.anyio

@@ -21,9 +21,9 @@ import pytest
 
 from conftest import MigrationWriter, tree_digest
 from dopemux_update import BackupStore
-from dopemux_update._capture import capture_thread, routing_installed
-from dopemux_update._cli_common import RunLog
+from dopemux_update._run._capture import capture_thread, routing_installed
 from dopemux_update.cli import main
+from dopemux_update.cli._common import RunLog
 
 UNPRIVILEGED = 65534
 
@@ -212,7 +212,7 @@ def test_a_state_folder_of_root_is_refused_to_another_user(reachable: Path) -> N
 
 def test_the_library_refuses_an_unsafe_state_folder_under_its_lock(tmp_path: Path) -> None:
     from dopemux_update import UnsafeStateError
-    from dopemux_update._lock import holding_lock
+    from dopemux_update._safety._lock import holding_lock
 
     state = tmp_path / "state"
     state.mkdir()

@@ -8,80 +8,80 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
-    from ._backup import BackupStore as BackupStore
-    from ._discovery import Catalog as Catalog
-    from ._discovery import load_transitions as load_transitions
-    from ._discovery import scan_migrations as scan_migrations
-    from ._events import BackupCreated as BackupCreated
-    from ._events import BackupProgress as BackupProgress
-    from ._events import BackupStarted as BackupStarted
-    from ._events import Event as Event
-    from ._events import EventHandler as EventHandler
-    from ._events import MigrationFinished as MigrationFinished
-    from ._events import MigrationOutput as MigrationOutput
-    from ._events import MigrationStarted as MigrationStarted
-    from ._events import PlanReady as PlanReady
-    from ._events import RestoreFinished as RestoreFinished
-    from ._events import RestoreProgress as RestoreProgress
-    from ._events import RestoreStarted as RestoreStarted
-    from ._events import RollbackStarted as RollbackStarted
-    from ._events import RollbackStep as RollbackStep
-    from ._events import UpdateFinished as UpdateFinished
-    from ._exceptions import BackupError as BackupError
-    from ._exceptions import EditError as EditError
-    from ._exceptions import LockError as LockError
-    from ._exceptions import MigrationValidationError as MigrationValidationError
-    from ._exceptions import PlanError as PlanError
-    from ._exceptions import PreflightError as PreflightError
-    from ._exceptions import Problem as Problem
-    from ._exceptions import RecoveryNeededError as RecoveryNeededError
-    from ._exceptions import RestartError as RestartError
-    from ._exceptions import RevertError as RevertError
-    from ._exceptions import StateError as StateError
-    from ._exceptions import UnsafeStateError as UnsafeStateError
-    from ._exceptions import UpdateError as UpdateError
-    from ._exceptions import VersionError as VersionError
-    from ._exceptions import VersionMismatchError as VersionMismatchError
-    from ._manifest import BackupInfo as BackupInfo
-    from ._manifest import InsufficientSpaceError as InsufficientSpaceError
-    from ._models import Direction as Direction
-    from ._models import Migration as Migration
-    from ._models import MigrationInfo as MigrationInfo
-    from ._models import Plan as Plan
-    from ._models import Step as Step
-    from ._models import Transition as Transition
-    from ._models import UpdateResult as UpdateResult
-    from ._orchestration import OrchestrationPhase as OrchestrationPhase
-    from ._pipeline import PhaseResult as PhaseResult
-    from ._pipeline import PipelineResult as PipelineResult
-    from ._pipeline import RestartReceiver as RestartReceiver
-    from ._pipeline import UpdatePhase as UpdatePhase
-    from ._pipeline import UpdatePipeline as UpdatePipeline
-    from ._planning import Route as Route
-    from ._planning import build_plan as build_plan
-    from ._planning import find_route as find_route
-    from ._planning import newest_reachable as newest_reachable
-    from ._recovery import RecoveryResult as RecoveryResult
-    from ._recovery import recover as recover
-    from ._rehearsal import RehearsalCall as RehearsalCall
-    from ._rehearsal import RehearsalFinding as RehearsalFinding
-    from ._rehearsal import RehearsalReport as RehearsalReport
-    from ._rehearsal import RehearsalStopped as RehearsalStopped
-    from ._rehearsal import rehearse as rehearse
-    from ._restart import CommandRestarter as CommandRestarter
-    from ._restart import DockerComposeRestarter as DockerComposeRestarter
-    from ._restart import Restarter as Restarter
-    from ._restart import RestartResult as RestartResult
-    from ._restart import ServiceRestartPhase as ServiceRestartPhase
-    from ._restore import RestoreReport as RestoreReport
-    from ._revert import revert_run as revert_run
-    from ._sandbox import SandboxEscapeError as SandboxEscapeError
-    from ._snapshot import TreeChanges as TreeChanges
-    from ._snapshot import TreeDiff as TreeDiff
-    from ._state import RunRecord as RunRecord
-    from ._state import State as State
-    from ._state import StateStore as StateStore
-    from ._tree import Scope as Scope
+    from ._authoring._rehearsal import RehearsalCall as RehearsalCall
+    from ._authoring._rehearsal import RehearsalFinding as RehearsalFinding
+    from ._authoring._rehearsal import RehearsalReport as RehearsalReport
+    from ._authoring._rehearsal import RehearsalStopped as RehearsalStopped
+    from ._authoring._rehearsal import rehearse as rehearse
+    from ._authoring._sandbox import SandboxEscapeError as SandboxEscapeError
+    from ._backup._manifest import BackupInfo as BackupInfo
+    from ._backup._manifest import InsufficientSpaceError as InsufficientSpaceError
+    from ._backup._restore import RestoreReport as RestoreReport
+    from ._backup._snapshot import TreeChanges as TreeChanges
+    from ._backup._snapshot import TreeDiff as TreeDiff
+    from ._backup._store import BackupStore as BackupStore
+    from ._backup._tree import Scope as Scope
+    from ._core._events import BackupCreated as BackupCreated
+    from ._core._events import BackupProgress as BackupProgress
+    from ._core._events import BackupStarted as BackupStarted
+    from ._core._events import Event as Event
+    from ._core._events import EventHandler as EventHandler
+    from ._core._events import MigrationFinished as MigrationFinished
+    from ._core._events import MigrationOutput as MigrationOutput
+    from ._core._events import MigrationStarted as MigrationStarted
+    from ._core._events import PlanReady as PlanReady
+    from ._core._events import RestoreFinished as RestoreFinished
+    from ._core._events import RestoreProgress as RestoreProgress
+    from ._core._events import RestoreStarted as RestoreStarted
+    from ._core._events import RollbackStarted as RollbackStarted
+    from ._core._events import RollbackStep as RollbackStep
+    from ._core._events import UpdateFinished as UpdateFinished
+    from ._core._exceptions import BackupError as BackupError
+    from ._core._exceptions import EditError as EditError
+    from ._core._exceptions import LockError as LockError
+    from ._core._exceptions import MigrationValidationError as MigrationValidationError
+    from ._core._exceptions import PlanError as PlanError
+    from ._core._exceptions import PreflightError as PreflightError
+    from ._core._exceptions import Problem as Problem
+    from ._core._exceptions import RecoveryNeededError as RecoveryNeededError
+    from ._core._exceptions import RestartError as RestartError
+    from ._core._exceptions import RevertError as RevertError
+    from ._core._exceptions import StateError as StateError
+    from ._core._exceptions import UnsafeStateError as UnsafeStateError
+    from ._core._exceptions import UpdateError as UpdateError
+    from ._core._exceptions import VersionError as VersionError
+    from ._core._exceptions import VersionMismatchError as VersionMismatchError
+    from ._core._models import Direction as Direction
+    from ._core._models import Migration as Migration
+    from ._core._models import MigrationInfo as MigrationInfo
+    from ._core._models import Plan as Plan
+    from ._core._models import Step as Step
+    from ._core._models import Transition as Transition
+    from ._core._models import UpdateResult as UpdateResult
+    from ._run._discovery import Catalog as Catalog
+    from ._run._discovery import load_transitions as load_transitions
+    from ._run._discovery import scan_migrations as scan_migrations
+    from ._run._orchestration import OrchestrationPhase as OrchestrationPhase
+    from ._run._orchestration import revert_run as revert_run
+    from ._run._pipeline import PhaseResult as PhaseResult
+    from ._run._pipeline import PipelineResult as PipelineResult
+    from ._run._pipeline import RestartReceiver as RestartReceiver
+    from ._run._pipeline import UpdatePhase as UpdatePhase
+    from ._run._pipeline import UpdatePipeline as UpdatePipeline
+    from ._run._planning import Route as Route
+    from ._run._planning import build_plan as build_plan
+    from ._run._planning import find_route as find_route
+    from ._run._planning import newest_reachable as newest_reachable
+    from ._run._restart import CommandRestarter as CommandRestarter
+    from ._run._restart import DockerComposeRestarter as DockerComposeRestarter
+    from ._run._restart import Restarter as Restarter
+    from ._run._restart import RestartResult as RestartResult
+    from ._run._restart import ServiceRestartPhase as ServiceRestartPhase
+    from ._safety._recovery import RecoveryResult as RecoveryResult
+    from ._safety._recovery import recover as recover
+    from ._safety._state import RunRecord as RunRecord
+    from ._safety._state import State as State
+    from ._safety._state import StateStore as StateStore
 
 __all__ = [
     "BackupCreated",
@@ -162,80 +162,80 @@ __all__ = [
 
 # Where each public name lives: imported from there on first use.
 _WHERE: dict[str, str] = {
-    "BackupInfo": "._manifest",
-    "BackupStore": "._backup",
-    "InsufficientSpaceError": "._manifest",
-    "Catalog": "._discovery",
-    "load_transitions": "._discovery",
-    "scan_migrations": "._discovery",
-    "BackupCreated": "._events",
-    "BackupProgress": "._events",
-    "BackupStarted": "._events",
-    "Event": "._events",
-    "EventHandler": "._events",
-    "MigrationFinished": "._events",
-    "MigrationOutput": "._events",
-    "MigrationStarted": "._events",
-    "PlanReady": "._events",
-    "RestoreFinished": "._events",
-    "RestoreProgress": "._events",
-    "RestoreStarted": "._events",
-    "RollbackStarted": "._events",
-    "RollbackStep": "._events",
-    "UpdateFinished": "._events",
-    "BackupError": "._exceptions",
-    "EditError": "._exceptions",
-    "LockError": "._exceptions",
-    "MigrationValidationError": "._exceptions",
-    "PlanError": "._exceptions",
-    "PreflightError": "._exceptions",
-    "Problem": "._exceptions",
-    "RecoveryNeededError": "._exceptions",
-    "RestartError": "._exceptions",
-    "RevertError": "._exceptions",
-    "StateError": "._exceptions",
-    "UnsafeStateError": "._exceptions",
-    "UpdateError": "._exceptions",
-    "VersionError": "._exceptions",
-    "VersionMismatchError": "._exceptions",
-    "Direction": "._models",
-    "Migration": "._models",
-    "MigrationInfo": "._models",
-    "Plan": "._models",
-    "Step": "._models",
-    "Transition": "._models",
-    "UpdateResult": "._models",
-    "OrchestrationPhase": "._orchestration",
-    "PhaseResult": "._pipeline",
-    "PipelineResult": "._pipeline",
-    "RestartReceiver": "._pipeline",
-    "UpdatePhase": "._pipeline",
-    "UpdatePipeline": "._pipeline",
-    "Route": "._planning",
-    "build_plan": "._planning",
-    "find_route": "._planning",
-    "newest_reachable": "._planning",
-    "RecoveryResult": "._recovery",
-    "recover": "._recovery",
-    "RehearsalCall": "._rehearsal",
-    "RehearsalFinding": "._rehearsal",
-    "RehearsalReport": "._rehearsal",
-    "RehearsalStopped": "._rehearsal",
-    "rehearse": "._rehearsal",
-    "CommandRestarter": "._restart",
-    "DockerComposeRestarter": "._restart",
-    "Restarter": "._restart",
-    "RestartResult": "._restart",
-    "ServiceRestartPhase": "._restart",
-    "RestoreReport": "._restore",
-    "revert_run": "._revert",
-    "SandboxEscapeError": "._sandbox",
-    "TreeChanges": "._snapshot",
-    "TreeDiff": "._snapshot",
-    "RunRecord": "._state",
-    "State": "._state",
-    "StateStore": "._state",
-    "Scope": "._tree",
+    "BackupInfo": "._backup._manifest",
+    "BackupStore": "._backup._store",
+    "InsufficientSpaceError": "._backup._manifest",
+    "Catalog": "._run._discovery",
+    "load_transitions": "._run._discovery",
+    "scan_migrations": "._run._discovery",
+    "BackupCreated": "._core._events",
+    "BackupProgress": "._core._events",
+    "BackupStarted": "._core._events",
+    "Event": "._core._events",
+    "EventHandler": "._core._events",
+    "MigrationFinished": "._core._events",
+    "MigrationOutput": "._core._events",
+    "MigrationStarted": "._core._events",
+    "PlanReady": "._core._events",
+    "RestoreFinished": "._core._events",
+    "RestoreProgress": "._core._events",
+    "RestoreStarted": "._core._events",
+    "RollbackStarted": "._core._events",
+    "RollbackStep": "._core._events",
+    "UpdateFinished": "._core._events",
+    "BackupError": "._core._exceptions",
+    "EditError": "._core._exceptions",
+    "LockError": "._core._exceptions",
+    "MigrationValidationError": "._core._exceptions",
+    "PlanError": "._core._exceptions",
+    "PreflightError": "._core._exceptions",
+    "Problem": "._core._exceptions",
+    "RecoveryNeededError": "._core._exceptions",
+    "RestartError": "._core._exceptions",
+    "RevertError": "._core._exceptions",
+    "StateError": "._core._exceptions",
+    "UnsafeStateError": "._core._exceptions",
+    "UpdateError": "._core._exceptions",
+    "VersionError": "._core._exceptions",
+    "VersionMismatchError": "._core._exceptions",
+    "Direction": "._core._models",
+    "Migration": "._core._models",
+    "MigrationInfo": "._core._models",
+    "Plan": "._core._models",
+    "Step": "._core._models",
+    "Transition": "._core._models",
+    "UpdateResult": "._core._models",
+    "OrchestrationPhase": "._run._orchestration",
+    "PhaseResult": "._run._pipeline",
+    "PipelineResult": "._run._pipeline",
+    "RestartReceiver": "._run._pipeline",
+    "UpdatePhase": "._run._pipeline",
+    "UpdatePipeline": "._run._pipeline",
+    "Route": "._run._planning",
+    "build_plan": "._run._planning",
+    "find_route": "._run._planning",
+    "newest_reachable": "._run._planning",
+    "RecoveryResult": "._safety._recovery",
+    "recover": "._safety._recovery",
+    "RehearsalCall": "._authoring._rehearsal",
+    "RehearsalFinding": "._authoring._rehearsal",
+    "RehearsalReport": "._authoring._rehearsal",
+    "RehearsalStopped": "._authoring._rehearsal",
+    "rehearse": "._authoring._rehearsal",
+    "CommandRestarter": "._run._restart",
+    "DockerComposeRestarter": "._run._restart",
+    "Restarter": "._run._restart",
+    "RestartResult": "._run._restart",
+    "ServiceRestartPhase": "._run._restart",
+    "RestoreReport": "._backup._restore",
+    "revert_run": "._run._orchestration",
+    "SandboxEscapeError": "._authoring._sandbox",
+    "TreeChanges": "._backup._snapshot",
+    "TreeDiff": "._backup._snapshot",
+    "RunRecord": "._safety._state",
+    "State": "._safety._state",
+    "StateStore": "._safety._state",
+    "Scope": "._backup._tree",
 }
 
 

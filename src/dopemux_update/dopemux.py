@@ -44,22 +44,22 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-from . import _events as ev
-from ._exceptions import UpdateError
-from ._health import HealthChecker, find_compose_file
-from ._log import get_logger
-from ._models import UpdateResult
-from ._orchestration import OrchestrationPhase
-from ._recovery import recover
-from ._restart import (
+from ._core import _events as ev
+from ._core._exceptions import UpdateError
+from ._core._log import get_logger
+from ._core._models import UpdateResult
+from ._run._health import HealthChecker, find_compose_file
+from ._run._orchestration import OrchestrationPhase
+from ._run._restart import (
     DEFAULT_HEALTH_TIMEOUT,
     DockerComposeRestarter,
     Restarter,
     RestartResult,
     ServiceRestartPhase,
 )
-from ._revert import HEALTH_REASON
-from ._runner import DEFAULT_GRACE
+from ._run._revert import HEALTH_REASON
+from ._run._runner import DEFAULT_GRACE
+from ._safety._recovery import recover
 
 __all__ = ["DOPEMUX_STATE_FOLDERS", "PHASE_NAME", "UpdateManagerPhase", "install"]
 

@@ -23,13 +23,13 @@ Every helper is synchronous (migrations run in worker threads) and raises
         return True
 """
 
-from ._atomic import atomic_write, write_bytes, write_text
-from ._edit_compose import compose_env
-from ._edit_env import EnvFile, edit_env
-from ._edit_files import move
-from ._edit_json import edit_json
-from ._edit_paths import KeyPath, delete_in, get_comment, get_in, rename_key, set_in
-from ._edit_sqlite import (
+from ._authoring._atomic import atomic_write, write_bytes, write_text
+from ._authoring._edit_compose import compose_env
+from ._authoring._edit_env import EnvFile, edit_env
+from ._authoring._edit_files import move
+from ._authoring._edit_json import edit_json
+from ._authoring._edit_paths import KeyPath, delete_in, get_comment, get_in, rename_key, set_in
+from ._authoring._edit_sqlite import (
     Database,
     add_column,
     add_index,
@@ -41,8 +41,8 @@ from ._edit_sqlite import (
     sqlite_transaction,
     table_exists,
 )
-from ._edit_yaml import edit_yaml, load_yaml, quoted
-from ._exceptions import EditError
+from ._authoring._edit_yaml import edit_yaml, load_yaml, quoted
+from ._core._exceptions import EditError
 
 __all__ = [
     "Database",

@@ -25,17 +25,17 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._capture import routing_installed
-from ._discovery import FILE_NAME, load_migration, load_transitions
-from ._exceptions import MigrationValidationError, Problem
-from ._models import Direction, Migration, Step, Transition
-from ._rehearsal import RehearsalReport, rehearse_steps
-from ._runner import call_function
-from ._sandbox import copy_tree
-from ._snapshot import TableFilter, TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
-from ._state import DEFAULT_STATE_DIR
-from ._tree import Scope
-from ._versions import parse_transition_name
+from ._authoring._rehearsal import RehearsalReport, rehearse_steps
+from ._authoring._sandbox import copy_tree
+from ._backup._snapshot import TableFilter, TreeDiff, TreeSnapshot, diff_snapshots, take_snapshot
+from ._backup._tree import Scope
+from ._core._exceptions import MigrationValidationError, Problem
+from ._core._models import Direction, Migration, Step, Transition
+from ._core._versions import parse_transition_name
+from ._run._capture import routing_installed
+from ._run._discovery import FILE_NAME, load_migration, load_transitions
+from ._run._runner import call_function
+from ._safety._state import DEFAULT_STATE_DIR
 
 __all__ = [
     "assert_reversible",

@@ -1,0 +1,231 @@
+"""Copying and hashing files fast: reflinks, then the kernel's copy paths, then plain I/O.
+
+Hashes are XXH3-128 (``xxhash``): fast enough (several GB/s, and the GIL is released) that
+hashing a backup does not dominate the cost of copying it; they guard against corruption,
+not against an attacker who can write to the backups folder.
+
+Sparse files stay sparse: a file with fewer blocks allocated than its length is copied extent
+by extent (``SEEK_DATA``/``SEEK_HOLE``), and the copy is cut to the source's length so that
+its holes stay holes. A hash always describes a file's *logical* content, what a reader sees,
+holes read as zeros: a sparse file and a fully written copy of it hash alike, and hashes in
+older manifests keep their meaning. The holes are fed to the hash from one block of zeros
+kept in memory, never read from disk; data is still read once, hashed as it is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import xxhash
+
+from .._core._faults import check_write
+from .._core._fsutil import start_writeback
+
+__all__ = ["HASH_NAME", "allocated", "copy_and_hash", "copy_file", "hash_file", "is_sparse"]
+
+HASH_NAME = "xxh3_128"
+_CHUNK = 256 << 10  # fits the CPU caches: measured faster than 1 or 4 MiB here
+_ZEROS = memoryview(bytes(_CHUNK))
+_NO_SEEK_DATA = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
+_NO_REFLINK_DEVICES: set[int] = set()
+_UNSUPPORTED = {
+    errno.EOPNOTSUPP,
+    errno.ENOTTY,
+    errno.EXDEV,
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EPERM,
+}
+
+
+def is_sparse(info: os.stat_result) -> bool:
+    """Whether a file has fewer bytes allocated than its length (it has holes)."""
+    return info.st_blocks * 512 < info.st_size
+
+
+def allocated(info: os.stat_result) -> int:
+    """The bytes a copy of a file will take: its length, or less when it is sparse."""
+    return min(info.st_size, info.st_blocks * 512) if is_sparse(info) else info.st_size
+
+
+def _extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each data extent of ``fd`` below ``size``, in order; the whole
+    file as one extent where the file system cannot tell holes apart."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a hole from here to the end
+                return
+            if exc.errno in _NO_SEEK_DATA and offset == 0:
+                yield 0, size
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
+
+
+def _hash_zeros(digest: xxhash.xxh3_128 | None, count: int) -> None:
+    """Feed ``count`` zero bytes (a hole) to ``digest`` without reading them."""
+    while digest is not None and count > 0:
+        step = min(count, _CHUNK)
+        digest.update(_ZEROS[:step])
+        count -= step
+
+
+def _sparse_pass(src: int, dst: int | None, size: int, digest: xxhash.xxh3_128 | None) -> None:
+    """Hash (and, given ``dst``, copy) the first ``size`` bytes of ``src`` one data extent at a
+    time; holes are hashed as zeros and, in the copy, left as holes."""
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    position = 0
+    for start, end in _extents(src, size):
+        _hash_zeros(digest, start - position)
+        position = start
+        while position < end:
+            read = os.preadv(src, [view[: min(_CHUNK, end - position)]], position)
+            if read == 0:
+                break  # the source shrank; the signature check after the copy tells
+            chunk = view[:read]
+            if digest is not None:
+                digest.update(chunk)
+            if dst is not None:
+                check_write()
+                written = 0
+                while written < read:
+                    written += os.pwrite(dst, chunk[written:], position + written)
+            position += read
+    _hash_zeros(digest, size - position)
+    if dst is not None:
+        os.ftruncate(dst, size)
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """The XXH3-128 hex digest and size of the file at ``path`` (holes are not read)."""
+    digest = xxhash.xxh3_128()
+    size = 0
+    with path.open("rb", buffering=0) as handle:
+        info = os.fstat(handle.fileno())
+        if is_sparse(info):
+            _sparse_pass(handle.fileno(), None, info.st_size, digest)
+            return digest.hexdigest(), info.st_size
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while read := handle.readinto(buffer):
+            digest.update(view[:read])
+            size += read
+    return digest.hexdigest(), size
+
+
+def _try_reflink(source: int, target: int, info: os.stat_result) -> bool:
+    if info.st_dev in _NO_REFLINK_DEVICES or not info.st_size:
+        return False
+    try:
+        fcntl.ioctl(target, _FICLONE, source)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        _NO_REFLINK_DEVICES.add(info.st_dev)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _open_pair(source: Path, destination: Path, mode: int) -> Iterator[tuple[int, int]]:
+    """The source, and a new destination (never following symlinks), removed if anything
+    fails before the block ends."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            yield src, dst
+        except BaseException:
+            os.close(dst)
+            with contextlib.suppress(OSError):
+                destination.unlink()
+            raise
+        os.close(dst)
+    finally:
+        os.close(src)
+
+
+def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tuple[str, int]:
+    """Copy ``source`` to a new file and return the hash and size of the bytes written.
+
+    One pass: each chunk is hashed as it is written, so the hash describes exactly what the
+    copy holds. A reflink when the file system has them (then the clone is hashed). A sparse
+    file is copied extent by extent and keeps its holes. The kernel is asked to start writing
+    the copy back at once, so that the sync that makes a backup durable finds little left to do.
+    """
+    with _open_pair(source, destination, mode) as (src, dst):
+        info = os.fstat(src)
+        if _try_reflink(src, dst, info):
+            result = hash_file(destination)
+        elif is_sparse(info):
+            digest = xxhash.xxh3_128()
+            _sparse_pass(src, dst, info.st_size, digest)
+            result = (digest.hexdigest(), info.st_size)
+        else:
+            digest = xxhash.xxh3_128()
+            size = 0
+            buffer = bytearray(_CHUNK)
+            view = memoryview(buffer)
+            while read := os.readv(src, [buffer]):
+                check_write()
+                chunk = view[:read]
+                digest.update(chunk)
+                written = 0
+                while written < read:
+                    written += os.write(dst, chunk[written:])
+                size += read
+            result = (digest.hexdigest(), size)
+        start_writeback(dst)
+    return result
+
+
+def _kernel_copy(source: int, target: int, size: int) -> None:
+    copied = 0
+    try:
+        while copied < size:
+            sent = os.copy_file_range(source, target, size - copied, copied, copied)
+            if sent == 0:
+                return
+            copied += sent
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED or copied:
+            raise
+        while copied < size:
+            os.lseek(target, copied, os.SEEK_SET)
+            sent = os.sendfile(target, source, copied, size - copied)
+            if sent == 0:
+                return
+            copied += sent
+
+
+def copy_file(source: Path, destination: Path, *, mode: int = 0o600, fsync: bool = False) -> None:
+    """Copy ``source`` to a new file ``destination`` (created with ``mode``, never followed).
+
+    A reflink (``FICLONE``) when the file system has them, else ``copy_file_range``/``sendfile``;
+    a sparse file extent by extent, keeping its holes. A file that changes while it is copied
+    is caught by comparing hashes afterwards.
+    """
+    with _open_pair(source, destination, mode) as (src, dst):
+        info = os.fstat(src)
+        if _try_reflink(src, dst, info):
+            pass
+        elif is_sparse(info):
+            _sparse_pass(src, dst, info.st_size, None)
+        else:
+            _kernel_copy(src, dst, info.st_size)
+        if fsync:
+            os.fsync(dst)

@@ -1,0 +1,367 @@
+"""What a backup holds: its manifest, read strictly and authenticated, and its entries.
+
+A manifest is untrusted input (anyone who can write into the backups folder can change it):
+it is read against its checksum and its MAC (HMAC-SHA256 keyed by the installation's secret,
+``<state>/backup.key``), parsed with no duplicate keys, and refused when it names anything a
+backup could not hold. The store (``_store``) writes backups; ``_restore`` reads them back.
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import xxhash
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .._core._exceptions import BackupError, PreflightError
+from .._core._fsutil import fsync_dir
+from . import _sqlite
+from ._copy import HASH_NAME
+from ._tree import Scope, decode_name
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "MANIFEST_MAC",
+    "MANIFEST_SUM",
+    "TREE",
+    "BackupInfo",
+    "DamagedBackupError",
+    "Entry",
+    "InsufficientSpaceError",
+    "Manifest",
+    "ProgressCallback",
+    "check_manifest",
+    "database_signature",
+    "file_signature",
+    "read_manifest",
+    "sign_manifest",
+]
+
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.xxh3"
+MANIFEST_MAC = "manifest.hmac"
+KEY = "backup.key"  # beside the backups folder: <state>/backup.key
+TREE = "tree"
+FORMAT = 3  # 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest
+_KEY_BYTES = 32
+ProgressCallback = Callable[[int, int], None]
+
+
+class InsufficientSpaceError(BackupError, PreflightError):
+    """The disk cannot hold the backup; nothing was written."""
+
+
+class DamagedBackupError(BackupError):
+    """Stored files of a backup are missing or differ from its manifest.
+
+    ``damaged`` names them; ``affected`` lists the other backups that share one of the
+    damaged stored copies (the same file, hard-linked), and are damaged with it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backup_id: str,
+        damaged: tuple[str, ...],
+        affected: tuple[str, ...] = (),
+    ) -> None:
+        self.damaged = damaged
+        self.affected = affected
+        super().__init__(message, backup_id=backup_id)
+
+
+class Entry(BaseModel):
+    """One folder, file, symlink, hard link or SQLite database of a snapshot.
+
+    ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
+    database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["dir", "file", "symlink", "sqlite", "hardlink"]
+    mode: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    hash: str = ""
+    #: A symlink's target; for a ``hardlink``, the relative path (in this manifest) of the
+    #: ``file`` entry it shares its inode with, which comes before it in sorted order.
+    target: str = ""
+    wal: bool = False
+    sig: tuple[int, ...] = ()
+    parent_only: bool = False
+    #: Owner and group; -1 where unknown (a backup of an older format).
+    uid: int = -1
+    gid: int = -1
+    #: A database's settings that its content does not carry: ``page_size``,
+    #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
+    sqlite: dict[str, int | str] = {}
+
+
+class Manifest(BaseModel):
+    """Everything a backup holds, and the scope it was taken with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int
+    id: str
+    created_at: str
+    root: str
+    excluded: tuple[str, ...]
+    included: tuple[str, ...] = ()
+    hash: str = HASH_NAME
+    version_from: str | None = None
+    version_to: str | None = None
+    previous: str | None = None
+    copied_bytes: int = 0
+    entries: dict[str, Entry]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def decoded(self) -> dict[str, Entry]:
+        """Entries under their real (possibly non-UTF-8) names and link targets."""
+        out = {}
+        for stored, entry in self.entries.items():
+            real = entry
+            if entry.type in ("symlink", "hardlink"):
+                real = entry.model_copy(update={"target": decode_name(entry.target)})
+            out[decode_name(stored)] = real
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """A complete backup on disk."""
+
+    id: str
+    path: Path
+    created_at: str
+    files: int
+    bytes: int
+    copied_bytes: int
+    version_from: str | None
+    version_to: str | None
+
+
+def file_signature(info: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content or metadata is written (ctime can't be set)."""
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def database_signature(path: Path, info: os.stat_result) -> tuple[int, ...]:
+    try:
+        wal = Path(f"{path}-wal").stat()
+    except FileNotFoundError:
+        return (*file_signature(info), -1, -1)
+    return (*file_signature(info), wal.st_size, wal.st_mtime_ns)
+
+
+def _check_relative(rel: str, backup_id: str) -> None:
+    """A manifest path must be relative, with no empty, ``.`` or ``..`` part and no NUL."""
+    wrapped = f"/{rel}/"
+    if "\x00" in rel or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+        raise BackupError(
+            f"manifest names a path outside the installation: {rel!r}", backup_id=backup_id
+        )
+
+
+def _no_duplicate_keys(pairs: builtins.list[tuple[str, object]]) -> dict[str, object]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        names = [key for key, _ in pairs]
+        twice = next(key for key in document if names.count(key) > 1)
+        raise ValueError(f"{twice!r} appears twice")
+    return document
+
+
+def _check_entry(rel: str, entry: Entry, entries: dict[str, Entry], earlier: set[str]) -> str:
+    """Why ``entry`` at ``rel`` is not something a backup can hold ("" if it is)."""
+    problem = ""
+    if not 0 <= entry.mode <= 0o7777:
+        problem = f"mode {entry.mode} is not a permission mode"
+    elif entry.size < 0:
+        problem = f"size {entry.size} is negative"
+    elif entry.uid < -1 or entry.gid < -1:
+        problem = "owner ids below -1"
+    elif entry.type == "symlink" and (not entry.target or "\x00" in entry.target):
+        problem = "a symlink with an empty or NUL-bearing target"
+    elif entry.type == "hardlink":
+        target = entries.get(entry.target)
+        if target is None or target.type != "file" or entry.target not in earlier:
+            problem = f"a hard link to {entry.target!r}, which is no earlier file of the backup"
+    elif entry.type != "sqlite" and entry.sqlite:
+        problem = "SQLite settings on something that is no database"
+    if problem or not entry.sqlite:
+        return problem
+    try:
+        _sqlite.check_settings(entry.sqlite)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def _under_a_non_folder(entries: dict[str, Entry]) -> tuple[str, str] | None:
+    """An entry that sits under one that is no folder (a symlink, a file), and that one."""
+    names = sorted(entries)
+    for rel, entry in entries.items():
+        if entry.type == "dir":
+            continue
+        below = bisect.bisect_left(names, rel + "/")
+        if below < len(names) and names[below].startswith(rel + "/"):
+            return names[below], rel
+    return None
+
+
+def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
+    """Refuse anything in a manifest that a backup this tool took could not hold."""
+    try:
+        entries = manifest.decoded()
+    except ValueError as exc:
+        raise BackupError(
+            f"manifest is unreadable: a name is badly encoded ({exc})", backup_id=backup_id
+        ) from exc
+    if len(entries) != len(manifest.entries):
+        raise BackupError("manifest is unreadable: a path appears twice", backup_id=backup_id)
+    try:
+        Scope(Path(manifest.root), manifest.excluded, manifest.included).matchers()
+    except ValueError as exc:
+        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    earlier: set[str] = set()  # in the order a backup writes them: sorted by stored name
+    for stored in sorted(manifest.entries):
+        rel = decode_name(stored)
+        _check_relative(rel, backup_id)
+        problem = _check_entry(rel, entries[rel], entries, earlier)
+        if problem:
+            raise BackupError(
+                f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
+            )
+        earlier.add(rel)
+    found = _under_a_non_folder(entries)
+    if found is not None:
+        rel, above = found
+        raise BackupError(
+            f"manifest is unreadable: entry {rel!r}: it sits under {above!r}, which is a"
+            f" {entries[above].type}",
+            backup_id=backup_id,
+        )
+
+
+def _key_path(backups_dir: Path) -> Path:
+    return backups_dir.parent / KEY
+
+
+def _read_key(backups_dir: Path) -> bytes | None:
+    path = _key_path(backups_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"the backup key {path} is unreadable: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        key = handle.read(_KEY_BYTES + 1)
+    if len(key) != _KEY_BYTES:
+        raise BackupError(f"the backup key {path} is damaged (not {_KEY_BYTES} bytes)")
+    return key
+
+
+def _installation_key(backups_dir: Path) -> bytes:
+    """The installation's secret for authenticating manifests, created (0600) if missing."""
+    key = _read_key(backups_dir)
+    if key is not None:
+        return key
+    path = _key_path(backups_dir)
+    tmp = path.with_name(f".{KEY}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(_KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first: use it
+            os.link(tmp, path)
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)
+    key = _read_key(backups_dir)
+    assert key is not None  # noqa: S101 - just linked into place
+    return key
+
+
+def sign_manifest(backups_dir: Path, raw: bytes) -> bytes:
+    """The MAC to store as ``manifest.hmac`` beside the manifest bytes ``raw``: HMAC-SHA256
+    keyed by the installation's secret (``<state>/backup.key``, created on first use)."""
+    key = _installation_key(backups_dir)
+    return hmac.new(key, raw, hashlib.sha256).hexdigest().encode()
+
+
+def check_manifest(backups_dir: Path, raw: bytes, mac: bytes | None, *, backup_id: str) -> None:
+    """Raise :class:`BackupError` unless ``mac`` authenticates the manifest bytes ``raw``:
+    whoever can write into the backups folder but cannot read the key cannot forge one."""
+    key = _read_key(backups_dir)
+    if key is None:
+        reason = f"the installation's key {_key_path(backups_dir)} is missing"
+    elif mac is None:
+        reason = f"{MANIFEST_MAC} is missing"
+    elif hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).hexdigest().encode(), mac.strip()):
+        return
+    else:
+        reason = "its MAC does not match"
+    raise BackupError(
+        f"failed verification: manifest is not authentic ({reason})", backup_id=backup_id
+    )
+
+
+def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
+    """The backup's manifest, after checking it against its checksum and its MAC, and
+    refusing anything in it that a backup could not hold (it is untrusted input).
+
+    A format 2 manifest (before MACs) is read with its checksum alone.
+    """
+    folder = backups_dir / backup_id
+    try:
+        raw = (folder / MANIFEST).read_bytes()
+        expected = (folder / MANIFEST_SUM).read_text().strip()
+    except FileNotFoundError as exc:
+        if not folder.is_dir():
+            raise BackupError("does not exist", backup_id=backup_id) from exc
+        raise BackupError(f"is incomplete: {exc.filename} is missing", backup_id=backup_id) from exc
+    except OSError as exc:
+        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    if xxhash.xxh3_128_hexdigest(raw) != expected:
+        raise BackupError("failed verification: manifest.json is damaged", backup_id=backup_id)
+    try:
+        document = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:
+        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    version = document.get("format") if isinstance(document, dict) else None
+    if version not in (2, FORMAT):
+        raise BackupError(
+            f"manifest is unreadable: unknown format {version!r}", backup_id=backup_id
+        )
+    if version >= 3:
+        try:
+            mac: bytes | None = (folder / MANIFEST_MAC).read_bytes()
+        except FileNotFoundError:
+            mac = None
+        except OSError as exc:
+            raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
+        check_manifest(backups_dir, raw, mac, backup_id=backup_id)
+    try:
+        manifest = Manifest.model_validate(document)
+    except ValidationError as exc:
+        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    _check_manifest_entries(manifest, backup_id)
+    return manifest

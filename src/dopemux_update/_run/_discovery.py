@@ -1,0 +1,328 @@
+"""Find migration folders and files, import them by path and validate them.
+
+Scanning (folder names only) is cheap and covers every folder, because planning needs the
+whole version graph. Loading (importing and validating files) covers only the folders on
+the plan. Both are synchronous: callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib.util
+import inspect
+import itertools
+import marshal
+import os
+import re
+import sys
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .._core._exceptions import MigrationValidationError, PreflightError, Problem
+from .._core._log import get_logger
+from .._core._models import Migration, MigrationInfo, Transition
+from .._core._versions import cached_version, parse_transition_name
+from ._shown import exception_text, is_real_interrupt, shown
+
+__all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
+
+FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)\.py$")
+_IGNORED_FOLDERS = frozenset({"examples", "__pycache__"})
+_INFO_KEYS = tuple(MigrationInfo.model_fields)
+_module_counter = itertools.count(1)
+
+logger = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Every transition folder found in a migrations folder, sorted by versions.
+
+    ``exists`` is False when there is no migrations folder at all: nothing to run.
+    """
+
+    root: Path
+    transitions: tuple[Transition, ...]
+    exists: bool = True
+
+
+def _is_ignored(name: str) -> bool:
+    return name.startswith((".", "_")) or name.lower().startswith("readme")
+
+
+def scan_migrations(migrations_dir: Path) -> Catalog:
+    """List the ``v{from}_to_v{to}`` folders of ``migrations_dir`` (``examples/`` never).
+
+    A migrations folder that does not exist means there is nothing to run (most releases
+    ship no migrations), not an error; a path that is not a folder is one.
+    """
+    if not migrations_dir.is_dir():
+        if migrations_dir.exists() or migrations_dir.is_symlink():
+            raise PreflightError(f"{migrations_dir}: is not a folder of migrations")
+        return Catalog(migrations_dir, (), exists=False)
+    problems: list[Problem] = []
+    transitions: list[Transition] = []
+    seen: dict[tuple[object, object], Path] = {}
+    for entry in sorted(migrations_dir.iterdir()):
+        if entry.name in _IGNORED_FOLDERS or _is_ignored(entry.name) or not entry.is_dir():
+            continue
+        try:
+            version_from, version_to = parse_transition_name(entry.name)
+        except ValueError as exc:
+            problems.append(Problem(entry, str(exc)))
+            continue
+        key = (version_from, version_to)
+        if key in seen:
+            problems.append(Problem(entry, f"same transition as {seen[key].name}"))
+            continue
+        seen[key] = entry
+        transitions.append(Transition(entry.name, version_from, version_to, entry))
+    if problems:
+        raise MigrationValidationError(problems)
+    transitions.sort(key=lambda t: (t.version_from, t.version_to))
+    return Catalog(migrations_dir, tuple(transitions))
+
+
+def load_transitions(transitions: Iterable[Transition]) -> dict[str, tuple[Migration, ...]]:
+    """Import and validate every migration file of ``transitions``.
+
+    Returns the migrations of each transition (keyed by folder name) in numeric order.
+    Raises :class:`MigrationValidationError` listing every problem found, across all files.
+    """
+    problems: list[Problem] = []
+    loaded: dict[str, tuple[Migration, ...]] = {}
+    for transition in transitions:
+        migrations, found = _load_folder(transition)
+        problems.extend(found)
+        loaded[transition.name] = migrations
+    if problems:
+        raise MigrationValidationError(problems)
+    return loaded
+
+
+def _load_folder(transition: Transition) -> tuple[tuple[Migration, ...], list[Problem]]:
+    problems: list[Problem] = []
+    numbered: dict[int, Path] = {}
+    migrations: list[Migration] = []
+    for path in sorted(transition.path.iterdir()):
+        if _is_ignored(path.name) or not path.is_file() or path.suffix != ".py":
+            continue
+        match = FILE_NAME.match(path.name)
+        if match is None:
+            problems.append(
+                Problem(
+                    path,
+                    "not a migration file name: expected NNN_name.py"
+                    " (name helper modules with a leading '_' to keep them out)",
+                )
+            )
+            continue
+        number = int(match["number"])
+        if number in numbered:
+            problems.append(
+                Problem(path, f"number {number} is already used by {numbered[number].name}")
+            )
+            continue
+        numbered[number] = path
+        result = load_migration(path, transition, number=number, name=match["name"])
+        if isinstance(result, Migration):
+            migrations.append(result)
+        else:
+            problems.extend(result)
+    migrations.sort(key=lambda m: m.number)
+    return tuple(migrations), problems
+
+
+def load_migration(
+    path: Path, transition: Transition, *, number: int, name: str
+) -> Migration | list[Problem]:
+    """Import one migration file by path and validate it; return it or its problems."""
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        return [Problem(path, f"cannot be read: {exc.strerror or exc}")]
+    module = _import_source(path, source)
+    if isinstance(module, Problem):
+        return [module]
+    try:
+        return _validate(path, module, transition, number=number, name=name, source=source)
+    except BaseException as exc:  # the file's own code ran here: even a SystemExit is its problem
+        if is_real_interrupt(exc):
+            raise
+        return [Problem(path, f"cannot be validated: {exception_text(exc)}")]
+
+
+def _validate(
+    path: Path,
+    module: types.ModuleType,
+    transition: Transition,
+    *,
+    number: int,
+    name: str,
+    source: bytes,
+) -> Migration | list[Problem]:
+    """Check the imported module's functions and MIGRATION_INFO. Migration code may run here
+    (a module ``__getattr__``, a ``__repr__`` of a value): the caller guards it."""
+    problems: list[Problem] = []
+    functions = [_check_function(path, module, n) for n in ("migrate_forward", "migrate_backward")]
+    problems.extend(p for p in functions if isinstance(p, Problem))
+    info = _check_info(path, module, transition, problems)
+    if problems or info is None:
+        return problems
+    forward, backward = functions
+    assert callable(forward)  # noqa: S101 - narrowed by the checks above
+    assert callable(backward)  # noqa: S101
+    return Migration(
+        id=f"{transition.name}/{path.stem}",
+        number=number,
+        name=name,
+        path=path,
+        transition=transition,
+        info=info,
+        forward=forward,
+        backward=backward,
+        checksum=hashlib.sha256(source).hexdigest(),
+    )
+
+
+_CHECKED_HASH_PYC = 0b11  # PEP 552 flags: hash-based, and the hash is checked on load
+
+
+def _compile_cached(path: Path, source: bytes) -> types.CodeType:
+    """Compile ``source``, reusing a checked-hash ``.pyc`` in ``__pycache__`` (PEP 552).
+
+    Keyed by the source's hash, not its mtime, so an edit in the same second can never run
+    stale bytecode. Python's own loader reads these files too. ``PYTHONDONTWRITEBYTECODE``
+    (``sys.dont_write_bytecode``) is honoured; a cache that cannot be written is skipped.
+    """
+    cached = Path(importlib.util.cache_from_source(str(path)))
+    source_hash = importlib.util.source_hash(source)
+    header = importlib.util.MAGIC_NUMBER + _CHECKED_HASH_PYC.to_bytes(4, "little") + source_hash
+    try:
+        data = cached.read_bytes()
+    except OSError:
+        data = b""
+    if data.startswith(header):
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            code = marshal.loads(data[len(header) :])  # noqa: S302 - trusted as the .py is
+            if isinstance(code, types.CodeType):
+                return code
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    if not sys.dont_write_bytecode:
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(exist_ok=True)
+            tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(header + marshal.dumps(code))
+            tmp.replace(cached)
+    return code
+
+
+def _import_source(path: Path, source: bytes) -> types.ModuleType | Problem:
+    """Run ``source`` as a fresh module with a unique name; ``sys.path`` stays untouched."""
+    module_name = f"dopemux_update._migration_{next(_module_counter)}_{path.stem}"
+    try:
+        code = _compile_cached(path, source)
+    except (SyntaxError, ValueError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        return Problem(path, f"cannot be compiled: {type(exc).__name__}: {reason}{line}")
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
+    # Registered while it runs, so that dataclasses and typing in the file can find it.
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)  # noqa: S102 - running migration code is the purpose
+    except BaseException as exc:  # any import-time error is a problem, even an exit
+        if is_real_interrupt(exc):
+            raise
+        if isinstance(exc, SystemExit):
+            return Problem(path, f"import failed: called sys.exit({shown(exc.code)})")
+        return Problem(path, f"import failed: {exception_text(exc)}")
+    finally:
+        sys.modules.pop(module_name, None)
+    return module
+
+
+def _takes_one_argument(function: object) -> bool:
+    """Whether ``function(project_root)`` binds; plain functions are checked on their code."""
+    if isinstance(function, types.FunctionType):
+        code = function.__code__
+        if code.co_kwonlyargcount > len(function.__kwdefaults__ or {}):
+            return False  # a keyword-only argument without a default
+        required = code.co_argcount - len(function.__defaults__ or ())
+        has_varargs = bool(code.co_flags & inspect.CO_VARARGS)
+        return required <= 1 and (code.co_argcount >= 1 or has_varargs)
+    try:
+        inspect.signature(function).bind(Path())  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # no signature to inspect (a builtin); calling it will tell
+    return True
+
+
+def _check_function(path: Path, module: types.ModuleType, name: str) -> object:
+    function = getattr(module, name, None)
+    if function is None:
+        return Problem(path, f"{name} is missing")
+    if not callable(function):
+        return Problem(path, f"{name} is not a function")
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        return Problem(path, f"{name} must be a plain function, not async")
+    if not _takes_one_argument(function):
+        return Problem(path, f"{name} must take exactly one positional argument (project_root)")
+    return function
+
+
+def _check_info(
+    path: Path, module: types.ModuleType, transition: Transition, problems: list[Problem]
+) -> MigrationInfo | None:
+    raw = getattr(module, "MIGRATION_INFO", None)
+    if raw is None:
+        problems.append(Problem(path, "MIGRATION_INFO is missing"))
+        return None
+    if not isinstance(raw, dict):
+        problems.append(Problem(path, f"MIGRATION_INFO must be a dict, not {type(raw).__name__}"))
+        return None
+    try:
+        info = MigrationInfo.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(Problem(path, reason) for reason in _describe(exc))
+        return None
+    for key, expected in (
+        ("version_from", transition.version_from),
+        ("version_to", transition.version_to),
+    ):
+        declared = getattr(info, key)
+        if cached_version(declared) != expected:
+            problems.append(
+                Problem(
+                    path,
+                    f"MIGRATION_INFO {key} is {declared!r} but its folder"
+                    f" {transition.name} says {expected}",
+                )
+            )
+    return info
+
+
+def _describe(exc: ValidationError) -> Sequence[str]:
+    reasons = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        top = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "extra_forbidden":
+            guess = difflib.get_close_matches(top, _INFO_KEYS, n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            reasons.append(f"MIGRATION_INFO has an unknown key {top!r}{hint}")
+        elif error["type"] == "missing":
+            reasons.append(f"MIGRATION_INFO is missing the key {key!r}")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            reasons.append(f"MIGRATION_INFO {key!r}: {message} (got {shown(error['input'])})")
+    return reasons

@@ -1,0 +1,237 @@
+"""The recorded state of an installation: its installed version and the history of runs.
+
+Lives in ``<root>/.dopemux/update/state.json`` (the state folder is configurable) and is only
+ever replaced atomically.
+
+Dopemux keeps its own record of the installed version in ``<root>/VERSION``. When a store is
+given that file (``version_file``), it reads the installed version from there while
+``state.json`` records none, and every version it records is written there too (in the file's
+own style: a leading ``v`` is kept), just before ``state.json``: the two records never
+disagree after one of our runs. A file that does not exist is never created.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .._core._exceptions import StateError
+from .._core._faults import check_write
+from .._core._fsutil import atomic_write
+from .._core._log import get_logger
+from .._core._versions import parse_version
+from ._private import make_private_dirs
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "VERSION_FILE",
+    "MigrationRecord",
+    "RunRecord",
+    "State",
+    "StateStore",
+    "read_version_file",
+    "utcnow",
+]
+
+DEFAULT_STATE_DIR = Path(".dopemux") / "update"
+_STATE_FILE = "state.json"
+VERSION_FILE = "VERSION"  # Dopemux's own record, at the installation's root
+_HISTORY_LIMIT = 200
+_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)  # between the attempts of ``record_retrying``
+
+logger = get_logger()
+
+
+def read_version_file(path: Path) -> str | None:
+    """The version in a Dopemux ``VERSION`` file, without a leading ``v``; None when there is
+    no such file. Raises :class:`StateError` when it holds no valid version."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot be read: {exc.strerror or exc}", path=path) from exc
+    value = text[1:] if text[:1] in ("v", "V") else text
+    if not value:
+        raise StateError("is empty: it should hold the installed version", path=path)
+    parse_version(value, where=str(path))
+    return value
+
+
+def _write_version_file(path: Path, version: str) -> None:
+    """Put ``version`` in an existing ``VERSION`` file, keeping its style and mode."""
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace")
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return
+    prefix = "v" if old.strip()[:1] in ("v", "V") else ""
+    ending = "\n" if old.endswith("\n") else ""
+    new = f"{prefix}{version}{ending}"
+    if new != old:
+        check_write()
+        atomic_write(path, new.encode(), mode=mode)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MigrationRecord(BaseModel):
+    """One migration function that ran during a recorded run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    direction: str
+    checksum: str
+    seconds: float
+    outcome: str
+
+
+class RunRecord(BaseModel):
+    """One update run, kept in the history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str | None = None
+    started_at: str
+    finished_at: str
+    version_from: str
+    version_to: str
+    direction: str
+    outcome: str
+    backup_id: str | None = None
+    migrations: tuple[MigrationRecord, ...] = ()
+    error: str | None = None
+    #: What ran: ``upgrade``, ``downgrade`` or ``revert`` (None in files written before it
+    #: was recorded: the direction says which of the first two).
+    command: str | None = None
+    #: A revert: the id of the run it undid, and why (``health check`` after the CLI's gate).
+    reverts: str | None = None
+    reason: str | None = None
+
+
+class State(BaseModel):
+    """The content of ``state.json``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    installed_version: str | None = None
+    history: tuple[RunRecord, ...] = Field(default=())
+    #: Services a committed run asked to restart that were not (the restart failed, or was
+    #: skipped): kept, in first-appearance order, until ``dopemux-update restart`` does it.
+    restarts_owed: tuple[str, ...] = Field(default=())
+
+
+class StateStore:
+    """Reads and atomically rewrites ``state.json`` in a state folder (and keeps Dopemux's
+    ``VERSION`` file in step, when given one: see the module documentation)."""
+
+    def __init__(self, state_dir: Path, *, version_file: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / _STATE_FILE
+        self.version_file = version_file
+
+    def read(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise StateError(f"cannot be read: {exc.strerror or exc}", path=self.path) from exc
+        try:
+            state = State.model_validate_json(raw)  # parsed in pydantic-core: several x faster
+        except (ValueError, ValidationError) as exc:
+            raise StateError(f"is not a valid state file: {exc}", path=self.path) from exc
+        if state.installed_version is not None:
+            parse_version(state.installed_version, where=str(self.path))
+        return state
+
+    def write(self, state: State) -> None:
+        make_private_dirs(self.state_dir)
+        data = state.model_dump_json(indent=2, exclude_defaults=False) + "\n"
+        check_write()
+        atomic_write(self.path, data.encode())
+
+    def set_aside(self) -> Path | None:
+        """Rename a (corrupt) ``state.json`` to ``state.json.corrupt-<time>``; its new name,
+        or None when there was none."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.rename(self.path, aside)  # noqa: PTH104 - the plain rename(2) is the point
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def installed_version(self) -> str | None:
+        """``state.json``'s version; while it records none, the ``VERSION`` file's."""
+        recorded = self.read().installed_version
+        if recorded is None and self.version_file is not None:
+            return read_version_file(self.version_file)
+        return recorded
+
+    def version_file_disagrees(self) -> str | None:
+        """The ``VERSION`` file's version when ``state.json`` records another one."""
+        if self.version_file is None:
+            return None
+        recorded = self.read().installed_version
+        try:
+            other = read_version_file(self.version_file)
+        except StateError as exc:
+            return str(exc)
+        if recorded is None or other is None:
+            return None
+        return None if parse_version(other) == parse_version(recorded) else other
+
+    def record(self, *, installed_version: str | None, run: RunRecord | None = None) -> State:
+        """Set the installed version and append ``run`` to the history, in one atomic write
+        (the ``VERSION`` file, if any, is brought in step just before)."""
+        state = self.read()
+        history = state.history if run is None else (*state.history, run)[-_HISTORY_LIMIT:]
+        version = installed_version if installed_version is not None else state.installed_version
+        if installed_version is not None and self.version_file is not None:
+            _write_version_file(self.version_file, installed_version)
+        new = state.model_copy(update={"installed_version": version, "history": history})
+        self.write(new)
+        return new
+
+    def owe_restarts(self, services: Iterable[str]) -> State:
+        """Add ``services`` to the restarts owed (first appearance keeps its place)."""
+        state = self.read()
+        owed = tuple(dict.fromkeys([*state.restarts_owed, *services]))
+        if owed == state.restarts_owed:
+            return state
+        new = state.model_copy(update={"restarts_owed": owed})
+        self.write(new)
+        return new
+
+    def settle_restarts(self, services: Iterable[str]) -> State:
+        """Remove ``services`` from the restarts owed (they were restarted)."""
+        state = self.read()
+        done = set(services)
+        owed = tuple(s for s in state.restarts_owed if s not in done)
+        if owed == state.restarts_owed:
+            return state
+        new = state.model_copy(update={"restarts_owed": owed})
+        self.write(new)
+        return new
+
+    def record_retrying(self, *, installed_version: str | None, run: RunRecord | None) -> State:
+        """:meth:`record`, tried again a few times over about two seconds when the write
+        fails (a full disk that something else is freeing); the last error is raised."""
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                return self.record(installed_version=installed_version, run=run)
+            except OSError as exc:
+                if delay is None:
+                    raise
+                logger.warning("state.write_retry", error=str(exc), retry_in=delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,144 @@
+"""Protect a run from its own migrations: its state folder and the working directory.
+
+A migration is arbitrary code. One that deletes ``.dopemux/`` (a "move the database out"
+restructure) takes the run's journal and backup with it; one that calls ``os.chdir`` would
+send every relative path elsewhere. The run resolves its paths once, before any migration is
+imported, and after each migration call checks, with a few ``stat`` calls, that the state
+folder, the journal and the backup are the very files it made, and that the working
+directory is where it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._backup._manifest import MANIFEST, MANIFEST_SUM
+from .._core._exceptions import UpdateError
+from .._core._log import get_logger
+
+__all__ = ["StateGuard", "StateTamperedError", "absolute", "restore_cwd"]
+
+logger = get_logger()
+
+_Identity = tuple[int, ...]
+
+
+class StateTamperedError(UpdateError):
+    """A migration deleted or replaced the run's state folder, journal or backup."""
+
+    def __init__(self, migration_id: str, what: str) -> None:
+        self.migration_id = migration_id
+        self.what = what
+        super().__init__(f"{migration_id} {what}")
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return None
+
+
+def _identity(path: Path, *, content: bool = False) -> _Identity | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if content:
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    return info.st_dev, info.st_ino
+
+
+@dataclass
+class StateGuard:
+    """What the state folder held when the run began its migrations."""
+
+    state_dir: Path
+    journal: Path
+    backup: Path | None
+    backup_files: tuple[Path, ...]
+    _ids: dict[Path, _Identity | None]
+    journal_size: Callable[[], int | None] | None = None
+
+    @classmethod
+    def capture(
+        cls,
+        state_dir: Path,
+        journal: Path,
+        backup: Path | None,
+        journal_size: Callable[[], int | None] | None = None,
+    ) -> StateGuard:
+        """What is there now; ``journal_size`` tells how long the run made its journal."""
+        files: tuple[Path, ...] = ()
+        if backup is not None:
+            files = (backup / MANIFEST, backup / MANIFEST_SUM)
+        ids = {state_dir: _identity(state_dir), journal: _identity(journal)}
+        if backup is not None:
+            ids[backup] = _identity(backup)
+        ids.update({path: _identity(path, content=True) for path in files})
+        return cls(state_dir, journal, backup, files, ids, journal_size)
+
+    def problems(self) -> list[str]:
+        """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
+        if _identity(self.state_dir) != self._ids[self.state_dir]:
+            return [
+                f"it deleted or replaced the state folder {self.state_dir}, journal and backups"
+            ]
+        found = []
+        if _identity(self.journal) != self._ids[self.journal]:
+            found.append(f"it deleted or replaced the journal {self.journal}")
+        elif self.journal_size is not None and self.journal_size() not in (
+            None,
+            _size(self.journal),
+        ):
+            found.append(f"it changed the journal {self.journal}")
+        if self.backup is not None:
+            if _identity(self.backup) != self._ids[self.backup]:
+                found.append(f"it deleted or replaced the backup {self.backup}")
+            elif any(_identity(f, content=True) != self._ids[f] for f in self.backup_files):
+                found.append(f"it changed the backup {self.backup}")
+        return found
+
+    def backup_usable(self) -> bool:
+        """The backup's folder and manifest are still the ones the run wrote."""
+        if self.backup is None:
+            return False
+        return _identity(self.backup) == self._ids[self.backup] and all(
+            _identity(f, content=True) == self._ids[f] for f in self.backup_files
+        )
+
+    def check(self, migration_id: str) -> None:
+        """Raise :class:`StateTamperedError` naming ``migration_id`` if anything changed."""
+        found = self.problems()
+        if found:
+            what = "touched the update's own state folder: " + "; ".join(found)
+            logger.error("migration.touched_state", migration_id=migration_id, problems=found)
+            raise StateTamperedError(migration_id, what)
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` made absolute against the working directory now (links are not followed)."""
+    return Path(path).absolute()
+
+
+def restore_cwd(expected: str, migration_id: str) -> str | None:
+    """If the working directory is no longer ``expected``, log it and go back there.
+
+    Returns where it had gone (None when it had not moved). A folder that was removed under
+    the process reads as ``"(deleted)"``.
+    """
+    try:
+        now = str(Path.cwd())
+    except OSError:
+        now = "(deleted)"
+    if now == expected:
+        return None
+    logger.warning("migration.changed_cwd", migration_id=migration_id, cwd=now, restored=expected)
+    try:
+        os.chdir(expected)
+    except OSError as exc:
+        logger.error("migration.cwd_not_restored", cwd=expected, error=str(exc))
+    return now
