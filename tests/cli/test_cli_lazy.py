@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 
+from conftest import EXAMPLE_INSTALLATION, EXAMPLE_MIGRATIONS
 from dopemux_update import cli
 
 HEAVY = ("rich", "pydantic", "anyio", "asyncio", "structlog")
@@ -65,3 +68,70 @@ def test_status_at_the_default_verbosity_imports_neither_structlog_nor_rich(
     assert not heavy & {"structlog", "rich"}
     _, heavy = _imported_by("status", "-v", "--root", str(example_copy))
     assert "structlog" in heavy
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--root``/``--migrations`` of an installation with something to show: a run in its
+    history (drift is checked against its files), a backup, a lock file, a hop pending."""
+    root = tmp_path_factory.mktemp("upgraded") / "installation"
+    shutil.copytree(EXAMPLE_INSTALLATION, root, symlinks=True)
+    where = ["--root", str(root), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    done = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "upgrade", "--to", "0.2.0", "--yes"]
+        + ["--no-restart", *where],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = root / ".dopemux" / "update"
+    assert (state / "lock").exists()
+    assert [p for p in (state / "backups").iterdir() if not p.name.startswith(".")]
+    return where
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["status"], id="status"),
+        pytest.param(["status", "--json"], id="status --json"),
+        pytest.param(["status", "--check"], id="status --check"),
+        pytest.param(["history"], id="history"),
+        pytest.param(["history", "--json"], id="history --json"),
+        pytest.param(["status", "--help"], id="status --help"),
+        pytest.param(["history", "--help"], id="history --help"),
+    ],
+)
+def test_status_and_history_import_none_of_rich_pydantic_anyio_asyncio_structlog(
+    upgraded: list[str], argv: list[str]
+) -> None:
+    """The quick, read-only commands read the state, the backups' manifests, the lock and
+    the migrations folder without the libraries an update needs."""
+    _, heavy = _imported_by(*argv, *upgraded)
+    assert heavy == set()
+
+
+def test_status_reads_the_backups_without_the_backup_store(upgraded: list[str]) -> None:
+    ours, _ = _imported_by("status", *upgraded)
+    assert not ours & {
+        "dopemux_update._backup._store",
+        "dopemux_update._backup._manifest",
+        "dopemux_update._run._runner",
+        "dopemux_update._run._discovery",
+    }
+
+
+def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
+    upgraded: list[str],
+) -> None:
+    """The installation the tests above use has what makes status do its work."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "status", *upgraded],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Pending:           v0.2.0_to_v0.3.0" in shown
+    assert "Last run:          0.1.0 → 0.2.0 applied" in shown
+    assert "Backups:           1 (" in shown
