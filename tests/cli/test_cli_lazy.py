@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 import pytest
@@ -77,9 +77,9 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     root = tmp_path_factory.mktemp("upgraded") / "installation"
     shutil.copytree(EXAMPLE_INSTALLATION, root, symlinks=True)
     where = ["--root", str(root), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    upgrade = ["--yes", "--no-restart"]
     done = subprocess.run(
-        [sys.executable, "-m", "dopemux_update", "upgrade", "--to", "0.2.0", "--yes"]
-        + ["--no-restart", *where],
+        [sys.executable, "-m", "dopemux_update", "upgrade", "--to", "0.2.0", *upgrade, *where],
         capture_output=True,
         text=True,
         check=False,
@@ -135,3 +135,34 @@ def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
     assert "Pending:           v0.2.0_to_v0.3.0" in shown
     assert "Last run:          0.1.0 → 0.2.0 applied" in shown
     assert "Backups:           1 (" in shown
+
+
+def _json_log_lines(*, structlog_first: bool) -> list[str]:
+    """The stderr of a ``--json`` command's warnings and errors (timestamps blanked)."""
+    code = (
+        ("import structlog\n" if structlog_first else "") + "import sys\n"
+        "from pathlib import Path\n"
+        "from dopemux_update.cli._common import configure_logging\n"
+        "from dopemux_update._core._log import get_logger\n"
+        "configure_logging(0, json_logs=True)\n"
+        "log = get_logger().bind(backup_id='b1')\n"
+        "log.info('not.shown', path='x')\n"
+        "log.warning('backup.skipped', path='a \"b\"\\n', size=3, where=Path('/x'),"
+        " traceback='Traceback ...', level='mine')\n"
+        "log.error('state.write_failed', error='é')\n"
+        "log.critical('bare')\n"
+        "assert ('structlog' in sys.modules) is " + repr(structlog_first) + "\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [
+        re.sub(r'"timestamp": "[^"]+"', '"timestamp": "T"', line)
+        for line in run.stderr.splitlines()
+    ]
+
+
+def test_json_log_lines_without_structlog_are_the_ones_structlog_writes() -> None:
+    """``status --json`` does not import structlog for its console, yet a warning there is
+    the same JSON line as when structlog renders it."""
+    light = _json_log_lines(structlog_first=False)
+    assert len(light) == 3
+    assert light == _json_log_lines(structlog_first=True)

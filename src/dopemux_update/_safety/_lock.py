@@ -5,7 +5,7 @@ leaves a stale lock. The holder writes who it is (pid, host, start time, command
 file, so that a second updater can say who is in the way. A symlink at the lock's path is
 refused, and so is a state folder that another user could change (see ``_private``). The
 lock is re-entrant within one context (the command line holds it, and the
-orchestration it runs takes it again).
+orchestration it runs takes it again). Reading who holds it imports no async library.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-
-import anyio
-import anyio.to_thread
 
 from .._core._exceptions import LockError
 from ._private import check_state_dir, make_private_dirs, open_private, tighten
@@ -143,6 +140,8 @@ def holding_lock(state_dir: Path) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def holding_lock_async(state_dir: Path) -> AsyncIterator[None]:
     """:func:`holding_lock` for async code: its file-system work runs in a worker thread."""
+    import anyio.to_thread  # noqa: PLC0415 - only async code needs it: status reads the lock
+
     acquired = await anyio.to_thread.run_sync(_acquire, state_dir)
     if acquired is None:
         yield

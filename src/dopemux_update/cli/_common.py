@@ -20,7 +20,6 @@ from packaging.version import Version
 
 from .._core._exceptions import UpdateError
 from .._core._versions import parse_version
-from .._run._runner import DEFAULT_GRACE
 from .._safety._private import check_state_dir, make_private_dirs, open_private
 from .._safety._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
 
@@ -240,13 +239,40 @@ class _UiLines(logging.Handler):
             sys.stderr.write(line + "\n")
 
 
+def _json_default(value: Any) -> Any:
+    """What structlog's JSONRenderer writes for a value JSON has no form for."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+class _JsonLines(logging.Handler):
+    """The ``--json`` console of a command without a run log, without structlog: warnings
+    and errors as the JSON lines structlog's JSONRenderer writes for them (with the level
+    and an ISO UTC timestamp; a traceback left for ``-v``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = dict(getattr(record, "dopemux_fields", {}))
+        event["event"] = getattr(record, "dopemux_event", record.getMessage())
+        event["level"] = record.levelname.lower()
+        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        if "traceback" in event:  # as _brief does: the traceback needs -v
+            event.pop("traceback")
+            event["traceback_in"] = "-v"
+        sys.stderr.write(json.dumps(event, default=_json_default) + "\n")
+
+
 _LIBRARY_LOGGER = "dopemux_update"
 
 
 def reset_console_logging() -> None:
     """Remove the handler a light :func:`configure_logging` installed (the command ended)."""
     logger = logging.getLogger(_LIBRARY_LOGGER)
-    for handler in [h for h in logger.handlers if isinstance(h, _UiLines)]:
+    for handler in [h for h in logger.handlers if isinstance(h, _UiLines | _JsonLines)]:
         logger.removeHandler(handler)
 
 
@@ -268,10 +294,11 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     each); ``-v`` adds the log lines (JSON only with ``--json``), ``-q`` keeps errors only.
     """
     reset_console_logging()
-    if run_log is None and verbosity == 0 and not json_logs and "structlog" not in sys.modules:
+    if run_log is None and verbosity == 0 and "structlog" not in sys.modules:
         # A command without a run log (status, plan, history, ...) at the default
-        # verbosity: the same short lines, without importing structlog (and rich) at all.
-        logging.getLogger(_LIBRARY_LOGGER).addHandler(_UiLines(quiet_requested()))
+        # verbosity: the same lines, without importing structlog (and rich, asyncio) at all.
+        handler = _JsonLines() if json_logs else _UiLines(quiet_requested())
+        logging.getLogger(_LIBRARY_LOGGER).addHandler(handler)
         return
     import structlog  # noqa: PLC0415 - 60 ms: only for commands that log more than lines
 
@@ -356,6 +383,8 @@ def common_options(function: F) -> F:
 def time_limit_options(function: F) -> F:
     """``--timeout`` and ``--grace``: how long a migration may run, and then how long its
     thread gets to end (after a timeout or Ctrl-C) before it is abandoned."""
+    from .._run._runner import DEFAULT_GRACE  # noqa: PLC0415 - the runner's commands only
+
     decorators = [
         click.option(
             "--timeout",
