@@ -16,7 +16,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -33,6 +32,12 @@ __all__ = ["holding_lock", "holding_lock_async", "lock_holder"]
 _held: contextvars.ContextVar[frozenset[tuple[int, int]]] = contextvars.ContextVar(
     "dopemux_update_locks", default=frozenset()
 )
+
+
+def _host() -> str:
+    """This machine's name (``gethostname(2)`` is the kernel's nodename, as here), without
+    importing :mod:`socket`, which ``status`` would pay for at start-up."""
+    return os.uname().nodename
 
 
 def _describe_holder(fd: int, path: Path) -> str:
@@ -82,7 +87,7 @@ def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
         raise LockError(f"another update is running on this installation: {holder}") from exc
     me = {
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": _host(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) or sys.executable,
     }
@@ -105,7 +110,7 @@ def lock_holder(state_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     pid = info.get("pid")
-    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+    if not isinstance(pid, int) or info.get("host") != _host():
         return None
     try:
         os.kill(pid, 0)

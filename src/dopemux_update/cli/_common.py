@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +84,8 @@ class RunLog:
             fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._handle = os.fdopen(fd, "a", encoding="utf-8")
             if self._spill is not None:
+                import shutil  # noqa: PLC0415 - only a flood held before the start: see above
+
                 self._spill.seek(0)
                 shutil.copyfileobj(self._spill, self._handle)
             self._handle.writelines(self._buffer)
@@ -103,6 +103,8 @@ class RunLog:
             self._buffered += len(line)
             if self._buffered > _HELD_IN_MEMORY:
                 if self._spill is None:
+                    import tempfile  # noqa: PLC0415 - as shutil in start(): rarely needed
+
                     # Closed by _drop_held(), when the log starts or is closed or discarded.
                     self._spill = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
                 self._spill.writelines(self._buffer)
@@ -444,6 +446,16 @@ def make_context(
     )
     check_state_dir(ctx.state_dir)
     return ctx
+
+
+def format_bytes(size: int) -> str:
+    """``512 B``, ``1.5 KB``, ``2.0 GB``: a size as the commands show it."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def plural(count: int, noun: str) -> str:

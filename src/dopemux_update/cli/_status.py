@@ -34,9 +34,9 @@ from ._common import (
     Context,
     common_options,
     emit,
+    format_bytes,
     make_context,
 )
-from ._view import format_bytes
 
 __all__ = ["status"]
 
