@@ -302,6 +302,7 @@ STATE_FILES = [
     '{"installed_version": "1.0", "installed_version": "2.0"}',
     '{"installed_version": "\\ud800"}',
     '{"restarts_owed": ["caf\u00e9"]}',
+    '{"restarts_owed": ["a\\u001bb", "\\ud83d\\ude00", "\\\\ud800"]}',
     '{"installed_version": 1.0}',
     '{"history": [{"run_id": "r"}]}',
     '{"history": {}}',

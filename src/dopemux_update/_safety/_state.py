@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 import typing
 from collections.abc import Iterable
@@ -139,6 +140,9 @@ class State:
 # accepted, and a damaged file gets the same error message as before.
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 class _NotPlain(Exception):  # noqa: N818 - a signal inside this module, never raised out of it
     """The document holds something the plain reading does not judge: pydantic does."""
 
@@ -200,7 +204,7 @@ def _parse_state(raw: bytes) -> State:
     ``ValidationError``, with its message) when they are not a valid state file."""
     try:
         text = raw.decode("utf-8")
-        if "\\u" not in text:  # an escape may hide a lone surrogate: pydantic judges it
+        if _SURROGATE_ESCAPE.search(text) is None:  # a lone one: pydantic judges it
             document = json.loads(text)
             if type(document) is dict:
                 state: State = _record(State, document)
