@@ -148,21 +148,23 @@ def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
     assert "Backups:           1 (" in shown
 
 
-def _json_log_lines(*, structlog_first: bool) -> list[str]:
-    """The stderr of a ``--json`` command's warnings and errors (timestamps blanked)."""
+def _console_lines(*, structlog_first: bool, json_logs: bool) -> list[str]:
+    """The stderr of a command's warnings and errors at the default verbosity (timestamps
+    blanked), with structlog rendering them or without it (nor logging) imported."""
     code = (
         ("import structlog\n" if structlog_first else "") + "import sys\n"
         "from pathlib import Path\n"
         "from dopemux_update.cli._common import configure_logging\n"
         "from dopemux_update._core._log import get_logger\n"
-        "configure_logging(0, json_logs=True)\n"
+        f"configure_logging(0, json_logs={json_logs!r})\n"
         "log = get_logger().bind(backup_id='b1')\n"
         "log.info('not.shown', path='x')\n"
         "log.warning('backup.skipped', path='a \"b\"\\n', size=3, where=Path('/x'),"
         " traceback='Traceback ...', level='mine')\n"
+        "log.warning('migration.output', line='told by the progress already')\n"
         "log.error('state.write_failed', error='é')\n"
         "log.critical('bare')\n"
-        "assert ('structlog' in sys.modules) is " + repr(structlog_first) + "\n"
+        f"assert ('structlog' in sys.modules) is {structlog_first!r}\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return [
@@ -171,12 +173,23 @@ def _json_log_lines(*, structlog_first: bool) -> list[str]:
     ]
 
 
-def test_json_log_lines_without_structlog_are_the_ones_structlog_writes() -> None:
-    """``status --json`` does not import structlog for its console, yet a warning there is
-    the same JSON line as when structlog renders it."""
-    light = _json_log_lines(structlog_first=False)
-    assert len(light) == 3
-    assert light == _json_log_lines(structlog_first=True)
+@pytest.mark.parametrize("json_logs", [False, True], ids=["lines", "json"])
+def test_console_lines_without_structlog_are_the_ones_structlog_writes(json_logs: bool) -> None:
+    """``status`` (and ``--json``) imports neither structlog nor logging for its console,
+    yet a warning there is the same line as when structlog renders it."""
+    light = _console_lines(structlog_first=False, json_logs=json_logs)
+    assert len(light) == (4 if json_logs else 3)
+    assert light == _console_lines(structlog_first=True, json_logs=json_logs)
+
+
+def test_status_imports_no_logging_when_nothing_is_logged(upgraded: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from dopemux_update.cli import main\n"
+        f"assert main(['status', *{upgraded!r}]) == 0\n"
+        "assert 'logging' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
 
 
 # -- what status reads without the store, and without pydantic ---------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ import click
 from packaging.version import Version
 
 from .._core._exceptions import UpdateError
+from .._core._log import set_console
 from .._core._versions import parse_version
 from .._safety._private import check_state_dir, make_private_dirs, open_private
 from .._safety._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
@@ -137,7 +137,7 @@ class RunLog:
 
 def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
     def drop_quiet(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-        if _LEVELS.get(method, logging.INFO) < threshold:
+        if _LEVELS.get(method, _INFO) < threshold:
             import structlog  # noqa: PLC0415 - imported by configure_logging already
 
             raise structlog.DropEvent
@@ -160,14 +160,16 @@ def _brief(run_log: RunLog | None) -> Callable[[Any, str, MutableMapping[str, An
     return brief
 
 
+# logging's level numbers (logging.DEBUG, ...): the light console does not import logging.
+_DEBUG, _INFO, _WARNING, _ERROR, _CRITICAL = 10, 20, 30, 40, 50
 _LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
+    "debug": _DEBUG,
+    "info": _INFO,
+    "warning": _WARNING,
+    "warn": _WARNING,
+    "error": _ERROR,
+    "exception": _ERROR,
+    "critical": _CRITICAL,
 }
 
 
@@ -210,9 +212,9 @@ def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> 
     command's own lines already tell it (or ``-q`` keeps errors only)."""
     event = str(event_dict.get("event", ""))
     shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
-    if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+    if shown or (quiet and _LEVELS.get(method, 0) < _ERROR):
         return None
-    level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
+    level = "error" if _LEVELS.get(method, _INFO) >= _ERROR else "warning"
     fields = ", ".join(
         f"{key}={value}"
         for key, value in event_dict.items()
@@ -221,22 +223,21 @@ def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> 
     return f"{level}: {event}" + (f": {fields}" if fields else "")
 
 
-class _UiLines(logging.Handler):
-    """The default console of a command without a run log, without structlog: the library
-    sends its events to the stdlib logger while structlog is not configured (see ``_log``);
-    warnings and errors become the same short lines as :func:`_ui_only` makes."""
+class _UiLines:
+    """The default console of a command without a run log, without structlog (nor logging):
+    the library gives it the warnings and errors it sends to the stdlib logger while
+    structlog is not configured (see ``_log``); they become the same short lines as
+    :func:`_ui_only` makes."""
 
     def __init__(self, quiet: bool) -> None:
-        super().__init__(logging.WARNING)
         self.quiet = quiet
 
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = dict(getattr(record, "dopemux_fields", {}))
-        if "traceback" in fields:  # as _brief does: the traceback needs -v
-            fields.pop("traceback")
-            fields["traceback_in"] = "-v"
-        event = {"event": getattr(record, "dopemux_event", record.getMessage()), **fields}
-        line = _ui_line(self.quiet, record.levelname.lower(), event)
+    def __call__(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        shown = dict(fields)
+        if "traceback" in shown:  # as _brief does: the traceback needs -v
+            shown.pop("traceback")
+            shown["traceback_in"] = "-v"
+        line = _ui_line(self.quiet, level, {"event": event, **shown})
         if line is not None:
             sys.stderr.write(line + "\n")
 
@@ -249,33 +250,23 @@ def _json_default(value: Any) -> Any:
         return repr(value)
 
 
-class _JsonLines(logging.Handler):
+def _json_lines(level: str, event: str, fields: dict[str, Any]) -> None:
     """The ``--json`` console of a command without a run log, without structlog: warnings
     and errors as the JSON lines structlog's JSONRenderer writes for them (with the level
     and an ISO UTC timestamp; a traceback left for ``-v``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = dict(getattr(record, "dopemux_fields", {}))
-        event["event"] = getattr(record, "dopemux_event", record.getMessage())
-        event["level"] = record.levelname.lower()
-        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        if "traceback" in event:  # as _brief does: the traceback needs -v
-            event.pop("traceback")
-            event["traceback_in"] = "-v"
-        sys.stderr.write(json.dumps(event, default=_json_default) + "\n")
-
-
-_LIBRARY_LOGGER = "dopemux_update"
+    line = dict(fields)
+    line["event"] = event
+    line["level"] = level
+    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    if "traceback" in line:  # as _brief does: the traceback needs -v
+        line.pop("traceback")
+        line["traceback_in"] = "-v"
+    sys.stderr.write(json.dumps(line, default=_json_default) + "\n")
 
 
 def reset_console_logging() -> None:
-    """Remove the handler a light :func:`configure_logging` installed (the command ended)."""
-    logger = logging.getLogger(_LIBRARY_LOGGER)
-    for handler in [h for h in logger.handlers if isinstance(h, _UiLines | _JsonLines)]:
-        logger.removeHandler(handler)
+    """Remove the console a light :func:`configure_logging` set (the command ended)."""
+    set_console(None)
 
 
 def quiet_requested() -> bool:
@@ -299,12 +290,11 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     if run_log is None and verbosity == 0 and "structlog" not in sys.modules:
         # A command without a run log (status, plan, history, ...) at the default
         # verbosity: the same lines, without importing structlog (and rich, asyncio) at all.
-        handler = _JsonLines() if json_logs else _UiLines(quiet_requested())
-        logging.getLogger(_LIBRARY_LOGGER).addHandler(handler)
+        set_console(_json_lines if json_logs else _UiLines(quiet_requested()))
         return
     import structlog  # noqa: PLC0415 - 60 ms: only for commands that log more than lines
 
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    level = {0: _WARNING, 1: _INFO}.get(verbosity, _DEBUG)
     renderer: structlog.types.Processor
     if json_logs:
         renderer = structlog.processors.JSONRenderer()
@@ -330,7 +320,7 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if run_log is not None else level
+            _DEBUG if run_log is not None else level
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
