@@ -136,8 +136,9 @@ class State:
 # dataclasses' own field types say what each value must be, and a file that holds exactly
 # those (what this tool writes) is read here. Anything else (a damaged file, or a value that
 # only a lenient reading accepts, such as a number written as a string) is left to pydantic,
-# which validates the same dataclasses as it always validated this file: it accepts what it
-# accepted, and a damaged file gets the same error message as before.
+# which validates the same dataclasses as it validated the models before: it accepts what it
+# accepted, and a damaged file gets the same error message (but for one word: where a record
+# is not a JSON object at all, pydantic's error type is ``dataclass_type``, not ``model_type``).
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
