@@ -51,9 +51,9 @@ if _typing.TYPE_CHECKING:
     from ._core._exceptions import UpdateError as UpdateError
     from ._core._exceptions import VersionError as VersionError
     from ._core._exceptions import VersionMismatchError as VersionMismatchError
+    from ._core._info import MigrationInfo as MigrationInfo
     from ._core._models import Direction as Direction
     from ._core._models import Migration as Migration
-    from ._core._models import MigrationInfo as MigrationInfo
     from ._core._models import Plan as Plan
     from ._core._models import Step as Step
     from ._core._models import Transition as Transition
@@ -200,7 +200,7 @@ _WHERE: dict[str, str] = {
     "VersionMismatchError": "._core._exceptions",
     "Direction": "._core._models",
     "Migration": "._core._models",
-    "MigrationInfo": "._core._models",
+    "MigrationInfo": "._core._info",
     "Plan": "._core._models",
     "Step": "._core._models",
     "Transition": "._core._models",

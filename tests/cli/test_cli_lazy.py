@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
+import xxhash
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from conftest import EXAMPLE_INSTALLATION, EXAMPLE_MIGRATIONS
 from dopemux_update import cli
+from dopemux_update._backup import _listing, _manifest
+from dopemux_update._backup._store import BackupInfo, BackupStore
+from dopemux_update._core._exceptions import StateError
+from dopemux_update._safety._state import StateStore
+from dopemux_update.cli import _status
+from dopemux_update.cli._backups import DamagedBackup, read_backups
 
 HEAVY = ("rich", "pydantic", "anyio", "asyncio", "structlog")
 
@@ -65,3 +79,278 @@ def test_status_at_the_default_verbosity_imports_neither_structlog_nor_rich(
     assert not heavy & {"structlog", "rich"}
     _, heavy = _imported_by("status", "-v", "--root", str(example_copy))
     assert "structlog" in heavy
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--root``/``--migrations`` of an installation with something to show: a run in its
+    history (drift is checked against its files), a backup, a lock file, a hop pending."""
+    root = tmp_path_factory.mktemp("upgraded") / "installation"
+    shutil.copytree(EXAMPLE_INSTALLATION, root, symlinks=True)
+    where = ["--root", str(root), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    upgrade = ["--yes", "--no-restart"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "upgrade", "--to", "0.2.0", *upgrade, *where],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = root / ".dopemux" / "update"
+    assert (state / "lock").exists()
+    assert [p for p in (state / "backups").iterdir() if not p.name.startswith(".")]
+    return where
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["status"], id="status"),
+        pytest.param(["status", "--json"], id="status --json"),
+        pytest.param(["status", "--check"], id="status --check"),
+        pytest.param(["history"], id="history"),
+        pytest.param(["history", "--json"], id="history --json"),
+        pytest.param(["status", "--help"], id="status --help"),
+        pytest.param(["history", "--help"], id="history --help"),
+    ],
+)
+def test_status_and_history_import_none_of_rich_pydantic_anyio_asyncio_structlog(
+    upgraded: list[str], argv: list[str]
+) -> None:
+    """The quick, read-only commands read the state, the backups' manifests, the lock and
+    the migrations folder without the libraries an update needs."""
+    _, heavy = _imported_by(*argv, *upgraded)
+    assert heavy == set()
+
+
+def test_status_reads_the_backups_without_the_backup_store(upgraded: list[str]) -> None:
+    ours, _ = _imported_by("status", *upgraded)
+    assert not ours & {
+        "dopemux_update._backup._store",
+        "dopemux_update._backup._manifest",
+        "dopemux_update._run._runner",
+        "dopemux_update._run._discovery",
+    }
+
+
+def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
+    upgraded: list[str],
+) -> None:
+    """The installation the tests above use has what makes status do its work."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "dopemux_update", "status", *upgraded],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Pending:           v0.2.0_to_v0.3.0" in shown
+    assert "Last run:          0.1.0 → 0.2.0 applied" in shown
+    assert "Backups:           1 (" in shown
+
+
+def _console_lines(*, structlog_first: bool, json_logs: bool) -> list[str]:
+    """The stderr of a command's warnings and errors at the default verbosity (timestamps
+    blanked), with structlog rendering them or without it (nor logging) imported."""
+    code = (
+        ("import structlog\n" if structlog_first else "") + "import sys\n"
+        "from pathlib import Path\n"
+        "from dopemux_update.cli._common import configure_logging\n"
+        "from dopemux_update._core._log import get_logger\n"
+        f"configure_logging(0, json_logs={json_logs!r})\n"
+        "log = get_logger().bind(backup_id='b1')\n"
+        "log.info('not.shown', path='x')\n"
+        "log.warning('backup.skipped', path='a \"b\"\\n', size=3, where=Path('/x'),"
+        " traceback='Traceback ...', level='mine')\n"
+        "log.warning('migration.output', line='told by the progress already')\n"
+        "log.error('state.write_failed', error='é')\n"
+        "log.critical('bare')\n"
+        f"assert ('structlog' in sys.modules) is {structlog_first!r}\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [
+        re.sub(r'"timestamp": "[^"]+"', '"timestamp": "T"', line)
+        for line in run.stderr.splitlines()
+    ]
+
+
+@pytest.mark.parametrize("json_logs", [False, True], ids=["lines", "json"])
+def test_console_lines_without_structlog_are_the_ones_structlog_writes(json_logs: bool) -> None:
+    """``status`` (and ``--json``) imports neither structlog nor logging for its console,
+    yet a warning there is the same line as when structlog renders it."""
+    light = _console_lines(structlog_first=False, json_logs=json_logs)
+    assert len(light) == (4 if json_logs else 3)
+    assert light == _console_lines(structlog_first=True, json_logs=json_logs)
+
+
+def test_status_imports_no_logging_when_nothing_is_logged(upgraded: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from dopemux_update.cli import main\n"
+        f"assert main(['status', *{upgraded!r}]) == 0\n"
+        "assert 'logging' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+
+
+# -- what status reads without the store, and without pydantic ---------------------------------
+
+
+def _sign(backups: Path, backup_id: str, raw: bytes) -> None:
+    """Write ``raw`` as the backup's manifest with a matching checksum and MAC."""
+    folder = backups / backup_id
+    (folder / _manifest.MANIFEST).write_bytes(raw)
+    (folder / _manifest.MANIFEST_SUM).write_text(xxhash.xxh3_128_hexdigest(raw))
+    (folder / _manifest.MANIFEST_MAC).write_bytes(_manifest.sign_manifest(backups, raw))
+
+
+def test_status_counts_and_names_the_backups_as_the_store_reads_them(example_copy: Path) -> None:
+    """Whole manifests are summed up without the store; every other kind (damaged, without
+    a MAC, of the older format 2, of an unknown format) is judged as the store judges it."""
+    where = ["--root", str(example_copy), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    assert [cli.main(["backups", "create", "-q", *where]) for _ in range(6)] == [0] * 6
+    backups = example_copy / ".dopemux" / "update" / "backups"
+    ids = BackupStore(backups).ids()
+    manifest = [backups / backup_id / _manifest.MANIFEST for backup_id in ids]
+    manifest[1].write_bytes(manifest[1].read_bytes() + b" ")  # fails its checksum
+    (backups / ids[2] / _manifest.MANIFEST_MAC).unlink()  # not authenticated
+    older = json.loads(manifest[3].read_bytes())  # format 2: a checksum and no MAC
+    older["format"] = 2
+    _sign(backups, ids[3], json.dumps(older).encode())
+    (backups / ids[3] / _manifest.MANIFEST_MAC).unlink()
+    newer = json.loads(manifest[4].read_bytes())
+    newer["format"] = 99
+    _sign(backups, ids[4], json.dumps(newer).encode())
+    store = BackupStore(backups)
+    expected = read_backups(store)
+    assert [type(found).__name__ for found in expected] == [
+        "BackupInfo",
+        "DamagedBackup",
+        "DamagedBackup",
+        "BackupInfo",
+        "DamagedBackup",
+        "BackupInfo",
+    ]
+    copied, damaged = _status._backups(backups)
+    assert copied == [b.copied_bytes for b in expected if isinstance(b, BackupInfo)]
+    assert damaged == [(b.id, b.error) for b in expected if isinstance(b, DamagedBackup)]
+    assert _listing.backup_ids(backups) == ids
+    assert [_listing.copied_bytes(backups, i) is not None for i in ids] == [
+        True,
+        False,
+        False,
+        False,  # the store reads it
+        False,
+        True,
+    ]
+
+
+def test_the_listing_reads_the_names_and_the_format_the_store_writes() -> None:
+    """``_listing`` does not import ``_manifest`` (and so pydantic): its copies of the file
+    names and of the format must be the manifest's."""
+    assert (_listing.MANIFEST, _listing.MANIFEST_SUM, _listing.MANIFEST_MAC, _listing.KEY) == (
+        _manifest.MANIFEST,
+        _manifest.MANIFEST_SUM,
+        _manifest.MANIFEST_MAC,
+        _manifest.KEY,
+    )
+    assert _listing.FORMAT == _manifest.FORMAT
+
+
+class _OldMigrationRecord(BaseModel):
+    """The pydantic models state.json was read with before: the oracle."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    direction: str
+    checksum: str
+    seconds: float
+    outcome: str
+
+
+class _OldRunRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    run_id: str | None = None
+    started_at: str
+    finished_at: str
+    version_from: str
+    version_to: str
+    direction: str
+    outcome: str
+    backup_id: str | None = None
+    migrations: tuple[_OldMigrationRecord, ...] = ()
+    error: str | None = None
+    command: str | None = None
+    reverts: str | None = None
+    reason: str | None = None
+
+
+class _OldState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    installed_version: str | None = None
+    history: tuple[_OldRunRecord, ...] = ()
+    restarts_owed: tuple[str, ...] = ()
+
+
+def _run(seconds: str, extra: str = "") -> str:
+    """A recorded run as state.json holds it, its migration taking ``seconds``."""
+    return (
+        '{"run_id": "r1", "started_at": "2026-01-01T00:00:00.000Z", "finished_at": "2026-01-01'
+        'T00:00:01.500Z", "version_from": "1.0", "version_to": "1.1", "direction": "upgrade",'
+        ' "outcome": "applied", "backup_id": null, "migrations": [{"id": "v1.0_to_v1.1/1_a",'
+        f' "direction": "upgrade", "checksum": "ab", "seconds": {seconds}, "outcome": "applied"}}],'
+        f' "error": "l\\u00e9ve\\n", "command": "upgrade", "reverts": null, "reason": null{extra}}}'
+    )
+
+
+_EXTRA, _TEXT_NUMBER, _WORD = ', "extra": 1', '"1.5"', '"fast"'
+STATE_FILES = [
+    f'{{"installed_version": "1.1", "history": [{_run("0.25")}], "restarts_owed": ["web"]}}',
+    f'{{"history": [{_run("3", _EXTRA)}, {_run("1e-7")}]}}',
+    f'{{"history": [{_run(_TEXT_NUMBER)}]}}',  # lenient: a number as a string
+    f'{{"history": [{_run("true")}]}}',
+    f'{{"history": [{_run("NaN")}]}}',
+    f'{{"history": [{_run("1e400")}]}}',
+    f'{{"history": [{_run("1" + "0" * 400)}]}}',
+    f'{{"history": [{_run(_WORD)}]}}',
+    '{"installed_version": "1.0", "installed_version": "2.0"}',
+    '{"installed_version": "\\ud800"}',
+    '{"restarts_owed": ["caf\u00e9"]}',
+    '{"restarts_owed": ["a\\u001bb", "\\ud83d\\ude00", "\\\\ud800"]}',
+    '{"installed_version": 1.0}',
+    '{"history": [{"run_id": "r"}]}',
+    '{"history": {}}',
+    '{"restarts_owed": "web"}',
+    '{"restarts_owed": [1]}',
+    '{"installed_version": "1.0", "hist',
+    "[]",
+    "null",
+    "",
+    "\ufeff{}",
+    "[" * 100_000,
+]
+
+
+@pytest.mark.parametrize("text", STATE_FILES, ids=range(len(STATE_FILES)))
+def test_state_json_is_read_as_the_pydantic_models_read_it(tmp_path: Path, text: str) -> None:
+    """The same values, or the same error (pydantic names a dataclass, not a model, where
+    a record is not an object at all)."""
+    (tmp_path / "state.json").write_text(text, encoding="utf-8")
+    try:
+        old: object = _OldState.model_validate_json(text.encode()).model_dump(mode="json")
+    except ValidationError as exc:
+        old = str(exc).replace("_OldState", "State")
+    try:
+        new: object = json.loads(json.dumps(dataclasses.asdict(StateStore(tmp_path).read())))
+    except StateError as exc:
+        new = str(exc).partition(": is not a valid state file: ")[2]
+        new = new.replace("dataclass_type", "model_type")
+    assert repr(new) == repr(old)  # NaN equals itself as text
+
+
+def test_state_json_is_written_as_the_pydantic_models_wrote_it(tmp_path: Path) -> None:
+    text = STATE_FILES[0]
+    (tmp_path / "state.json").write_text(text, encoding="utf-8")
+    store = StateStore(tmp_path)
+    store.write(store.read())
+    old = _OldState.model_validate_json(text).model_dump_json(indent=2) + "\n"
+    assert (tmp_path / "state.json").read_text(encoding="utf-8") == old

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
-import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["atomic_write", "fsync_dir", "start_writeback", "sync_filesystem"]
 
@@ -40,6 +42,8 @@ def sync_filesystem(path: Path) -> None:
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
+    import ctypes  # noqa: PLC0415 - for backups only: the state's writes need none of it
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syncfs.argtypes = [ctypes.c_int]
@@ -70,7 +74,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     A symlink at ``path`` is replaced, never written through. The new file has exactly
     ``mode`` (private to the owner unless asked otherwise), whatever the umask.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.urandom(4).hex()}")  # secrets.token_hex
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -10,7 +10,12 @@ looks at structlog's configuration:
   ``event key=value ...`` line, with the event name and its fields also attached to the
   record (``record.dopemux_event``, ``record.dopemux_fields``) for handlers that want them.
   That logger has a ``NullHandler``, so a host without any logging set up sees nothing at all
-  (not even Python's last-resort handler on stderr).
+  (not even Python's last-resort handler on stderr). A warning or error that gets there is
+  also given to the console a command line set (:func:`set_console`): its short lines,
+  without a logging handler.
+
+Neither structlog nor :mod:`logging` is imported before the first event: a command that
+logs nothing (``status``) pays for neither.
 
 structlog is not imported here: until someone has imported it, nobody can have configured it,
 so each call only looks it up in ``sys.modules`` (importing it costs tens of milliseconds of
@@ -19,23 +24,41 @@ start-up, its dev console pulling in rich).
 
 from __future__ import annotations
 
-import logging
+import functools
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Logger", "get_logger"]
+if TYPE_CHECKING:
+    import logging
+
+__all__ = ["Console", "Logger", "get_logger", "set_console"]
 
 LOGGER_NAME = "dopemux_update"
-_stdlib = logging.getLogger(LOGGER_NAME)
-_stdlib.addHandler(logging.NullHandler())
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
+# logging's level numbers (logging.DEBUG, ...), without importing it before an event.
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_WARNING = _LEVELS["warning"]
+
+#: A command line's console: ``(level, event, fields)`` of each warning or error.
+Console = Callable[[str, str, dict[str, Any]], None]
+_console: list[Console] = []  # none, or the one set
+
+
+def set_console(console: Console | None) -> None:
+    """Give the warnings and errors that reach the stdlib logger to ``console`` too (None:
+    no longer)."""
+    _console[:] = [] if console is None else [console]
+
+
+@functools.cache
+def _stdlib() -> logging.Logger:
+    """The standard library's logger ``dopemux_update``, with its ``NullHandler``."""
+    import logging  # noqa: PLC0415 - at the first event: see the module documentation
+
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(logging.NullHandler())
+    return logger
 
 
 def _render(value: object) -> str:
@@ -63,10 +86,13 @@ class Logger:
             getattr(structlog.get_logger(LOGGER_NAME), level)(event, **merged)
             return
         number = _LEVELS[level]
-        if not _stdlib.isEnabledFor(number):
+        stdlib = _stdlib()
+        if not stdlib.isEnabledFor(number):
             return
+        if _console and number >= _WARNING:
+            _console[0](level, event, merged)
         text = " ".join([event, *(f"{k}={_render(v)}" for k, v in merged.items())])
-        _stdlib.log(
+        stdlib.log(
             number,
             "%s",
             text,

@@ -19,74 +19,27 @@ import re
 import sys
 import types
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from .._core._exceptions import MigrationValidationError, PreflightError, Problem
+from .._core._exceptions import MigrationValidationError, Problem
+from .._core._info import MigrationInfo
 from .._core._log import get_logger
-from .._core._models import Migration, MigrationInfo, Transition
-from .._core._versions import cached_version, parse_transition_name
+from .._core._models import Migration, Transition
+from .._core._versions import cached_version
+from ._scan import Catalog as Catalog  # noqa: PLC0414 - scanning lives in ._scan
+from ._scan import is_ignored
+from ._scan import scan_migrations as scan_migrations  # noqa: PLC0414 - as Catalog
 from ._shown import exception_text, is_real_interrupt, shown
 
 __all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
 
 FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)\.py$")
-_IGNORED_FOLDERS = frozenset({"examples", "__pycache__"})
 _INFO_KEYS = tuple(MigrationInfo.model_fields)
 _module_counter = itertools.count(1)
 
 logger = get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class Catalog:
-    """Every transition folder found in a migrations folder, sorted by versions.
-
-    ``exists`` is False when there is no migrations folder at all: nothing to run.
-    """
-
-    root: Path
-    transitions: tuple[Transition, ...]
-    exists: bool = True
-
-
-def _is_ignored(name: str) -> bool:
-    return name.startswith((".", "_")) or name.lower().startswith("readme")
-
-
-def scan_migrations(migrations_dir: Path) -> Catalog:
-    """List the ``v{from}_to_v{to}`` folders of ``migrations_dir`` (``examples/`` never).
-
-    A migrations folder that does not exist means there is nothing to run (most releases
-    ship no migrations), not an error; a path that is not a folder is one.
-    """
-    if not migrations_dir.is_dir():
-        if migrations_dir.exists() or migrations_dir.is_symlink():
-            raise PreflightError(f"{migrations_dir}: is not a folder of migrations")
-        return Catalog(migrations_dir, (), exists=False)
-    problems: list[Problem] = []
-    transitions: list[Transition] = []
-    seen: dict[tuple[object, object], Path] = {}
-    for entry in sorted(migrations_dir.iterdir()):
-        if entry.name in _IGNORED_FOLDERS or _is_ignored(entry.name) or not entry.is_dir():
-            continue
-        try:
-            version_from, version_to = parse_transition_name(entry.name)
-        except ValueError as exc:
-            problems.append(Problem(entry, str(exc)))
-            continue
-        key = (version_from, version_to)
-        if key in seen:
-            problems.append(Problem(entry, f"same transition as {seen[key].name}"))
-            continue
-        seen[key] = entry
-        transitions.append(Transition(entry.name, version_from, version_to, entry))
-    if problems:
-        raise MigrationValidationError(problems)
-    transitions.sort(key=lambda t: (t.version_from, t.version_to))
-    return Catalog(migrations_dir, tuple(transitions))
 
 
 def load_transitions(transitions: Iterable[Transition]) -> dict[str, tuple[Migration, ...]]:
@@ -111,7 +64,7 @@ def _load_folder(transition: Transition) -> tuple[tuple[Migration, ...], list[Pr
     numbered: dict[int, Path] = {}
     migrations: list[Migration] = []
     for path in sorted(transition.path.iterdir()):
-        if _is_ignored(path.name) or not path.is_file() or path.suffix != ".py":
+        if is_ignored(path.name) or not path.is_file() or path.suffix != ".py":
             continue
         match = FILE_NAME.match(path.name)
         if match is None:

@@ -23,8 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
+from .._core._info import validate_service_name
 from .._core._log import get_logger
-from .._core._models import validate_service_name
 
 __all__ = [
     "COMPOSE_FILES",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,13 @@ def applied_checksums(history: Iterable[RunRecord]) -> dict[str, str]:
 
 def find_drift(history: Iterable[RunRecord], migrations_dir: Path) -> list[Drift]:
     """Applied migrations whose file changed or disappeared since they ran."""
+    applied = applied_checksums(history)
+    if not applied:
+        return []
+    import hashlib  # noqa: PLC0415 - only with migrations applied: status starts without it
+
     found = []
-    for migration_id, checksum in sorted(applied_checksums(history).items()):
+    for migration_id, checksum in sorted(applied.items()):
         path = migrations_dir / f"{migration_id}.py"
         try:
             current = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -5,7 +5,7 @@ leaves a stale lock. The holder writes who it is (pid, host, start time, command
 file, so that a second updater can say who is in the way. A symlink at the lock's path is
 refused, and so is a state folder that another user could change (see ``_private``). The
 lock is re-entrant within one context (the command line holds it, and the
-orchestration it runs takes it again).
+orchestration it runs takes it again). Reading who holds it imports no async library.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-
-import anyio
-import anyio.to_thread
 
 from .._core._exceptions import LockError
 from ._private import check_state_dir, make_private_dirs, open_private, tighten
@@ -36,6 +32,12 @@ __all__ = ["holding_lock", "holding_lock_async", "lock_holder"]
 _held: contextvars.ContextVar[frozenset[tuple[int, int]]] = contextvars.ContextVar(
     "dopemux_update_locks", default=frozenset()
 )
+
+
+def _host() -> str:
+    """This machine's name (``gethostname(2)`` is the kernel's nodename, as here), without
+    importing :mod:`socket`, which ``status`` would pay for at start-up."""
+    return os.uname().nodename
 
 
 def _describe_holder(fd: int, path: Path) -> str:
@@ -85,7 +87,7 @@ def _acquire(state_dir: Path) -> tuple[int, tuple[int, int]] | None:
         raise LockError(f"another update is running on this installation: {holder}") from exc
     me = {
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": _host(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) or sys.executable,
     }
@@ -108,7 +110,7 @@ def lock_holder(state_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     pid = info.get("pid")
-    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+    if not isinstance(pid, int) or info.get("host") != _host():
         return None
     try:
         os.kill(pid, 0)
@@ -143,6 +145,8 @@ def holding_lock(state_dir: Path) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def holding_lock_async(state_dir: Path) -> AsyncIterator[None]:
     """:func:`holding_lock` for async code: its file-system work runs in a worker thread."""
+    import anyio.to_thread  # noqa: PLC0415 - only async code needs it: status reads the lock
+
     acquired = await anyio.to_thread.run_sync(_acquire, state_dir)
     if acquired is None:
         yield

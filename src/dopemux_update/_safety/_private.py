@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shlex
 import stat
 from pathlib import Path
 
@@ -92,6 +91,8 @@ def _refuse_writable(
     if stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX:
         return  # sticky, like /tmp: others cannot rename or remove what is not theirs
     if info.st_mode & bits:
+        import shlex  # noqa: PLC0415 - only to word a refusal
+
         fix = "chmod 700" if stat.S_ISDIR(info.st_mode) else "chmod 600"
         raise UnsafeStateError(
             f"{what} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}):"
@@ -104,6 +105,8 @@ def _refuse_writable(
 def _refuse_foreign(path: Path, info: os.stat_result, what: str) -> None:
     me = os.geteuid()
     if info.st_uid != me:
+        import shlex  # noqa: PLC0415 - only to word a refusal
+
         raise UnsafeStateError(
             f"{what} belongs to {_user(info.st_uid)}, not to the user running this command"
             f" ({_user(me)}): that user could plant a forged journal or backup there. Run the"

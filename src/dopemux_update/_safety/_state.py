@@ -12,13 +12,17 @@ disagree after one of our runs. A file that does not exist is never created.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
 import time
+import typing
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from .._core._exceptions import StateError
 from .._core._faults import check_write
@@ -82,10 +86,9 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class MigrationRecord(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationRecord:
     """One migration function that ran during a recorded run."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     direction: str
@@ -94,10 +97,9 @@ class MigrationRecord(BaseModel):
     outcome: str
 
 
-class RunRecord(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
     """One update run, kept in the history."""
-
-    model_config = ConfigDict(frozen=True)
 
     run_id: str | None = None
     started_at: str
@@ -117,16 +119,107 @@ class RunRecord(BaseModel):
     reason: str | None = None
 
 
-class State(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class State:
     """The content of ``state.json``."""
 
-    model_config = ConfigDict(frozen=True)
-
     installed_version: str | None = None
-    history: tuple[RunRecord, ...] = Field(default=())
+    history: tuple[RunRecord, ...] = ()
     #: Services a committed run asked to restart that were not (the restart failed, or was
     #: skipped): kept, in first-appearance order, until ``dopemux-update restart`` does it.
-    restarts_owed: tuple[str, ...] = Field(default=())
+    restarts_owed: tuple[str, ...] = ()
+
+
+# -- reading state.json -----------------------------------------------------------------------
+#
+# state.json is read by every command, ``status`` included, so without pydantic: the
+# dataclasses' own field types say what each value must be, and a file that holds exactly
+# those (what this tool writes) is read here. Anything else (a damaged file, or a value that
+# only a lenient reading accepts, such as a number written as a string) is left to pydantic,
+# which validates the same dataclasses as it validated the models before: it accepts what it
+# accepted, and a damaged file gets the same error message (but for one word: where a record
+# is not a JSON object at all, pydantic's error type is ``dataclass_type``, not ``model_type``).
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _NotPlain(Exception):  # noqa: N818 - a signal inside this module, never raised out of it
+    """The document holds something the plain reading does not judge: pydantic does."""
+
+
+_FIELD_TYPES: dict[Any, tuple[tuple[str, Any, bool], ...]] = {}
+
+
+def _field_types(cls: Any) -> tuple[tuple[str, Any, bool], ...]:
+    """``(name, type, required)`` of each field of dataclass ``cls``."""
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = tuple(
+            (f.name, hints[f.name], f.default is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        )
+        _FIELD_TYPES[cls] = found
+    return found
+
+
+def _plain(kind: Any, value: Any) -> Any:
+    """``value`` from JSON as a field of type ``kind`` holds it, when it is exactly of that
+    type (a string for ``str``, a number for ``float``, a list for a tuple, an object for a
+    record); :class:`_NotPlain` otherwise."""
+    if kind is str:
+        if type(value) is str:
+            return value
+    elif kind is float:
+        if type(value) in (int, float):
+            try:
+                return float(value)
+            except OverflowError as exc:
+                raise _NotPlain from exc
+    elif dataclasses.is_dataclass(kind):
+        if type(value) is dict:
+            return _record(kind, value)
+    elif typing.get_origin(kind) is tuple:
+        if type(value) is list:
+            item = typing.get_args(kind)[0]
+            return tuple(_plain(item, element) for element in value)
+    elif kind == str | None and (value is None or type(value) is str):
+        return value
+    raise _NotPlain
+
+
+def _record(cls: Any, document: dict[str, Any]) -> Any:
+    """Dataclass ``cls`` from a JSON object: known keys only (others are ignored)."""
+    values = {}
+    for name, kind, required in _field_types(cls):
+        if name in document:
+            values[name] = _plain(kind, document[name])
+        elif required:
+            raise _NotPlain
+    return cls(**values)
+
+
+def _parse_state(raw: bytes) -> State:
+    """``state.json``'s bytes as a :class:`State`; ``ValueError`` (pydantic's
+    ``ValidationError``, with its message) when they are not a valid state file."""
+    try:
+        text = raw.decode("utf-8")
+        if _SURROGATE_ESCAPE.search(text) is None:  # a lone one: pydantic judges it
+            document = json.loads(text)
+            if type(document) is dict:
+                state: State = _record(State, document)
+                return state
+    except (ValueError, RecursionError, _NotPlain):
+        pass
+    from pydantic import TypeAdapter  # noqa: PLC0415 - a file the plain reading left aside
+
+    return TypeAdapter(State).validate_json(raw)
+
+
+def _document(state: State) -> dict[str, Any]:
+    """``state`` as the JSON object ``state.json`` holds (field order kept)."""
+    return dataclasses.asdict(state)
 
 
 class StateStore:
@@ -146,8 +239,8 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot be read: {exc.strerror or exc}", path=self.path) from exc
         try:
-            state = State.model_validate_json(raw)  # parsed in pydantic-core: several x faster
-        except (ValueError, ValidationError) as exc:
+            state = _parse_state(raw)
+        except ValueError as exc:  # pydantic's ValidationError is one
             raise StateError(f"is not a valid state file: {exc}", path=self.path) from exc
         if state.installed_version is not None:
             parse_version(state.installed_version, where=str(self.path))
@@ -155,7 +248,7 @@ class StateStore:
 
     def write(self, state: State) -> None:
         make_private_dirs(self.state_dir)
-        data = state.model_dump_json(indent=2, exclude_defaults=False) + "\n"
+        data = json.dumps(_document(state), indent=2, ensure_ascii=False) + "\n"
         check_write()
         atomic_write(self.path, data.encode())
 
@@ -198,7 +291,7 @@ class StateStore:
         version = installed_version if installed_version is not None else state.installed_version
         if installed_version is not None and self.version_file is not None:
             _write_version_file(self.version_file, installed_version)
-        new = state.model_copy(update={"installed_version": version, "history": history})
+        new = dataclasses.replace(state, installed_version=version, history=history)
         self.write(new)
         return new
 
@@ -208,7 +301,7 @@ class StateStore:
         owed = tuple(dict.fromkeys([*state.restarts_owed, *services]))
         if owed == state.restarts_owed:
             return state
-        new = state.model_copy(update={"restarts_owed": owed})
+        new = dataclasses.replace(state, restarts_owed=owed)
         self.write(new)
         return new
 
@@ -219,7 +312,7 @@ class StateStore:
         owed = tuple(s for s in state.restarts_owed if s not in done)
         if owed == state.restarts_owed:
             return state
-        new = state.model_copy(update={"restarts_owed": owed})
+        new = dataclasses.replace(state, restarts_owed=owed)
         self.write(new)
         return new
 

@@ -28,7 +28,7 @@ from ._common import (
 from ._recover import recover_first
 from ._view import format_bytes
 
-__all__ = ["DamagedBackup", "backups", "read_backups"]
+__all__ = ["DamagedBackup", "backups", "read_backup", "read_backups"]
 
 
 def _store(ctx: Context) -> BackupStore:
@@ -95,13 +95,15 @@ class DamagedBackup:
 def read_backups(store: BackupStore) -> list[BackupInfo | DamagedBackup]:
     """Every backup, oldest first; one that cannot be read is listed as damaged, so that
     one bad manifest does not hide the others."""
-    found: list[BackupInfo | DamagedBackup] = []
-    for backup_id in store.ids():
-        try:
-            found.append(store.info(store.read_manifest(backup_id)))
-        except BackupError as exc:
-            found.append(DamagedBackup(backup_id, str(exc)))
-    return found
+    return [read_backup(store, backup_id) for backup_id in store.ids()]
+
+
+def read_backup(store: BackupStore, backup_id: str) -> BackupInfo | DamagedBackup:
+    """One backup, or what is wrong with its manifest."""
+    try:
+        return store.info(store.read_manifest(backup_id))
+    except BackupError as exc:
+        return DamagedBackup(backup_id, str(exc))
 
 
 @click.group()

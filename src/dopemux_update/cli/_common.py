@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -19,8 +16,8 @@ import click
 from packaging.version import Version
 
 from .._core._exceptions import UpdateError
+from .._core._log import set_console
 from .._core._versions import parse_version
-from .._run._runner import DEFAULT_GRACE
 from .._safety._private import check_state_dir, make_private_dirs, open_private
 from .._safety._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
 
@@ -87,6 +84,8 @@ class RunLog:
             fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._handle = os.fdopen(fd, "a", encoding="utf-8")
             if self._spill is not None:
+                import shutil  # noqa: PLC0415 - only a flood held before the start: see above
+
                 self._spill.seek(0)
                 shutil.copyfileobj(self._spill, self._handle)
             self._handle.writelines(self._buffer)
@@ -104,6 +103,8 @@ class RunLog:
             self._buffered += len(line)
             if self._buffered > _HELD_IN_MEMORY:
                 if self._spill is None:
+                    import tempfile  # noqa: PLC0415 - as shutil in start(): rarely needed
+
                     # Closed by _drop_held(), when the log starts or is closed or discarded.
                     self._spill = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
                 self._spill.writelines(self._buffer)
@@ -136,7 +137,7 @@ class RunLog:
 
 def _console_filter(threshold: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
     def drop_quiet(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-        if _LEVELS.get(method, logging.INFO) < threshold:
+        if _LEVELS.get(method, _INFO) < threshold:
             import structlog  # noqa: PLC0415 - imported by configure_logging already
 
             raise structlog.DropEvent
@@ -159,14 +160,16 @@ def _brief(run_log: RunLog | None) -> Callable[[Any, str, MutableMapping[str, An
     return brief
 
 
+# logging's level numbers (logging.DEBUG, ...): the light console does not import logging.
+_DEBUG, _INFO, _WARNING, _ERROR, _CRITICAL = 10, 20, 30, 40, 50
 _LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
+    "debug": _DEBUG,
+    "info": _INFO,
+    "warning": _WARNING,
+    "warn": _WARNING,
+    "error": _ERROR,
+    "exception": _ERROR,
+    "critical": _CRITICAL,
 }
 
 
@@ -209,9 +212,9 @@ def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> 
     command's own lines already tell it (or ``-q`` keeps errors only)."""
     event = str(event_dict.get("event", ""))
     shown = event.startswith(_SHOWN_BY_THE_UI) and event not in _NOT_SHOWN_BY_THE_UI
-    if shown or (quiet and _LEVELS.get(method, 0) < logging.ERROR):
+    if shown or (quiet and _LEVELS.get(method, 0) < _ERROR):
         return None
-    level = "error" if _LEVELS.get(method, logging.INFO) >= logging.ERROR else "warning"
+    level = "error" if _LEVELS.get(method, _INFO) >= _ERROR else "warning"
     fields = ", ".join(
         f"{key}={value}"
         for key, value in event_dict.items()
@@ -220,34 +223,50 @@ def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> 
     return f"{level}: {event}" + (f": {fields}" if fields else "")
 
 
-class _UiLines(logging.Handler):
-    """The default console of a command without a run log, without structlog: the library
-    sends its events to the stdlib logger while structlog is not configured (see ``_log``);
-    warnings and errors become the same short lines as :func:`_ui_only` makes."""
+class _UiLines:
+    """The default console of a command without a run log, without structlog (nor logging):
+    the library gives it the warnings and errors it sends to the stdlib logger while
+    structlog is not configured (see ``_log``); they become the same short lines as
+    :func:`_ui_only` makes."""
 
     def __init__(self, quiet: bool) -> None:
-        super().__init__(logging.WARNING)
         self.quiet = quiet
 
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = dict(getattr(record, "dopemux_fields", {}))
-        if "traceback" in fields:  # as _brief does: the traceback needs -v
-            fields.pop("traceback")
-            fields["traceback_in"] = "-v"
-        event = {"event": getattr(record, "dopemux_event", record.getMessage()), **fields}
-        line = _ui_line(self.quiet, record.levelname.lower(), event)
+    def __call__(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        shown = dict(fields)
+        if "traceback" in shown:  # as _brief does: the traceback needs -v
+            shown.pop("traceback")
+            shown["traceback_in"] = "-v"
+        line = _ui_line(self.quiet, level, {"event": event, **shown})
         if line is not None:
             sys.stderr.write(line + "\n")
 
 
-_LIBRARY_LOGGER = "dopemux_update"
+def _json_default(value: Any) -> Any:
+    """What structlog's JSONRenderer writes for a value JSON has no form for."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+def _json_lines(level: str, event: str, fields: dict[str, Any]) -> None:
+    """The ``--json`` console of a command without a run log, without structlog: warnings
+    and errors as the JSON lines structlog's JSONRenderer writes for them (with the level
+    and an ISO UTC timestamp; a traceback left for ``-v``)."""
+    line = dict(fields)
+    line["event"] = event
+    line["level"] = level
+    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    if "traceback" in line:  # as _brief does: the traceback needs -v
+        line.pop("traceback")
+        line["traceback_in"] = "-v"
+    sys.stderr.write(json.dumps(line, default=_json_default) + "\n")
 
 
 def reset_console_logging() -> None:
-    """Remove the handler a light :func:`configure_logging` installed (the command ended)."""
-    logger = logging.getLogger(_LIBRARY_LOGGER)
-    for handler in [h for h in logger.handlers if isinstance(h, _UiLines)]:
-        logger.removeHandler(handler)
+    """Remove the console a light :func:`configure_logging` set (the command ended)."""
+    set_console(None)
 
 
 def quiet_requested() -> bool:
@@ -268,14 +287,14 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     each); ``-v`` adds the log lines (JSON only with ``--json``), ``-q`` keeps errors only.
     """
     reset_console_logging()
-    if run_log is None and verbosity == 0 and not json_logs and "structlog" not in sys.modules:
+    if run_log is None and verbosity == 0 and "structlog" not in sys.modules:
         # A command without a run log (status, plan, history, ...) at the default
-        # verbosity: the same short lines, without importing structlog (and rich) at all.
-        logging.getLogger(_LIBRARY_LOGGER).addHandler(_UiLines(quiet_requested()))
+        # verbosity: the same lines, without importing structlog (and rich, asyncio) at all.
+        set_console(_json_lines if json_logs else _UiLines(quiet_requested()))
         return
     import structlog  # noqa: PLC0415 - 60 ms: only for commands that log more than lines
 
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    level = {0: _WARNING, 1: _INFO}.get(verbosity, _DEBUG)
     renderer: structlog.types.Processor
     if json_logs:
         renderer = structlog.processors.JSONRenderer()
@@ -301,7 +320,7 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if run_log is not None else level
+            _DEBUG if run_log is not None else level
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
@@ -356,6 +375,8 @@ def common_options(function: F) -> F:
 def time_limit_options(function: F) -> F:
     """``--timeout`` and ``--grace``: how long a migration may run, and then how long its
     thread gets to end (after a timeout or Ctrl-C) before it is abandoned."""
+    from .._run._runner import DEFAULT_GRACE  # noqa: PLC0415 - the runner's commands only
+
     decorators = [
         click.option(
             "--timeout",
@@ -415,6 +436,16 @@ def make_context(
     )
     check_state_dir(ctx.state_dir)
     return ctx
+
+
+def format_bytes(size: int) -> str:
+    """``512 B``, ``1.5 KB``, ``2.0 GB``: a size as the commands show it."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def plural(count: int, noun: str) -> str:

@@ -7,6 +7,7 @@ A module of its own, so that the quickest command imports only what it reads wit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,16 @@ from typing import Any
 import click
 from packaging.version import Version
 
-from .._backup._store import BackupStore
+from .._backup._listing import backup_ids, copied_bytes
 from .._core._exceptions import PlanError, StateError
 from .._core._models import Transition
 from .._core._versions import parse_version
-from .._run._discovery import scan_migrations
 from .._run._planning import find_route, newest_reachable
+from .._run._scan import scan_migrations
 from .._safety._drift import find_drift
 from .._safety._journal import Journal
 from .._safety._lock import lock_holder
 from .._safety._state import VERSION_FILE
-from ._backups import DamagedBackup, read_backups
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -34,9 +34,9 @@ from ._common import (
     Context,
     common_options,
     emit,
+    format_bytes,
     make_context,
 )
-from ._view import format_bytes
 
 __all__ = ["status"]
 
@@ -50,6 +50,30 @@ def _pending(
         return latest, [hop.name for hop in find_route(transitions, current).hops], None
     except PlanError as exc:
         return latest, [], str(exc)
+
+
+def _backups(backups_dir: Path) -> tuple[list[int], list[tuple[str, str]]]:
+    """The bytes each readable backup copied, oldest first; the damaged ones, with why.
+
+    A manifest that is whole and authentic is summed up without the store (``_listing``);
+    any other is left to the store's strict reading, which says what is wrong with it (or
+    reads a backup of an older format).
+    """
+    copied: list[int] = []
+    damaged: list[tuple[str, str]] = []
+    for backup_id in backup_ids(backups_dir):
+        size = copied_bytes(backups_dir, backup_id)
+        if size is None:
+            from .._backup._store import BackupStore  # noqa: PLC0415 - only for such a one
+            from ._backups import DamagedBackup, read_backup  # noqa: PLC0415 - as above
+
+            found = read_backup(BackupStore(backups_dir), backup_id)
+            if isinstance(found, DamagedBackup):
+                damaged.append((found.id, found.error))
+                continue
+            size = found.copied_bytes
+        copied.append(size)
+    return copied, damaged
 
 
 def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
@@ -90,9 +114,7 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
     if installed is not None:
         latest, pending, problem = _pending(catalog.transitions, parse_version(installed))
     last = state.history[-1] if state.history else None
-    found = read_backups(BackupStore(ctx.state_dir / "backups"))
-    backups = [b for b in found if not isinstance(b, DamagedBackup)]
-    damaged = [b for b in found if isinstance(b, DamagedBackup)]
+    backups, damaged = _backups(ctx.state_dir / "backups")
     drift = find_drift(state.history, ctx.migrations)
     running, interrupted, what = _interruption(ctx)
     payload = {
@@ -106,10 +128,10 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
         "migrations_found": catalog.exists,
         "transitions": [t.name for t in catalog.transitions],
         "problem": problem,
-        "last_run": last.model_dump(mode="json") if last else None,
+        "last_run": dataclasses.asdict(last) if last else None,
         "backups": len(backups),
-        "backups_bytes": sum(b.copied_bytes for b in backups),
-        "damaged_backups": [{"id": b.id, "error": b.error} for b in damaged],
+        "backups_bytes": sum(backups),
+        "damaged_backups": [{"id": backup_id, "error": error} for backup_id, error in damaged],
         "needs_recovery": interrupted,
         "interrupted": what if interrupted else None,
         "running": running,
@@ -137,9 +159,9 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
             f"Last run:          {last.version_from} → {last.version_to}"
             f" {last.outcome.replace('_', ' ')} at {last.finished_at}"
         )
-    stored = format_bytes(sum(b.copied_bytes for b in backups))
+    stored = format_bytes(sum(backups))
     lines.append(f"Backups:           {len(backups)} ({stored} stored)")
-    lines.extend(f"WARNING: backup {b.id} is DAMAGED: {b.error}" for b in damaged)
+    lines.extend(f"WARNING: backup {backup_id} is DAMAGED: {error}" for backup_id, error in damaged)
     if running is not None:
         lines.append(f"An update is running now: {running}.")
     if interrupted:

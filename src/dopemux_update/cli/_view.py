@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .._core import _events as ev
 from .._core._models import Direction, Plan
 from .._run._capture import MAX_KEPT_LINES, clip_line, omitted_lines
+from ._common import format_bytes as format_bytes  # noqa: PLC0414 - for both displays
 
 __all__ = [
     "PROGRESS_ENV",
@@ -26,15 +27,6 @@ __all__ = [
 ]
 
 PROGRESS_ENV = "DOPEMUX_UPDATE_PROGRESS"
-
-
-def format_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def plan_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str, str]]:

@@ -1,0 +1,83 @@
+"""What ``status`` shows of the backups, read without the store: which backups there are, and
+how many bytes each one copied.
+
+The store (``_store``) and its strict manifest reading (``_manifest``) import pydantic and the
+copying and restoring code. ``status`` needs two numbers of each manifest, so it reads them
+here, from a manifest that its checksum and its MAC (HMAC-SHA256 keyed by the installation's
+secret) show to be whole and written by this tool, which builds manifests only from entries
+it has validated. Any other manifest (damaged, unauthenticated, of another format) gets
+``None``: the caller leaves it to the store's reading, which says what is wrong with it.
+
+The names and the format below are the manifest's (``_manifest``); a test checks they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["backup_ids", "copied_bytes"]
+
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.xxh3"
+MANIFEST_MAC = "manifest.hmac"
+KEY = "backup.key"  # beside the backups folder: <state>/backup.key
+FORMAT = 3  # the manifest format whose summary is read here
+_KEY_BYTES = 32
+
+
+def backup_ids(backups_dir: Path) -> list[str]:
+    """Ids of complete backups, oldest first (as ``BackupStore.ids``)."""
+    if not backups_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in backups_dir.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST_SUM).is_file()
+    )
+
+
+def _read_key(backups_dir: Path) -> bytes | None:
+    try:
+        fd = os.open(backups_dir.parent / KEY, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        key = handle.read(_KEY_BYTES + 1)
+    return key if len(key) == _KEY_BYTES else None
+
+
+def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
+    """The bytes backup ``backup_id`` copied, from a manifest whose checksum and MAC match
+    and that is of :data:`FORMAT`; None for any other (the store's reading judges it)."""
+    folder = backups_dir / backup_id
+    try:
+        raw = (folder / MANIFEST).read_bytes()
+        expected = (folder / MANIFEST_SUM).read_text().strip()
+        mac = (folder / MANIFEST_MAC).read_bytes().strip()
+    except (OSError, ValueError):
+        return None
+    key = _read_key(backups_dir)
+    if key is None:
+        return None
+    # Imported here: an installation without backups (or status without them) needs none.
+    import hashlib  # noqa: PLC0415
+    import hmac  # noqa: PLC0415
+
+    import xxhash  # noqa: PLC0415
+
+    if xxhash.xxh3_128_hexdigest(raw) != expected:
+        return None
+    if not hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).hexdigest().encode(), mac):
+        return None
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if type(document) is not dict or type(document.get("format")) is not int:
+        return None
+    if document["format"] != FORMAT:
+        return None
+    copied = document.get("copied_bytes")
+    return copied if type(copied) is int and copied >= 0 else None
