@@ -4,6 +4,7 @@ runs)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -102,6 +103,23 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
 
 
 T = TypeVar("T")
+
+
+def _planned(phase: OrchestrationPhase) -> Plan:
+    """``phase.plan()``, without the garbage collector walking what lives as long as the
+    command: the modules imported so far, then the plan and its migrations, frozen (a
+    caller of ``main(argv)`` in its own process gets them unfrozen when it returns). A plan
+    of a thousand migrations otherwise sets off collections of everything, a full one among
+    them, and so does the exit: tens of milliseconds."""
+    gc.freeze()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(phase.plan)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _run(function: Callable[[], Awaitable[T]]) -> T:
@@ -351,7 +369,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         force=opts.force,
     )
     # Validation first, reading only: a bad migration changes nothing, not even the lock file.
-    the_plan = _run(phase.plan)
+    the_plan = _planned(phase)
     if not the_plan.is_empty or the_plan.moves:
         if the_plan.direction is not expected:
             other = "downgrade" if expected is Direction.UPGRADE else "upgrade"
