@@ -25,6 +25,7 @@ start-up, its dev console pulling in rich).
 from __future__ import annotations
 
 import functools
+import operator
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,30 @@ def _render(value: object) -> str:
     return text
 
 
+#: structlog's logger for ``LOGGER_NAME``, and the configuration it was made with.
+_made: tuple[tuple[object, ...], Any] | None = None
+
+
+def _structlog_logger(structlog: Any) -> Any:
+    """``structlog.get_logger(LOGGER_NAME)``, bound once per configuration.
+
+    An unbound ``get_logger()`` builds a new logger at every call (unless the host caches
+    loggers); a run logs a couple of events per migration. Configuring structlog again
+    (a host, a test's ``capture_logs``) replaces or changes these objects, and so the logger;
+    so does a new ``sys.stdout``/``sys.stderr``, which a logger made without a file of its
+    own writes to.
+    """
+    global _made  # noqa: PLW0603 - one logger per process and configuration
+    config = structlog.get_config()
+    key = (*config.values(), sys.stdout, sys.stderr)
+    made = _made
+    if made is not None and len(made[0]) == len(key) and all(map(operator.is_, made[0], key)):
+        return made[1]
+    logger = structlog.get_logger(LOGGER_NAME).bind()
+    _made = (key, logger)
+    return logger
+
+
 class Logger:
     """A bound logger whose destination is decided at each call (see the module docs)."""
 
@@ -83,7 +108,7 @@ class Logger:
         merged = {**self._context, **fields} if self._context else fields
         structlog = sys.modules.get("structlog")
         if structlog is not None and structlog.is_configured():
-            getattr(structlog.get_logger(LOGGER_NAME), level)(event, **merged)
+            getattr(_structlog_logger(structlog), level)(event, **merged)
             return
         number = _LEVELS[level]
         stdlib = _stdlib()

@@ -42,8 +42,12 @@ Record = dict[str, Any]
 JOURNAL = "journal.jsonl"
 
 
+# One encoder for every record: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _line(record: Record) -> bytes:
-    body = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    body = _ENCODER.encode(record)
     return f"{body}\t{xxhash.xxh3_64_hexdigest(body.encode())}\n".encode()
 
 
@@ -136,8 +140,10 @@ class Journal:
             return
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        data = b"".join(_line(r) for r in batch)
-        size = os.fstat(self._fd).st_size
+        data = b"".join([_line(r) for r in batch])
+        # The length this process made it, when it made it: a failed append is cut back to
+        # that, and bytes someone else added stay visible to the state guard as a mismatch.
+        size = self.size if self.size is not None else os.fstat(self._fd).st_size
         try:
             check_write()
             written = 0

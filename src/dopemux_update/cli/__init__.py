@@ -11,6 +11,7 @@ from the table below), so that a quick command does not pay for the others' impo
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import sys
@@ -217,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 structlog.configure(**saved)
             else:
                 structlog.reset_defaults()
+        if argv is not None:  # a caller in this process: its collector as it was (see _update)
+            gc.unfreeze()
 
 
 def _main(argv: Sequence[str] | None) -> int:
