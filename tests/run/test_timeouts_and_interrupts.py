@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from test_json_schema import documented
 
 from conftest import MigrationWriter, tree_digest
 from dopemux_update import OrchestrationPhase
+from support.readme_json import documented
 
 pytestmark = pytest.mark.anyio
 
