@@ -9,26 +9,61 @@ through SQLite's online backup API, so a database that a running service holds o
 pages still in its WAL, is copied consistently; a database in WAL mode stays in WAL mode. A
 file is a database's ``-wal``/``-shm``/``-journal`` only beside a database. Fifos, sockets and
 devices are left out, as in a backup.
+
+A rehearsal copies with :func:`copy_sandbox`: each file is hashed as it is read back from
+the copy (small text files keep their text, for diffs), so the snapshot the rehearsal
+compares against costs no second pass over the tree. The snapshots after that
+(:func:`snapshot_sandbox`) read again only the paths whose standing changed: a file whose
+``lstat`` (device, inode, mode, size, modification and change times) is the same as when the
+last snapshot read it, and whose change time is older than a clock mark the file system gave
+*after* that snapshot, still holds what that snapshot read. The change time is the kernel's:
+no program can set it back, and any write, ``chmod``, ``chown``, rename into place or
+``utime`` moves it to the file system's clock, which the mark shows has moved past it. A
+file whose change time is not older than the mark (written within the same tick of a coarse
+clock) is read again. A database is reused only when its ``-wal``/``-shm``/``-journal``
+files stand as they did too. What else an item holds (mode, owners, hard links) is always
+taken from the new ``lstat``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from .._backup._copy import copy_file
+import xxhash
+
+from .._backup._copy import copy_file, hash_file, is_sparse
+from .._backup._snapshot import (
+    TEXT_LIMIT,
+    TEXTS_LIMIT,
+    Item,
+    TreeSnapshot,
+    database_digest,
+    database_hash,
+    link_leaders,
+)
 from .._backup._sqlite import SIDECARS, capture, is_sqlite, is_wal
 from .._backup._tree import Scope, TreeEntry, link_destination, shown, walk
 from .._core._exceptions import PreflightError, UpdateError
 from .._core._log import get_logger
 
-__all__ = ["SandboxEscapeError", "copy_tree", "remove_tree", "temporary_folder"]
+__all__ = [
+    "SandboxEscapeError",
+    "SandboxSnapshot",
+    "copy_sandbox",
+    "copy_tree",
+    "remove_tree",
+    "snapshot_sandbox",
+    "temporary_folder",
+]
 
 _SHOWN_LINKS = 5
 
@@ -88,6 +123,10 @@ def copy_tree(scope: Scope, destination: Path) -> int:
     scope's root, and :class:`~dopemux_update.UpdateError` naming the path that could not be
     read or copied.
     """
+    return _copy(scope, destination, None)
+
+
+def _copy(scope: Scope, destination: Path, read_back: _ReadBack | None) -> int:
     root = scope.root.resolve()
     entries = list(walk(Scope(root, scope.excluded, scope.included)))
     links = _links(root, entries)
@@ -101,11 +140,14 @@ def copy_tree(scope: Scope, destination: Path) -> int:
         ):
             continue  # part of its database, copied with it
         try:
-            copied += _copy_entry(root, destination, entry, links, databases, folders)
+            size = _copy_entry(root, destination, entry, links, databases, folders)
+            if read_back is not None and entry.kind == "file" and entry.rel not in databases:
+                read_back.read(destination, entry.rel)
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(
                 f"{shown(entry.rel)}: cannot be copied into the sandbox: {exc}"
             ) from exc
+        copied += size
     # Folder modes last: a read-only folder must still be written into while it is filled.
     for folder, mode in reversed(folders):
         folder.chmod(mode)
@@ -177,3 +219,187 @@ def temporary_folder(parent: Path | None, *, keep: bool = False) -> Iterator[Pat
                 remove_tree(folder)
             except OSError as exc:  # e.g. an abandoned migration thread still writing there
                 logger.warning("verify.sandbox_not_removed", path=str(folder), error=str(exc))
+
+
+# -- snapshots of a sandbox -----------------------------------------------------------------
+
+#: How a path stands: device, inode, mode, size, modification and change times (ns).
+Standing = tuple[int, int, int, int, int, int]
+_CHANGED = 5  # where the change time is in a Standing
+
+
+def _standing(info: os.stat_result) -> Standing:
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSnapshot:
+    """A snapshot of a sandbox, with how each of its paths stood (``lstat``) when it was
+    read and a clock mark the file system gave after that: the next snapshot of the same
+    sandbox reads again only what changed (see the module's docstring)."""
+
+    tree: TreeSnapshot
+    standing: dict[str, Standing]
+    mark: int  # ns: the change time of a file touched once the snapshot was taken
+
+    def stands(self, rel: str, now: Mapping[str, Standing]) -> bool:
+        """Whether ``rel`` stands as it did when this snapshot read it (or is absent both
+        times), with a change time older than the mark: what it holds is what was read."""
+        was = self.standing.get(rel)
+        if was is None:
+            return rel not in now
+        return was[_CHANGED] < self.mark and now.get(rel) == was
+
+
+class _Texts:
+    """The budget of text a snapshot keeps, :data:`TEXTS_LIMIT` bytes in all."""
+
+    def __init__(self) -> None:
+        self.left = TEXTS_LIMIT
+
+    def take(self, size: int) -> bool:
+        if size > min(TEXT_LIMIT, self.left):
+            return False
+        self.left -= size
+        return True
+
+
+def _text(raw: bytes) -> str | None:
+    """The text of ``raw``, or None when it is not UTF-8 text (a NUL byte says binary)."""
+    if b"\0" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _file_item(path: Path, texts: _Texts) -> tuple[Item, Standing]:
+    """A plain file as ``take_snapshot`` reads it (its hash, and its text while the budget
+    lasts), and how it stood when read. A small file is read once, for both."""
+    with path.open("rb", buffering=0) as handle:
+        info = os.fstat(handle.fileno())
+        mode = stat.S_IMODE(info.st_mode)
+        if is_sparse(info) or not texts.take(info.st_size):
+            return Item("file", mode, hash_file(path)[0]), _standing(info)
+        raw = handle.readall()
+    digest = xxhash.xxh3_128(raw).hexdigest()
+    return Item("file", mode, digest, text=_text(raw)), _standing(info)
+
+
+class _ReadBack:
+    """The items of the files just copied into a sandbox, read back from the copy."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Item] = {}
+        self.standing: dict[str, Standing] = {}
+        self.texts = _Texts()
+
+    def read(self, destination: Path, rel: str) -> None:
+        self.items[rel], self.standing[rel] = _file_item(destination / rel, self.texts)
+
+
+def copy_sandbox(scope: Scope, destination: Path, clock: Path) -> SandboxSnapshot:
+    """Copy what ``scope`` covers into ``destination`` (as :func:`copy_tree`), reading each
+    file back from the copy right after writing it (its hash, and its text while the budget
+    lasts). Returns those files' items: a partial snapshot, to pass as ``previous`` to
+    :func:`snapshot_sandbox`, which then reads no copied file a second time. ``clock`` is a
+    file outside the copy, on the same file system, touched for the mark."""
+    read_back = _ReadBack()
+    _copy(scope, destination, read_back)
+    tree = TreeSnapshot(root=destination, items=read_back.items)
+    return SandboxSnapshot(tree, read_back.standing, _clock_mark(clock))
+
+
+def snapshot_sandbox(
+    scope: Scope,
+    clock: Path,
+    *,
+    previous: SandboxSnapshot | None = None,
+) -> SandboxSnapshot:
+    """``take_snapshot(scope, texts=True)`` of a sandbox only this process writes to,
+    reading again only the files and databases that changed since ``previous`` (a snapshot
+    of it, or what :func:`copy_sandbox` read back); the others are the same items. ``clock``
+    is a file outside the sandbox, on its file system. Raises
+    :class:`~dopemux_update.UpdateError` naming a path that cannot be read."""
+    root = scope.root.resolve()
+    entries = list(walk(Scope(root, scope.excluded, scope.included)))
+    now = {entry.rel: _standing(entry.info) for entry in entries}
+
+    def kept(entry: TreeEntry) -> Item | None:
+        if previous is None or entry.kind != "file" or not previous.stands(entry.rel, now):
+            return None
+        item = previous.tree.items.get(entry.rel)
+        if item is not None and item.kind == "sqlite":
+            sidecars = (f"{entry.rel}{suffix}" for suffix in SIDECARS)
+            return item if all(previous.stands(rel, now) for rel in sidecars) else None
+        return item
+
+    reused = {entry.rel: kept(entry) for entry in entries}
+    databases = {
+        e.rel for e in entries if e.kind == "file" and _is_database(root / e.rel, reused[e.rel])
+    }
+    leaders = link_leaders(entries)
+    texts = _Texts()
+    top = root.stat()
+    items: dict[str, Item] = {
+        ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
+    }
+    for entry in entries:
+        if entry.kind == "file" and any(
+            entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
+        ):
+            continue  # part of its database, which is compared by content
+        try:
+            item = reused[entry.rel] or _read_item(root, entry, databases, texts)
+        except (OSError, sqlite3.Error) as exc:
+            raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
+        items[entry.rel] = dataclasses.replace(
+            item,
+            mode=stat.S_IMODE(entry.info.st_mode) if item.kind != "symlink" else 0,
+            uid=entry.info.st_uid,
+            gid=entry.info.st_gid,
+            link=leaders.get(entry.rel, ""),
+        )
+    tree = TreeSnapshot(root=scope.root, items=items)
+    return SandboxSnapshot(tree, now, _clock_mark(clock))
+
+
+def _is_database(path: Path, known: Item | None) -> bool:
+    return is_sqlite(path) if known is None else known.kind == "sqlite"
+
+
+def _read_item(root: Path, entry: TreeEntry, databases: set[str], texts: _Texts) -> Item:
+    """What ``take_snapshot`` records of ``entry`` (owners and links are added after)."""
+    mode = stat.S_IMODE(entry.info.st_mode)
+    path = root / entry.rel
+    if entry.kind == "dir":
+        return Item("dir", mode)
+    if entry.kind == "symlink":
+        inside = link_destination(root, path)
+        target = os.readlink(path) if inside is None else f"<root>/{inside}"  # noqa: PTH115
+        return Item("symlink", 0, target)
+    if entry.kind != "file":
+        return Item("other", mode, entry.kind)
+    if entry.rel in databases:
+        database = database_digest(path)
+        return Item("sqlite", mode, database_hash(database), database)
+    return _file_item(path, texts)[0]
+
+
+def _clock_mark(clock: Path) -> int:
+    """The file system's time now, as it would stamp a change: ``clock``'s change time
+    once it is touched."""
+    descriptor = os.open(clock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.utime(descriptor)
+        return os.fstat(descriptor).st_ctime_ns
+    finally:
+        os.close(descriptor)
