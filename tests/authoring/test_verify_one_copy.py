@@ -80,7 +80,8 @@ def test_verify_copies_each_file_of_the_installation_once(
     real_copy, real_capture = _sandbox.copy_file, _sandbox.capture
 
     def copy_file(source: Path, destination: Path, **options: Any) -> None:
-        copied[os.path.relpath(source, installation)] += 1
+        if source.is_relative_to(installation):  # not a database kept aside in the sandbox
+            copied[os.path.relpath(source, installation)] += 1
         real_copy(source, destination, **options)
 
     def capture(live: Path, copy: Path, **options: Any) -> None:
@@ -247,3 +248,48 @@ def test_sandbox_snapshots_read_again_only_what_changed_and_read_as_take_snapsho
     assert third.tree.items["secret.env"].mode == 0o644
     assert third.tree.items[".dopemux/app.db"] != second.tree.items[".dopemux/app.db"]
     same_as_take_snapshot(sandbox, third.tree.items)
+
+
+def test_a_database_the_migrations_leave_alone_is_never_read_by_content(
+    installation: Path,
+    migrations: MigrationWriter,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading a database by content is the dearest part of a snapshot: it is kept aside
+    unread, and read only when a migration changes it."""
+    add_database(installation)
+    migrations.add(
+        V1,
+        "001_config.py",
+        forward="(project_root / 'config' / 'app.yaml').write_text('x: 1\\n')\nreturn True",
+        backward=(
+            "(project_root / 'config' / 'app.yaml').write_text('# keep me\\nlog_level: info\\n')"
+            "\nreturn True"
+        ),
+    )
+    read: list[Path] = []
+    real_digest = _sandbox.database_digest
+
+    def database_digest(path: Path) -> Any:
+        read.append(path)
+        return real_digest(path)
+
+    monkeypatch.setattr(_sandbox, "database_digest", database_digest)
+    code, payload = verify_json(installation, migrations.root, capsys)
+    assert code == 0, payload
+    assert read == []
+    migrations.add(
+        V1,
+        "002_row.py",
+        forward=(
+            "import sqlite3\nc = sqlite3.connect(project_root / '.dopemux' / 'app.db')\n"
+            "c.execute(\"INSERT INTO t (name) VALUES ('c')\")\nc.commit()\nc.close()\nreturn True"
+        ),
+    )
+    code, payload = verify_json(installation, migrations.root, capsys)
+    assert code == 1
+    assert [(c["table"], c["what"]) for c in payload["differences"]["databases"]] == [
+        ("t", "1 row added (id=3)")
+    ]
+    assert len(read) >= 2  # the database as copied, and as the revert left it

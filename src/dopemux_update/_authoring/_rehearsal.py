@@ -72,6 +72,7 @@ from .._safety._journal import JOURNAL
 from .._safety._state import DEFAULT_STATE_DIR
 from .._safety._state_guard import StateGuard
 from ._sandbox import (
+    DeferredDatabases,
     SandboxSnapshot,
     copy_sandbox,
     remove_tree,
@@ -262,6 +263,7 @@ class _Rehearsal:
         self.scope = scope
         self.sandbox = folder / "sandbox"
         self.clock = folder / "clock"  # touched for the clock marks of the snapshots
+        self.deferred = DeferredDatabases(folder / "databases")
         self.last: SandboxSnapshot | None = None  # the sandbox's last snapshot
         self.base: TreeSnapshot | None = None  # what the first copy held
         self.notes: list[str] = []
@@ -386,7 +388,7 @@ class _Rehearsal:
         remove_tree(self.sandbox)
         self.last = copy_sandbox(self.scope, self.sandbox, self.clock)
         self._plant_state()
-        return self._snapshot()
+        return self._snapshot(deferred=self.deferred)
 
     def _plant_state(self) -> None:
         """A stand-in for the installation's state folder, inside the sandbox, with a journal
@@ -401,17 +403,18 @@ class _Rehearsal:
         (folder / JOURNAL).write_text("rehearsal stand-in\n")
         self._guard = StateGuard.capture(folder, folder / JOURNAL, backup)
 
-    def _snapshot(self) -> TreeSnapshot:
+    def _snapshot(self, *, deferred: DeferredDatabases | None = None) -> TreeSnapshot:
         """What the sandbox holds, within the same include/exclude rules as the copy (small
         text files with their text, for diffs); only what changed since the last one is
-        read again."""
+        read again. Right after a copy, its databases are kept aside unread (``deferred``):
+        each is read only if a migration changes it."""
         self._check_stop()
         sandbox = dataclasses.replace(self.scope, root=self.sandbox)
-        self.last = snapshot_sandbox(sandbox, self.clock, previous=self.last)
+        self.last = snapshot_sandbox(sandbox, self.clock, previous=self.last, deferred=deferred)
         return self.last.tree
 
     def _diff(self, before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
-        return diff_snapshots(before, after, ignore=self.ignore)
+        return diff_snapshots(*self.deferred.settle(before, after), ignore=self.ignore)
 
     def run(self) -> _Outcome:
         findings: list[RehearsalFinding] = []
@@ -429,7 +432,8 @@ class _Rehearsal:
             return _Outcome(tuple(findings))
         findings.extend(self._check_restarts())
         if self.want_changes:
-            self.changes = forward_changes(base, self._snapshot(), ignore=self.ignore)
+            settled = self.deferred.settle(base, self._snapshot())
+            self.changes = forward_changes(*settled, ignore=self.ignore)
         if self.forward_only:
             return _Outcome(tuple(findings))
         failed = self._pass(REVERT, tuple(reversed(self.steps)))
@@ -489,7 +493,7 @@ class _Rehearsal:
         while the rehearsal ran (each migration is still judged against the copy it ran on)."""
         if self.base is None or self.notes:
             return
-        changed = diff_snapshots(self.base, copy, ignore=self.ignore)
+        changed = self._diff(self.base, copy)
         if changed.is_empty:
             return
         count = len(changed.describe())
