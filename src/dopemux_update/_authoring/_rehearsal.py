@@ -4,7 +4,10 @@ that backward really brings the tree back.
 The installation is copied once, into a private folder: the *sandbox* the migrations run
 on. The copy reads each file back as it writes it, hashing it (and keeping a small text
 file's text, for diffs): that is the snapshot of what the sandbox held before the
-migrations, taken in the same pass. The rehearsal has three passes over the sandbox:
+migrations, taken in the same pass. A SQLite database, whose reading by content is dear
+(every row), is instead kept aside as copied (one file copy, beside the sandbox) and read
+only if a migration changes it (``_sandbox.DeferredDatabases``). The rehearsal has three
+passes over the sandbox:
 
 1. **apply**: each step of the plan in order (``migrate_forward`` for an upgrade);
 2. **revert**: the undo of each step in reverse order; the sandbox must then hold exactly what
@@ -21,16 +24,15 @@ After the apply pass, each ``requires_restart`` name must be a service of the sa
 compose file (when it has one). When the sandbox does not come back identical, or a revert
 fails, the migrations are stepped through one at a time (apply, revert, compare, apply
 again) to find every one responsible and what each leaves behind. That needs fresh copies,
-made the same way, from the live installation: only ever read, and nothing the rehearsal
-keeps of it but the first copy's snapshot. Not from its latest backup: there may be none,
-it may be older than the installation, and it leaves out what ``--include``/``--exclude``
-choose differently; verify judges the installation as it is. Hunting culprits is rare (verify
-failed), and each migration is judged against the copy it ran on, so a change to the
-installation meanwhile cannot be blamed on a migration; each fresh copy is compared with
-the first one all the same, and when they differ the report says that the installation
-changed while verify ran (``RehearsalReport.notes``). Asked for, the changes of the apply
-pass are kept too: the operator's preview of what the plan would change in this
-installation.
+made the same way, from the live installation, which is only ever read. Not from its
+latest backup: there may be none, it may be older than the installation, and it leaves out
+what ``--include``/``--exclude`` choose differently; verify judges the installation as it
+is. Hunting culprits is rare (verify failed), and each migration is judged against the copy
+it ran on, so a change to the installation meanwhile cannot be blamed on a migration; each
+fresh copy is compared with the first one all the same, and when they differ the report
+says that the installation changed while verify ran (``RehearsalReport.notes``). Asked
+for, the changes of the apply pass are kept too: the operator's preview of what the plan
+would change in this installation.
 """
 
 from __future__ import annotations

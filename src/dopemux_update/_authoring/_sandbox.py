@@ -30,11 +30,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import posixpath
 import shutil
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,8 @@ __all__ = [
 ]
 
 _SHOWN_LINKS = 5
-_REMOVERS = 4  # threads removing a sandbox's files
+_WORKERS = 4  # threads copying or removing a sandbox's files
+_GROUP = 64  # files of one folder a thread copies in a row
 
 logger = get_logger()
 
@@ -136,25 +139,61 @@ def _copy(scope: Scope, destination: Path, read_back: _ReadBack | None) -> int:
     databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
     destination.mkdir(parents=True, exist_ok=True)
     folders: list[tuple[Path, int]] = [(destination, stat.S_IMODE(root.stat().st_mode))]
-    copied = 0
+    files: dict[str, list[TreeEntry]] = {}  # the plain files, by folder
     for entry in entries:
         if entry.kind == "file" and any(
             entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
         ):
             continue  # part of its database, copied with it
+        if entry.kind == "file" and entry.rel not in databases:
+            files.setdefault(posixpath.dirname(entry.rel), []).append(entry)
+            if read_back is not None:
+                read_back.plan(entry)
+            continue
         try:
-            size = _copy_entry(root, destination, entry, links, databases, folders)
-            if read_back is not None and entry.kind == "file" and entry.rel not in databases:
-                read_back.read(destination, entry.rel)
+            _copy_entry(root, destination, entry, links, databases, folders)
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(
                 f"{shown(entry.rel)}: cannot be copied into the sandbox: {exc}"
             ) from exc
-        copied += size
+    groups = [
+        group[i : i + _GROUP] for group in files.values() for i in range(0, len(group), _GROUP)
+    ]
+    copied = _copy_files(root, destination, groups, read_back)
     # Folder modes last: a read-only folder must still be written into while it is filled.
     for folder, mode in reversed(folders):
         folder.chmod(mode)
     return copied
+
+
+def _copy_files(
+    root: Path, destination: Path, groups: list[list[TreeEntry]], read_back: _ReadBack | None
+) -> int:
+    """Copy the plain files, a few folders at a time in threads of their own (creating
+    files in different folders at once is several times faster where each creation waits
+    on the disk); the bytes copied. The first failure stops the others."""
+    failed = threading.Event()
+
+    def copy_group(group: list[TreeEntry]) -> int:
+        copied = 0
+        for entry in group:
+            if failed.is_set():
+                break
+            try:
+                mode = stat.S_IMODE(entry.info.st_mode)
+                copy_file(root / entry.rel, destination / entry.rel, mode=mode)
+                if read_back is not None:
+                    read_back.read(destination, entry.rel)
+            except (OSError, sqlite3.Error) as exc:
+                failed.set()
+                raise UpdateError(
+                    f"{shown(entry.rel)}: cannot be copied into the sandbox: {exc}"
+                ) from exc
+            copied += entry.info.st_size
+        return copied
+
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="dopemux-update copy") as pool:
+        return sum(pool.map(copy_group, groups))
 
 
 def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
@@ -164,7 +203,9 @@ def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
     links: dict[str, str],
     databases: set[str],
     folders: list[tuple[Path, int]],
-) -> int:
+) -> None:
+    """Copy a folder, a symlink or a database (plain files go to :func:`_copy_files`;
+    fifos, sockets and devices are left out)."""
     source, target = root / entry.rel, destination / entry.rel
     mode = stat.S_IMODE(entry.info.st_mode)
     if entry.kind == "dir":
@@ -174,9 +215,7 @@ def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
         # Relative, to where the original finally leads, but inside the copy: whatever the
         # original's text (absolute, or climbing out and back in), it cannot leave the copy.
         target.symlink_to(os.path.relpath(destination / links[entry.rel], target.parent))
-    elif entry.kind != "file":
-        return 0
-    elif entry.rel in databases:
+    elif entry.kind == "file" and entry.rel in databases:
         capture(source, target)
         if is_wal(source):
             _set_wal(target)
@@ -184,10 +223,6 @@ def _copy_entry(  # noqa: PLR0917 - one private step of copy_tree
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{target}{suffix}").unlink()
         target.chmod(mode)
-    else:
-        copy_file(source, target, mode=mode)
-        return entry.info.st_size
-    return 0
 
 
 def remove_tree(path: Path) -> None:
@@ -210,7 +245,7 @@ def remove_tree(path: Path) -> None:
                 with contextlib.suppress(OSError):
                     child.chmod(0o700)
         contents.append((folder, files))
-    with ThreadPoolExecutor(_REMOVERS, thread_name_prefix="dopemux-update remove") as pool:
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="dopemux-update remove") as pool:
         for _ in pool.map(_remove_files, contents):
             pass
     shutil.rmtree(path)  # what is left: folders, and anything that could not be removed
@@ -302,13 +337,13 @@ def _text(raw: bytes) -> str | None:
         return None
 
 
-def _file_item(path: Path, texts: _Texts) -> tuple[Item, Standing]:
+def _file_item(path: Path, keep_text: Callable[[int], bool]) -> tuple[Item, Standing]:
     """A plain file as ``take_snapshot`` reads it (its hash, and its text while the budget
     lasts), and how it stood when read. A small file is read once, for both."""
     with path.open("rb", buffering=0) as handle:
         info = os.fstat(handle.fileno())
         mode = stat.S_IMODE(info.st_mode)
-        if is_sparse(info) or not texts.take(info.st_size):
+        if is_sparse(info) or not keep_text(info.st_size):
             return Item("file", mode, hash_file(path)[0]), _standing(info)
         raw = handle.readall()
     digest = xxhash.xxh3_128(raw).hexdigest()
@@ -322,9 +357,16 @@ class _ReadBack:
         self.items: dict[str, Item] = {}
         self.standing: dict[str, Standing] = {}
         self.texts = _Texts()
+        self.keep_text: dict[str, bool] = {}
+
+    def plan(self, entry: TreeEntry) -> None:
+        """Whether to keep the text of ``entry``, decided in the walk's order."""
+        self.keep_text[entry.rel] = self.texts.take(entry.info.st_size)
 
     def read(self, destination: Path, rel: str) -> None:
-        self.items[rel], self.standing[rel] = _file_item(destination / rel, self.texts)
+        keep = self.keep_text.get(rel, False)
+        path = destination / rel
+        self.items[rel], self.standing[rel] = _file_item(path, lambda _: keep)
 
 
 def copy_sandbox(scope: Scope, destination: Path, clock: Path) -> SandboxSnapshot:
@@ -484,7 +526,7 @@ def _read_item(root: Path, entry: TreeEntry, databases: set[str], texts: _Texts)
     if entry.rel in databases:
         database = database_digest(path)
         return Item("sqlite", mode, database_hash(database), database)
-    return _file_item(path, texts)[0]
+    return _file_item(path, texts.take)[0]
 
 
 def _clock_mark(clock: Path) -> int:
