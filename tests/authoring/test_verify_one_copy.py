@@ -4,6 +4,7 @@ the live installation again, saying so when it changed meanwhile."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -293,3 +294,29 @@ def test_a_database_the_migrations_leave_alone_is_never_read_by_content(
         ("t", "1 row added (id=3)")
     ]
     assert len(read) >= 2  # the database as copied, and as the revert left it
+
+
+def test_a_file_last_changed_in_the_clock_tick_of_the_mark_is_read_again(
+    installation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a coarse clock a write right after a snapshot can keep its change time; a file
+    whose change time is not older than the snapshot's mark is never trusted unread."""
+    sandbox, clock = tmp_path / "sandbox", tmp_path / "clock"
+    first = snapshot_sandbox(
+        Scope(sandbox), clock, previous=copy_sandbox(Scope(installation), sandbox, clock)
+    )
+    changed = first.standing["secret.env"][5]
+    racy = dataclasses.replace(first, mark=changed)  # as if marked within the same tick
+    read: list[str] = []
+    real_file_item = _sandbox._file_item
+
+    def file_item(path: Path, keep_text: Any) -> Any:
+        read.append(os.path.relpath(path, sandbox))
+        return real_file_item(path, keep_text)
+
+    monkeypatch.setattr(_sandbox, "_file_item", file_item)
+    snapshot_sandbox(Scope(sandbox), clock, previous=racy)
+    assert "secret.env" in read
+    read.clear()
+    snapshot_sandbox(Scope(sandbox), clock, previous=first)
+    assert read == []

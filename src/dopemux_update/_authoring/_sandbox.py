@@ -10,15 +10,22 @@ pages still in its WAL, is copied consistently; a database in WAL mode stays in 
 file is a database's ``-wal``/``-shm``/``-journal`` only beside a database. Fifos, sockets and
 devices are left out, as in a backup.
 
+Files are copied the cheapest way the file system has (``_copy.copy_file``): a reflink,
+else ``copy_file_range`` in the kernel, else ``sendfile``; a sparse file keeps its holes.
+Never a hard link: a migration writing to it would write into the installation. The plain
+files are copied a few folders at a time in threads, and a sandbox is removed the same way.
+
 A rehearsal copies with :func:`copy_sandbox`: each file is hashed as it is read back from
 the copy (small text files keep their text, for diffs), so the snapshot the rehearsal
-compares against costs no second pass over the tree. The snapshots after that
+compares against costs no second pass over the tree; a database is kept aside unread until
+a comparison needs it (:class:`DeferredDatabases`). The snapshots after that
 (:func:`snapshot_sandbox`) read again only the paths whose standing changed: a file whose
 ``lstat`` (device, inode, mode, size, modification and change times) is the same as when the
 last snapshot read it, and whose change time is older than a clock mark the file system gave
 *after* that snapshot, still holds what that snapshot read. The change time is the kernel's:
-no program can set it back, and any write, ``chmod``, ``chown``, rename into place or
-``utime`` moves it to the file system's clock, which the mark shows has moved past it. A
+no program can set it back (short of setting the system's clock back meanwhile), and any
+write, ``chmod``, ``chown``, new hard link or ``utime`` moves it to the file system's clock,
+which the mark shows has moved past it; a file renamed into place is another inode. A
 file whose change time is not older than the mark (written within the same tick of a coarse
 clock) is read again. A database is reused only when its ``-wal``/``-shm``/``-journal``
 files stand as they did too. What else an item holds (mode, owners, hard links) is always
