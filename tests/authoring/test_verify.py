@@ -287,7 +287,7 @@ def test_keep_sandbox_leaves_it_for_inspection(
     )
     assert report.sandbox is not None
     assert (report.sandbox / "sandbox" / "config" / "app.yaml").is_file()
-    assert (report.sandbox / "original" / "secret.env").stat().st_mode & 0o777 == 0o600
+    assert (report.sandbox / "sandbox" / "secret.env").stat().st_mode & 0o777 == 0o600
 
 
 def test_the_sandbox_is_removed_afterwards(

@@ -1,8 +1,13 @@
 """Rehearsals: run a plan on a sandbox copy, forward, backward and forward again, and check
 that backward really brings the tree back.
 
-The installation is copied twice into a private folder: an *original* that nothing touches,
-and a *sandbox* the migrations run on. The rehearsal has three passes over the sandbox:
+The installation is copied once, into a private folder: the *sandbox* the migrations run
+on. The copy reads each file back as it writes it, hashing it (and keeping a small text
+file's text, for diffs): that is the snapshot of what the sandbox held before the
+migrations, taken in the same pass. A SQLite database, whose reading by content is dear
+(every row), is instead kept aside as copied (one file copy, beside the sandbox) and read
+only if a migration changes it (``_sandbox.DeferredDatabases``). The rehearsal has three
+passes over the sandbox:
 
 1. **apply**: each step of the plan in order (``migrate_forward`` for an upgrade);
 2. **revert**: the undo of each step in reverse order; the sandbox must then hold exactly what
@@ -11,12 +16,23 @@ and a *sandbox* the migrations run on. The rehearsal has three passes over the s
    tables the author names to leave out (``ignore_tables``);
 3. **apply again**: the plan once more, which must succeed.
 
+Each later snapshot of the sandbox reads again only what changed since the one before
+(``_sandbox.snapshot_sandbox``: by ``lstat`` and the kernel's change times), so a plan
+that touches three files costs three files' reading, not the tree's.
+
 After the apply pass, each ``requires_restart`` name must be a service of the sandbox's
 compose file (when it has one). When the sandbox does not come back identical, or a revert
-fails, the migrations are stepped through one at a time on a fresh copy of the original
-(apply, revert, compare, apply again) to find every one responsible and what each leaves
-behind. Asked for, the changes of the apply pass are kept too: the operator's preview of
-what the plan would change in this installation. The live installation is only ever read.
+fails, the migrations are stepped through one at a time (apply, revert, compare, apply
+again) to find every one responsible and what each leaves behind. That needs fresh copies,
+made the same way, from the live installation, which is only ever read. Not from its
+latest backup: there may be none, it may be older than the installation, and it leaves out
+what ``--include``/``--exclude`` choose differently; verify judges the installation as it
+is. Hunting culprits is rare (verify failed), and each migration is judged against the copy
+it ran on, so a change to the installation meanwhile cannot be blamed on a migration; each
+fresh copy is compared with the first one all the same, and when they differ the report
+says that the installation changed while verify ran (``RehearsalReport.notes``). Asked
+for, the changes of the apply pass are kept too: the operator's preview of what the plan
+would change in this installation.
 """
 
 from __future__ import annotations
@@ -44,7 +60,6 @@ from .._backup._snapshot import (
     TreeSnapshot,
     diff_snapshots,
     forward_changes,
-    take_snapshot,
 )
 from .._backup._tree import Scope
 from .._core._exceptions import PreflightError, UpdateError
@@ -58,7 +73,14 @@ from .._run._runner import DEFAULT_GRACE, CallOutcome, call_function
 from .._safety._journal import JOURNAL
 from .._safety._state import DEFAULT_STATE_DIR
 from .._safety._state_guard import StateGuard
-from ._sandbox import copy_tree, remove_tree, temporary_folder
+from ._sandbox import (
+    DeferredDatabases,
+    SandboxSnapshot,
+    copy_sandbox,
+    remove_tree,
+    snapshot_sandbox,
+    temporary_folder,
+)
 
 __all__ = ["RehearsalCall", "RehearsalFinding", "RehearsalReport", "rehearse", "rehearse_steps"]
 
@@ -113,7 +135,9 @@ class RehearsalReport:
     when a difference appears only with the migrations combined), ``culprits`` names every
     migration responsible, and ``differences`` lists everything the revert of the whole plan
     left different from the original (each finding holds its own migration's). ``changes``
-    is what the apply pass changed, when asked for (see :func:`rehearse_steps`).
+    is what the apply pass changed, when asked for (see :func:`rehearse_steps`). ``notes``
+    says what else the operator should know: that the installation changed while the
+    migrations were stepped through on a new copy of it.
     """
 
     ok: bool
@@ -135,6 +159,7 @@ class RehearsalReport:
     findings: tuple[RehearsalFinding, ...] = ()
     changes: TreeChanges | None = None
     ignored_tables: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the operator should know besides the findings
 
     def __bool__(self) -> bool:
         """A report is its ``ok``."""
@@ -174,6 +199,7 @@ class RehearsalReport:
         if failed is not None and failed.traceback:
             lines.append(f"Traceback of {failed.id} ({failed.function}):")
             lines.extend(f"  {line}" for line in failed.traceback.rstrip().splitlines())
+        lines.extend(f"Note: {note}" for note in self.notes)
         if self.sandbox is not None:
             lines.append(f"Sandbox kept at {self.sandbox}")
         return lines
@@ -237,8 +263,12 @@ class _Rehearsal:
         self.state_dir = state_dir
         self._guard: StateGuard | None = None
         self.scope = scope
-        self.original = folder / "original"
         self.sandbox = folder / "sandbox"
+        self.clock = folder / "clock"  # touched for the clock marks of the snapshots
+        self.deferred = DeferredDatabases(folder / "databases")
+        self.last: SandboxSnapshot | None = None  # the sandbox's last snapshot
+        self.base: TreeSnapshot | None = None  # what the first copy held
+        self.notes: list[str] = []
         self.stop = stop
         self.on_call = on_call
         self.timeout = timeout
@@ -353,11 +383,14 @@ class _Rehearsal:
                 return call
         return None
 
-    def _fresh_sandbox(self) -> None:
+    def _fresh_sandbox(self) -> TreeSnapshot:
+        """A new copy of the installation as the sandbox (the stand-in state planted in
+        it); its snapshot."""
         self._check_stop()
         remove_tree(self.sandbox)
-        copy_tree(Scope(self.original), self.sandbox)
+        self.last = copy_sandbox(self.scope, self.sandbox, self.clock)
         self._plant_state()
+        return self._snapshot(deferred=self.deferred)
 
     def _plant_state(self) -> None:
         """A stand-in for the installation's state folder, inside the sandbox, with a journal
@@ -372,14 +405,18 @@ class _Rehearsal:
         (folder / JOURNAL).write_text("rehearsal stand-in\n")
         self._guard = StateGuard.capture(folder, folder / JOURNAL, backup)
 
-    def _snapshot(self) -> TreeSnapshot:
+    def _snapshot(self, *, deferred: DeferredDatabases | None = None) -> TreeSnapshot:
         """What the sandbox holds, within the same include/exclude rules as the copy (small
-        text files with their text, for diffs)."""
+        text files with their text, for diffs); only what changed since the last one is
+        read again. Right after a copy, its databases are kept aside unread (``deferred``):
+        each is read only if a migration changes it."""
         self._check_stop()
-        return take_snapshot(dataclasses.replace(self.scope, root=self.sandbox), texts=True)
+        sandbox = dataclasses.replace(self.scope, root=self.sandbox)
+        self.last = snapshot_sandbox(sandbox, self.clock, previous=self.last, deferred=deferred)
+        return self.last.tree
 
     def _diff(self, before: TreeSnapshot, after: TreeSnapshot) -> TreeDiff:
-        return diff_snapshots(before, after, ignore=self.ignore)
+        return diff_snapshots(*self.deferred.settle(before, after), ignore=self.ignore)
 
     def run(self) -> _Outcome:
         findings: list[RehearsalFinding] = []
@@ -390,16 +427,15 @@ class _Rehearsal:
             return _Outcome(tuple(findings), abandoned=True)
 
     def _run(self, findings: list[RehearsalFinding]) -> _Outcome:
-        copy_tree(self.scope, self.original)
-        self._fresh_sandbox()
-        base = self._snapshot()
+        base = self.base = self._fresh_sandbox()
         failed = self._pass(APPLY, self.steps)
         if failed is not None:
             findings.append(self._failure(APPLY, failed))
             return _Outcome(tuple(findings))
         findings.extend(self._check_restarts())
         if self.want_changes:
-            self.changes = forward_changes(base, self._snapshot(), ignore=self.ignore)
+            settled = self.deferred.settle(base, self._snapshot())
+            self.changes = forward_changes(*settled, ignore=self.ignore)
         if self.forward_only:
             return _Outcome(tuple(findings))
         failed = self._pass(REVERT, tuple(reversed(self.steps)))
@@ -451,8 +487,25 @@ class _Rehearsal:
 
     def _rebuild(self, count: int) -> bool:
         """A fresh sandbox with the first ``count`` steps applied; False if one fails."""
-        self._fresh_sandbox()
+        self._check_unchanged(self._fresh_sandbox())
         return self._pass(APPLY, self.steps[:count]) is None
+
+    def _check_unchanged(self, copy: TreeSnapshot) -> None:
+        """A note when a new copy of the installation differs from the first: it changed
+        while the rehearsal ran (each migration is still judged against the copy it ran on)."""
+        if self.base is None or self.notes:
+            return
+        changed = self._diff(self.base, copy)
+        if changed.is_empty:
+            return
+        count = len(changed.describe())
+        note = (
+            f"the installation changed while verify ran ({count} difference(s) from the"
+            " first copy): the migrations were stepped through on a new copy of it, and"
+            " the findings of that stage are about the tree as it is now"
+        )
+        logger.warning("verify.installation_changed", differences=changed.describe()[:20])
+        self.notes.append(note)
 
     def _isolate(self, whole: TreeDiff, failed: RehearsalCall | None) -> list[RehearsalFinding]:
         """Step through the migrations one by one on a fresh copy, each applied, reverted,
@@ -462,10 +515,12 @@ class _Rehearsal:
         is responsible on its own, the whole plan's failed revert (``failed``) or difference
         (``whole``) is what the migrations do together."""
         logger.info("verify.isolating", migrations=len(self.steps))
-        self._fresh_sandbox()
+        before = self._fresh_sandbox()
+        self._check_unchanged(before)
         found: list[RehearsalFinding] = []
         for index, step in enumerate(self.steps):
-            before = self._snapshot()
+            if index:
+                before = self._snapshot()
             call = self._call(APPLY, step)
             if not call.ok:  # it ran in the whole pass: the others made the difference
                 found.append(self._failure(APPLY, call, isolated=True))
@@ -617,6 +672,7 @@ def rehearse_steps(
         findings=found.findings,
         changes=rehearsal.changes,
         ignored_tables=tuple(ignore.shown()),
+        notes=tuple(rehearsal.notes),
     )
     logger.info("verify.finished", ok=report.ok, stage=report.stage, culprits=list(report.culprits))
     return report

@@ -62,6 +62,7 @@ def _payload(report: RehearsalReport, code: int) -> dict[str, Any]:
         ],
         "changes": report.changes.to_json() if report.changes is not None else None,
         "ignored_tables": list(report.ignored_tables),
+        "notes": list(report.notes),
         "isolated": report.isolated,
         "abandoned": report.abandoned,
         "error": report.error,
