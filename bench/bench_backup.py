@@ -8,13 +8,16 @@ checkpointed, as a running service would. Each round then times, on the same tre
 
 - ``cp -a`` of the tree, and ``cp -a`` followed by ``sync`` (a backup must be durable
   before the first migration runs, so ours includes syncing its files);
-- our first backup (hashing, SQLite through its backup API, verification and sync included);
-- a second backup of the unchanged tree;
-- a restore after three files were changed.
+- ``dopemux-update backups create`` (hashing, SQLite through its backup API, verification
+  and sync included);
+- a second ``backups create`` of the unchanged tree;
+- ``backups restore ID --yes`` after three files were changed.
 
-Ours runs in a separate Python process through the library, timed around each call, so
-interpreter start-up is not counted on either side. ``sync`` runs before every timed step
-so that no step pays for another's writeback. Writes ``bench/out/backup.json``.
+Ours runs as whole commands (``python -m dopemux_update ... --json``), each a new process,
+so interpreter start-up and imports are counted, as an operator pays them; so is ``cp``'s.
+``sync`` runs before every timed step so that no step pays for another's writeback. Prints
+the dearest imports of ``backups create`` (``python -X importtime``) and writes
+``bench/out/backup.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "out" / "backup.json"
-TARGETS = {"first_backup": 1.3, "second_backup": 0.2, "restore_three_files": 0.1}
+TARGETS = {"first_backup": 1.0, "second_backup": 0.05, "restore_three_files": 0.03}
 
 HOLDER = r"""
 import sqlite3, sys
@@ -46,47 +49,6 @@ for _ in range(80):
 conn.execute("COMMIT")
 print("ready", flush=True)
 sys.stdin.read()
-"""
-
-DRIVER = r"""
-import json, sys, time, logging
-from pathlib import Path
-import structlog
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-from dopemux_update import BackupStore, Scope
-
-root = Path(sys.argv[1]).resolve()
-changed = [root / rel for rel in json.loads(sys.argv[2])]
-state = root / ".dopemux" / "update"
-store = BackupStore(state / "backups")
-scope = Scope.for_installation(root, state_dir=state)
-out = {}
-
-def synced():
-    import os
-    os.sync()
-
-synced()
-start = time.perf_counter()
-first = store.create(scope)
-out["first_backup"] = time.perf_counter() - start
-out["files"] = first.files
-out["bytes"] = first.bytes
-synced()
-start = time.perf_counter()
-second = store.create(scope)
-out["second_backup"] = time.perf_counter() - start
-out["second_copied_bytes"] = second.copied_bytes
-for path in changed:
-    data = bytearray(path.read_bytes())
-    data[: len(b"changed")] = b"changed"
-    path.write_bytes(bytes(data))
-synced()
-start = time.perf_counter()
-report = store.restore(second.id, root)
-out["restore_three_files"] = time.perf_counter() - start
-out["restore_written"] = list(report.written)
-print(json.dumps(out))
 """
 
 
@@ -134,14 +96,22 @@ def generate(root: Path, scale: float) -> list[str]:
 
 def timed(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def ours(root: Path, *args: str) -> tuple[float, dict[str, Any]]:
+    """Run ``dopemux-update ARGS --root ROOT --json`` as a whole process: its time, its JSON."""
+    command = [sys.executable, "-m", "dopemux_update", *args, "--root", str(root), "--json"]
+    start = time.perf_counter()
+    run = subprocess.run(command, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, json.loads(run.stdout)
 
 
 def one_round(root: Path, work: Path, changed: list[str]) -> dict[str, float]:
     copy = work / "copy"
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.rmtree(root / ".dopemux" / "update", ignore_errors=True)  # last round's backups
+    shutil.rmtree(root / ".dopemux" / "update" / "backups", ignore_errors=True)  # last round's
     os.sync()
     cp = timed(["cp", "-a", str(root), str(copy)])
     shutil.rmtree(copy)
@@ -151,16 +121,43 @@ def one_round(root: Path, work: Path, changed: list[str]) -> dict[str, float]:
     os.sync()
     cp_sync = time.perf_counter() - start
     shutil.rmtree(copy)
-    driver = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(root), json.dumps(changed)],
+    os.sync()
+    first, _ = ours(root, "backups", "create")
+    os.sync()
+    second, created = ours(root, "backups", "create")
+    for rel in changed:
+        path = root / rel
+        data = bytearray(path.read_bytes())
+        data[: len(b"changed")] = b"changed"
+        path.write_bytes(bytes(data))
+    os.sync()
+    restore, report = ours(root, "backups", "restore", created["backup"]["id"], "--yes")
+    if sorted(report["written"]) != sorted(changed):
+        raise SystemExit(f"restore wrote {report['written']}, expected {changed}")
+    return {
+        "cp_a": cp,
+        "cp_a_sync": cp_sync,
+        "first_backup": first,
+        "second_backup": second,
+        "restore_three_files": restore,
+    }
+
+
+def importtime(root: Path) -> list[tuple[int, str]]:
+    """The dearest imports of ``backups create`` (cumulative microseconds, module)."""
+    command = ["backups", "create", "--root", str(root), "--json"]
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dopemux_update", *command],
         check=True,
         capture_output=True,
         text=True,
     )
-    ours = json.loads(driver.stdout)
-    if sorted(ours["restore_written"]) != sorted(changed):
-        raise SystemExit(f"restore wrote {ours['restore_written']}, expected {changed}")
-    return {"cp_a": cp, "cp_a_sync": cp_sync, **{k: ours[k] for k in TARGETS}}
+    entries = []
+    for line in run.stderr.splitlines():
+        if line.startswith("import time:") and "self [us]" not in line:
+            _, cumulative, name = line.removeprefix("import time:").split("|")
+            entries.append((int(cumulative), name.rstrip()))
+    return sorted(entries, reverse=True)[:12]
 
 
 def main() -> int:
@@ -186,12 +183,16 @@ def main() -> int:
         for index in range(args.repeat):
             print(f"round {index + 1}/{args.repeat} ...", flush=True)
             rounds.append(one_round(root, work, changed))
+        top = importtime(root)
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(30)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    print("\nDearest imports of `backups create` (python -X importtime, cumulative ms):")
+    for cumulative, name in top:
+        print(f"{cumulative / 1000:>9.1f}  {name}")
     medians = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     report: dict[str, Any] = {"rounds": rounds, "median_seconds": medians, "ratios": {}}
     print(f"\n{'measurement':<22}{'median (s)':>12}   runs (s)")

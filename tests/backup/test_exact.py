@@ -21,7 +21,7 @@ import anyio
 import pytest
 import xxhash
 
-from conftest import MigrationWriter
+from conftest import MigrationWriter, stored_copy
 from dopemux_update import BackupStore, OrchestrationPhase, Scope
 from dopemux_update._backup._copy import copy_and_hash, hash_file
 from dopemux_update._backup._identical import differences
@@ -119,10 +119,10 @@ def test_a_file_linked_from_the_previous_backup_is_recopied_after_an_edit(
     os.utime(config, ns=(old.st_atime_ns, old.st_mtime_ns))
     third = store.create(scope)
     rel = "config/app.yaml"
-    assert (third.path / "tree" / rel).stat().st_ino != (second.path / "tree" / rel).stat().st_ino
-    assert (third.path / "tree" / rel).read_text() == "# keep me\nlog_level: warn\n"
+    assert stored_copy(third.path, rel) != stored_copy(second.path, rel)
+    assert stored_copy(third.path, rel).read_text() == "# keep me\nlog_level: warn\n"
     same = "config/nested/deep.json"
-    assert (third.path / "tree" / same).stat().st_ino == (second.path / "tree" / same).stat().st_ino
+    assert stored_copy(third.path, same) == stored_copy(second.path, same)
 
 
 # -- 2: owners -------------------------------------------------------------------------------
@@ -288,7 +288,9 @@ def test_hard_links_are_stored_once_and_compared(installation: Path) -> None:
     assert entries["data/a.bin"].type == "file"
     assert (entries["data/b.bin"].type, entries["data/b.bin"].target) == ("hardlink", "data/a.bin")
     assert (entries["data/c.bin"].type, entries["data/c.bin"].target) == ("hardlink", "data/a.bin")
-    assert sorted(os.listdir(info.path / "tree" / "data")) == ["a.bin"]  # the data once
+    objects = [p for p in (store.backups_dir / "objects").rglob("*") if p.is_file()]
+    assert stored_copy(info.path, "data/a.bin") in objects
+    assert len(objects) == len({e.hash for e in entries.values() if e.hash})  # the data once
     assert info.copied_bytes < 150_000
     assert differences(store, info.id, installation) == []
     copy = data / "c.copy"
@@ -338,7 +340,7 @@ def test_a_2gb_sparse_file_is_stored_sparse_and_comes_back_sparse_and_identical(
         pytest.skip("this file system does not keep holes")
     store, scope = store_and_scope(installation)
     info = store.create(scope)
-    stored = (info.path / "tree" / "disk.img").stat()
+    stored = stored_copy(info.path, "disk.img").stat()
     assert stored.st_size == 2 << 30
     assert stored.st_blocks * 512 < 1 << 20  # a few KB, not 2 GB
     assert info.copied_bytes < 1 << 20
@@ -379,8 +381,8 @@ def test_backups_say_what_they_share_and_verify_names_every_backup_a_damage_affe
     text = cli_text(installation, "backups", "list")
     assert "4 shared with other backups" in text
     assert "a damaged shared file damages every backup holding it" in text
-    stored = Path(first["backup"]["path"]) / "tree" / "config" / "nested" / "deep.json"
-    with stored.open("r+b") as handle:  # damage in place: every hard link sees it
+    stored = stored_copy(Path(first["backup"]["path"]), "config/nested/deep.json")
+    with stored.open("r+b") as handle:  # damage the one object both backups reference
         handle.write(b"X")
     code, verified, _ = cli(installation, "backups", "verify", first_id)
     assert (code, verified["ok"]) == (1, False)
@@ -395,8 +397,11 @@ def test_a_full_backup_shares_nothing(installation: Path) -> None:
     assert code == 0
     _, listed, _ = cli(installation, "backups", "list")
     assert [b["shared_files"] for b in listed["backups"]] == [0, 0]
-    tree = Path(full["backup"]["path"]) / "tree"
-    assert (tree / "config" / "app.yaml").stat().st_nlink == 1
+    own = stored_copy(Path(full["backup"]["path"]), "config/app.yaml")
+    assert own.is_relative_to(Path(full["backup"]["path"]))  # its own objects
+    shared = stored_copy(Path(first["backup"]["path"]), "config/app.yaml")
+    assert own.read_bytes() == shared.read_bytes()
+    assert own.stat().st_nlink == 1
     assert full["backup"]["copied_bytes"] == first["backup"]["copied_bytes"]
 
 
@@ -420,5 +425,5 @@ def test_upgrade_with_full_backup_copies_instead_of_linking(
     )
     assert code == 0, err
     store, _ = store_and_scope(installation)
-    automatic = store.path_of(result["backup_id"]) / "tree" / "config" / "app.yaml"
-    assert automatic.stat().st_nlink == 1
+    automatic = stored_copy(store.path_of(result["backup_id"]), "config/app.yaml")
+    assert automatic.is_relative_to(store.path_of(result["backup_id"]))  # shares nothing

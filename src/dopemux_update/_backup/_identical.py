@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from ._copy import hash_file
-from ._manifest import TREE, Entry, database_signature, file_signature
+from ._manifest import Entry, database_signature, file_signature
 from ._restore import _matches, _removals
 from ._snapshot import (
     DatabaseDigest,
@@ -58,13 +58,13 @@ def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
         f"{rel}: {'not in the backup' if rel not in wanted else 'of another kind'}"
         for rel in _removals(wanted, live)
     ]
-    tree = store.path_of(backup_id) / TREE
     for rel in sorted(wanted):
         entry, item = wanted[rel], live.get(rel)
         if item is None:
             found.append(f"{rel}: missing")
         elif _matches(entry, item):
-            expected, actual = _items(scope.root / rel, tree / rel, entry, item, leaders.get(rel))
+            stored = store.stored_file(manifest, rel, entry)
+            expected, actual = _items(scope.root / rel, stored, entry, item, leaders.get(rel))
             problems = [_describe(d, entry) for d in item_difference(expected, actual)]
             if problems:
                 found.append(f"{rel}: {'; '.join(problems)}")

@@ -11,18 +11,19 @@ from __future__ import annotations
 import bisect
 import builtins
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._core._exceptions import BackupError, PreflightError
 from .._core._fsutil import fsync_dir
@@ -35,6 +36,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_MAC",
     "MANIFEST_SUM",
+    "OBJECTS",
     "TREE",
     "BackupInfo",
     "DamagedBackupError",
@@ -45,6 +47,7 @@ __all__ = [
     "check_manifest",
     "database_signature",
     "file_signature",
+    "object_path",
     "read_manifest",
     "sign_manifest",
 ]
@@ -53,8 +56,13 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.xxh3"
 MANIFEST_MAC = "manifest.hmac"
 KEY = "backup.key"  # beside the backups folder: <state>/backup.key
-TREE = "tree"
-FORMAT = 3  # 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest
+TREE = "tree"  # formats 2 and 3: each backup's files under their own paths
+OBJECTS = "objects"  # format 4: stored files named by their content hash
+#: 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest.
+#: 4: stored files are objects (``objects/<2 hex>/<hash>``), shared by every manifest naming them.
+FORMAT = 4
+_FORMATS = (2, 3, 4)
+_OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
 _KEY_BYTES = 32
 ProgressCallback = Callable[[int, int], None]
 
@@ -83,16 +91,20 @@ class DamagedBackupError(BackupError):
         super().__init__(message, backup_id=backup_id)
 
 
-class Entry(BaseModel):
+EntryType = Literal["dir", "file", "symlink", "sqlite", "hardlink"]
+_ENTRY_TYPES = frozenset(("dir", "file", "symlink", "sqlite", "hardlink"))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
     """One folder, file, symlink, hard link or SQLite database of a snapshot.
 
     ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
     database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
+    ``hash`` names a file's stored copy (its object, in format 4).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: Literal["dir", "file", "symlink", "sqlite", "hardlink"]
+    type: EntryType
     mode: int = 0
     size: int = 0
     mtime_ns: int = 0
@@ -108,27 +120,45 @@ class Entry(BaseModel):
     gid: int = -1
     #: A database's settings that its content does not carry: ``page_size``,
     #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
-    sqlite: dict[str, int | str] = {}
+    sqlite: dict[str, int | str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The fields that differ from their defaults (the type always)."""
+        out: dict[str, object] = {"type": self.type}
+        for name, default in _ENTRY_DEFAULTS:
+            value = getattr(self, name)
+            if value != default:
+                out[name] = value
+        return out
 
 
-class Manifest(BaseModel):
+_ENTRY_DEFAULTS = tuple(
+    (f.name, f.default if f.default is not dataclasses.MISSING else {})
+    for f in dataclasses.fields(Entry)
+    if f.name != "type"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
     """Everything a backup holds, and the scope it was taken with."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: int
     id: str
     created_at: str
     root: str
     excluded: tuple[str, ...]
+    entries: dict[str, Entry]
     included: tuple[str, ...] = ()
     hash: str = HASH_NAME
     version_from: str | None = None
     version_to: str | None = None
     previous: str | None = None
     copied_bytes: int = 0
-    entries: dict[str, Entry]
     skipped: tuple[tuple[str, str], ...] = ()
+    #: Format 4: the objects are in the backup's own ``objects/`` folder (a *full* backup,
+    #: sharing nothing), not in the store's, which every other backup shares.
+    own_objects: bool = False
 
     def decoded(self) -> dict[str, Entry]:
         """Entries under their real (possibly non-UTF-8) names and link targets."""
@@ -136,9 +166,146 @@ class Manifest(BaseModel):
         for stored, entry in self.entries.items():
             real = entry
             if entry.type in ("symlink", "hardlink"):
-                real = entry.model_copy(update={"target": decode_name(entry.target)})
+                real = dataclasses.replace(entry, target=decode_name(entry.target))
             out[decode_name(stored)] = real
         return out
+
+    def to_json(self) -> bytes:
+        document: dict[str, object] = {
+            "format": self.format,
+            "id": self.id,
+            "created_at": self.created_at,
+            "root": self.root,
+            "excluded": self.excluded,
+            "included": self.included,
+            "hash": self.hash,
+            "version_from": self.version_from,
+            "version_to": self.version_to,
+            "previous": self.previous,
+            "copied_bytes": self.copied_bytes,
+            "own_objects": self.own_objects,
+            "skipped": self.skipped,
+            "entries": {rel: entry.to_json() for rel, entry in self.entries.items()},
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def object_path(objects: Path, digest: str) -> Path:
+    """Where the object of content hash ``digest`` lives in the object folder ``objects``."""
+    return objects / digest[:2] / digest
+
+
+# -- strict reading: every field of the type it must have, nothing else --------------------
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_str(value: object) -> bool:
+    return type(value) is str
+
+
+def _is_bool(value: object) -> bool:
+    return type(value) is bool
+
+
+def _is_sig(value: object) -> bool:
+    return type(value) is list and all(type(v) is int for v in value)
+
+
+def _is_settings(value: object) -> bool:
+    return type(value) is dict and all(type(v) in (int, str) for v in value.values())
+
+
+def _is_strings(value: object) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def _is_optional_str(value: object) -> bool:
+    return value is None or type(value) is str
+
+
+def _is_skipped(value: object) -> bool:
+    return type(value) is list and all(
+        type(v) is list and len(v) == 2 and all(type(x) is str for x in v) for v in value
+    )
+
+
+_ENTRY_FIELDS: dict[str, Callable[[object], bool]] = {
+    "type": lambda v: type(v) is str and v in _ENTRY_TYPES,
+    "mode": _is_int,
+    "size": _is_int,
+    "mtime_ns": _is_int,
+    "hash": _is_str,
+    "target": _is_str,
+    "wal": _is_bool,
+    "sig": _is_sig,
+    "parent_only": _is_bool,
+    "uid": _is_int,
+    "gid": _is_int,
+    "sqlite": _is_settings,
+}
+_MANIFEST_FIELDS: dict[str, Callable[[object], bool]] = {
+    "format": _is_int,
+    "id": _is_str,
+    "created_at": _is_str,
+    "root": _is_str,
+    "excluded": _is_strings,
+    "included": _is_strings,
+    "hash": _is_str,
+    "version_from": _is_optional_str,
+    "version_to": _is_optional_str,
+    "previous": _is_optional_str,
+    "copied_bytes": _is_int,
+    "entries": lambda v: type(v) is dict,
+    "skipped": _is_skipped,
+    "own_objects": _is_bool,
+}
+_MANIFEST_REQUIRED = ("format", "id", "created_at", "root", "excluded", "entries")
+
+
+def _bad_fields(
+    document: object, fields: dict[str, Callable[[object], bool]], required: tuple[str, ...]
+) -> str:
+    """Why ``document`` is not an object with these fields ("" if it is)."""
+    if type(document) is not dict:
+        return "not a JSON object"
+    document = cast("dict[str, object]", document)
+    for name in required:
+        if name not in document:
+            return f"field {name!r} is missing"
+    for name, value in document.items():
+        check = fields.get(name)
+        if check is None:
+            return f"unknown field {name!r}"
+        if not check(value):
+            return f"field {name!r} has a wrong type or value: {value!r}"
+    return ""
+
+
+def _parse_manifest(document: dict[str, Any], backup_id: str) -> Manifest:
+    """A manifest from its JSON document, every field checked by hand."""
+    problem = _bad_fields(document, _MANIFEST_FIELDS, _MANIFEST_REQUIRED)
+    if problem:
+        raise BackupError(f"manifest is unreadable: {problem}", backup_id=backup_id)
+    entries = {}
+    for rel, raw in document["entries"].items():
+        problem = _bad_fields(raw, _ENTRY_FIELDS, ("type",))
+        if problem:
+            raise BackupError(
+                f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
+            )
+        entries[rel] = (
+            Entry(**raw) if "sig" not in raw else Entry(**{**raw, "sig": tuple(raw["sig"])})
+        )
+    fields = {**document, "entries": entries}
+    for name in ("excluded", "included"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
+    if "skipped" in fields:
+        fields["skipped"] = tuple((kind, rel) for kind, rel in fields["skipped"])
+    return Manifest(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +353,14 @@ def _no_duplicate_keys(pairs: builtins.list[tuple[str, object]]) -> dict[str, ob
     return document
 
 
-def _check_entry(rel: str, entry: Entry, entries: dict[str, Entry], earlier: set[str]) -> str:
+def _check_entry(
+    rel: str, entry: Entry, entries: dict[str, Entry], earlier: set[str], *, objects: bool
+) -> str:
     """Why ``entry`` at ``rel`` is not something a backup can hold ("" if it is)."""
     problem = ""
-    if not 0 <= entry.mode <= 0o7777:
+    if objects and entry.type in ("file", "sqlite") and not _OBJECT_NAME.fullmatch(entry.hash):
+        problem = f"hash {entry.hash!r} names no object"
+    elif not 0 <= entry.mode <= 0o7777:
         problem = f"mode {entry.mode} is not a permission mode"
     elif entry.size < 0:
         problem = f"size {entry.size} is negative"
@@ -238,11 +409,20 @@ def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
         Scope(Path(manifest.root), manifest.excluded, manifest.included).matchers()
     except ValueError as exc:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    if manifest.format >= 4 and manifest.hash != HASH_NAME:
+        raise BackupError(
+            f"manifest is unreadable: unknown hash {manifest.hash!r}", backup_id=backup_id
+        )
+    if manifest.own_objects and manifest.format < 4:
+        raise BackupError(
+            "manifest is unreadable: own objects before format 4", backup_id=backup_id
+        )
+    objects = manifest.format >= 4
     earlier: set[str] = set()  # in the order a backup writes them: sorted by stored name
     for stored in sorted(manifest.entries):
         rel = decode_name(stored)
         _check_relative(rel, backup_id)
-        problem = _check_entry(rel, entries[rel], entries, earlier)
+        problem = _check_entry(rel, entries[rel], entries, earlier, objects=objects)
         if problem:
             raise BackupError(
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
@@ -347,7 +527,7 @@ def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
     except ValueError as exc:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
     version = document.get("format") if isinstance(document, dict) else None
-    if version not in (2, FORMAT):
+    if type(version) is not int or version not in _FORMATS:
         raise BackupError(
             f"manifest is unreadable: unknown format {version!r}", backup_id=backup_id
         )
@@ -359,9 +539,6 @@ def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
         except OSError as exc:
             raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
         check_manifest(backups_dir, raw, mac, backup_id=backup_id)
-    try:
-        manifest = Manifest.model_validate(document)
-    except ValidationError as exc:
-        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    manifest = _parse_manifest(document, backup_id)
     _check_manifest_entries(manifest, backup_id)
     return manifest

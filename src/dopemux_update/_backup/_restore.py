@@ -38,7 +38,7 @@ from .._core._fsutil import sync_filesystem
 from .._core._log import get_logger
 from . import _sqlite
 from ._copy import hash_file
-from ._manifest import TREE, Entry, Manifest, ProgressCallback, database_signature, file_signature
+from ._manifest import Entry, Manifest, ProgressCallback, database_signature, file_signature
 from ._snapshot import may_set_owner
 from ._sparse import copy_sparse
 from ._tree import Scope, TreeEntry, shown, walk
@@ -59,6 +59,8 @@ class StoredBackups(Protocol):
     def read_manifest(self, backup_id: str) -> Manifest: ...
 
     def path_of(self, backup_id: str) -> Path: ...
+
+    def stored_file(self, manifest: Manifest, rel: str, entry: Entry) -> Path: ...
 
     def verify(
         self,
@@ -428,7 +430,7 @@ def _make_dir(folder: int, name: str) -> None:
 @dataclass
 class _Restorer:
     folders: _Folders
-    tree: Path
+    stored: Callable[[str], Path]  # a file's stored copy (its object)
     wanted: dict[str, Entry]
     live: dict[str, TreeEntry]
     protected: list[str]
@@ -492,7 +494,7 @@ class _Restorer:
             info = os.stat(name, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             info = None
-        stored = self.tree / rel
+        stored = self.stored(rel)
         if (
             info is not None
             and stat.S_ISREG(info.st_mode)
@@ -546,7 +548,7 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
             _make_dir(*folders.parent(rel))
     for rel in plan.write:
         with restorer.at(rel):
-            _put_file(restorer.tree / rel, *folders.parent(rel), wanted[rel])
+            _put_file(restorer.stored(rel), *folders.parent(rel), wanted[rel])
         crash_point("restore.file")
         progress(rel)
     for rel in plan.hardlinks:
@@ -593,7 +595,10 @@ def restore(
         ) from exc
     plan = _plan(scope.root, wanted, live)
     store.verify(backup_id, only=plan.write + plan.databases, manifest=manifest, entries=wanted)
-    tree = store.path_of(backup_id) / TREE
+
+    def stored(rel: str) -> Path:
+        return store.stored_file(manifest, rel, wanted[rel])
+
     total = sum(wanted[rel].size for rel in plan.write + plan.databases)
     done = 0
 
@@ -611,7 +616,7 @@ def restore(
         ) from exc
     try:
         restorer = _Restorer(
-            folders, tree, wanted, live, _literal_exclusions(manifest.excluded), backup_id
+            folders, stored, wanted, live, _literal_exclusions(manifest.excluded), backup_id
         )
         fixed = _apply(restorer, plan, progress)
     finally:

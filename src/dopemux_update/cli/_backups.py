@@ -51,7 +51,7 @@ def _backup_id(store: BackupStore, given: str) -> str:
 
 
 _SHARING_NOTE = (
-    "Unchanged files are stored once and shared (hard-linked) between backups: a damaged"
+    "Unchanged files are stored once and shared (one object) between backups: a damaged"
     " shared file damages every backup holding it. `backups create --full` (or"
     " `upgrade --full-backup`) takes a backup that shares nothing."
 )
@@ -139,8 +139,8 @@ def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: in
 @click.option(
     "--full",
     is_flag=True,
-    help="Copy every file, sharing none with older backups (unchanged files are hard-linked"
-    " to the previous backup's copies by default).",
+    help="Copy every file, sharing none with older backups (unchanged files share the"
+    " previous backup's stored copies by default).",
 )
 @common_options
 def create_backup(
