@@ -284,6 +284,44 @@ def _bad_fields(
     return ""
 
 
+_ENTRY_KINDS = {
+    "type": str,
+    "mode": int,
+    "size": int,
+    "mtime_ns": int,
+    "hash": str,
+    "target": str,
+    "wal": bool,
+    "sig": list,
+    "parent_only": bool,
+    "uid": int,
+    "gid": int,
+    "sqlite": dict,
+}
+_INT = frozenset((int,))
+_SETTING = frozenset((int, str))
+
+
+def _entry(raw: object) -> Entry | None:
+    """The entry ``raw`` describes, or None when it is not one (``_bad_fields`` says why).
+
+    The fast path of the same checks, for the thousands of entries of a manifest."""
+    if type(raw) is not dict or raw.get("type") not in _ENTRY_TYPES:
+        return None
+    for name, value in raw.items():
+        if type(value) is not _ENTRY_KINDS.get(name):
+            return None
+    sig = raw.get("sig")
+    if sig is not None:
+        if not set(map(type, sig)) <= _INT:
+            return None
+        raw = {**raw, "sig": tuple(sig)}
+    settings = raw.get("sqlite")
+    if settings and not set(map(type, settings.values())) <= _SETTING:
+        return None
+    return Entry(**raw)
+
+
 def _parse_manifest(document: dict[str, Any], backup_id: str) -> Manifest:
     """A manifest from its JSON document, every field checked by hand."""
     problem = _bad_fields(document, _MANIFEST_FIELDS, _MANIFEST_REQUIRED)
@@ -291,14 +329,13 @@ def _parse_manifest(document: dict[str, Any], backup_id: str) -> Manifest:
         raise BackupError(f"manifest is unreadable: {problem}", backup_id=backup_id)
     entries = {}
     for rel, raw in document["entries"].items():
-        problem = _bad_fields(raw, _ENTRY_FIELDS, ("type",))
-        if problem:
+        entry = _entry(raw)
+        if entry is None:
+            problem = _bad_fields(raw, _ENTRY_FIELDS, ("type",))
             raise BackupError(
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
             )
-        entries[rel] = (
-            Entry(**raw) if "sig" not in raw else Entry(**{**raw, "sig": tuple(raw["sig"])})
-        )
+        entries[rel] = entry
     fields = {**document, "entries": entries}
     for name in ("excluded", "included"):
         if name in fields:

@@ -39,9 +39,8 @@ from .._core._log import get_logger
 from . import _sqlite
 from ._copy import hash_file
 from ._manifest import Entry, Manifest, ProgressCallback, database_signature, file_signature
-from ._snapshot import may_set_owner
 from ._sparse import copy_sparse
-from ._tree import Scope, TreeEntry, shown, walk
+from ._tree import Scope, TreeEntry, may_set_owner, shown, walk
 
 __all__ = ["RestoreReport", "restore"]
 
@@ -343,7 +342,7 @@ def _rename_into(folder: int, tmp: str, name: str) -> None:
 
 def _may_own(uid: int, gid: int) -> bool:
     """Whether this process may give a file this owner and group (-1: left as it is): the
-    one rule of :func:`~dopemux_update._backup._snapshot.may_set_owner`, which also decides where
+    one rule of :func:`~dopemux_update._backup._tree.may_set_owner`, which also decides where
     owners are compared."""
     return may_set_owner(os.geteuid() if uid == -1 else uid, os.getegid() if gid == -1 else gid)
 

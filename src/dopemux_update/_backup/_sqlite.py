@@ -40,6 +40,7 @@ __all__ = [
     "capture",
     "check_cancelled",
     "check_settings",
+    "database_settings",
     "is_sqlite",
     "is_wal",
     "open_for_reading",
@@ -349,3 +350,12 @@ def replace_file(
         for leftover in (tmp, *(Path(f"{tmp}{suffix}") for suffix in SIDECARS)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
+    """The :data:`SETTINGS` of the database ``connection`` reads, read without changing any
+    (``PRAGMA journal_mode`` without a value only answers)."""
+    settings = read_settings(connection)
+    # Identity knows WAL or not: every other mode is SQLite's rollback journal.
+    settings["journal_mode"] = "wal" if settings.get("journal_mode") == "wal" else "delete"
+    return settings

@@ -41,9 +41,9 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import os
+import queue
 import secrets
 import shutil
 import sqlite3
@@ -53,7 +53,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import xxhash
 
@@ -82,9 +82,10 @@ from ._manifest import (
     read_manifest,
     sign_manifest,
 )
-from ._restore import RestoreReport, restore
-from ._snapshot import database_settings, link_leaders
-from ._tree import Scope, TreeEntry, close_opened, encode_name, walk
+from ._tree import Scope, TreeEntry, close_opened, encode_name, link_leaders, walk
+
+if TYPE_CHECKING:
+    from ._restore import RestoreReport
 
 __all__ = [
     "BackupInfo",
@@ -174,7 +175,7 @@ def _settings(stored: Path, *, wal: bool) -> dict[str, int | str]:
     journal mode, which the copy does not keep (it is stored in rollback-journal mode)."""
     connection = _sqlite.open_for_reading(stored)
     try:
-        settings = database_settings(connection)
+        settings = _sqlite.database_settings(connection)
     finally:
         connection.close()
     settings["journal_mode"] = "wal" if wal else "delete"
@@ -192,29 +193,37 @@ def _capture_all(
     total: int,
     on_progress: ProgressCallback | None,
 ) -> dict[str, Entry]:
-    """Copy or capture every job in a pool of threads; the caller's thread reports progress
-    and watches for a cancellation, which it passes on to the pool."""
+    """Copy or capture every job in a pool of threads, the largest first (so that no big
+    file is left to copy alone at the end); the caller's thread reports progress as each
+    finishes and watches for a cancellation, which it passes on to the pool."""
     entries: dict[str, Entry] = {}
     done = 0
     cancelled = threading.Event()
+    finished: queue.SimpleQueue[concurrent.futures.Future[Entry]] = queue.SimpleQueue()
+    order = sorted(copies, key=lambda job: job.entry.info.st_size, reverse=True)
     with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-        futures = {pool.submit(_capture_one, root, staging, job, cancelled): job for job in copies}
-        pending = set(futures)
+        futures = {}
+        for job in order:
+            future = pool.submit(_capture_one, root, staging, job, cancelled)
+            futures[future] = job
+            future.add_done_callback(finished.put)
         try:
-            while pending:
-                # The pool's threads are no anyio workers: this one learns of a
-                # cancellation (Ctrl-C) and tells them through ``cancelled``.
-                _sqlite.check_cancelled()
-                finished, pending = concurrent.futures.wait(
-                    pending, timeout=_CANCEL_POLL_SECONDS, return_when="FIRST_COMPLETED"
-                )
-                for future in finished:
-                    job = futures[future]
-                    entries[encode_name(job.rel)] = future.result()
-                    crash_point("backup.file")
-                    done += allocated(job.entry.info)
-                    if on_progress is not None:
-                        on_progress(done, total)
+            for _ in range(len(futures)):
+                while True:
+                    # The pool's threads are no anyio workers: this one learns of a
+                    # cancellation (Ctrl-C) and tells them through ``cancelled``.
+                    _sqlite.check_cancelled()
+                    try:
+                        future = finished.get(timeout=_CANCEL_POLL_SECONDS)
+                    except queue.Empty:
+                        continue
+                    break
+                job = futures[future]
+                entries[encode_name(job.rel)] = future.result()
+                crash_point("backup.file")
+                done += allocated(job.entry.info)
+                if on_progress is not None:
+                    on_progress(done, total)
         except BaseException:
             cancelled.set()
             for future in futures:
@@ -723,9 +732,7 @@ class BackupStore:
             if job.action == "reuse":
                 old = job.previous
                 assert old is not None  # noqa: S101 - a reuse job carries the previous entry
-                if old.type == "file":
-                    old = dataclasses.replace(old, sig=file_signature(job.entry.info))
-                entries[encode_name(job.rel)] = old
+                entries[encode_name(job.rel)] = old  # its signature is the live file's too
         copies = [j for j in jobs if j.action != "reuse"]
         captured = _capture_all(scope.root, building, copies, total, on_progress)
         entries.update(captured)
@@ -777,7 +784,11 @@ class BackupStore:
     def restore(
         self, backup_id: str, root: Path, *, on_progress: ProgressCallback | None = None
     ) -> RestoreReport:
-        """Make the backed-up scope under ``root`` identical to this backup (see ``_restore``)."""
+        """Make the backed-up scope under ``root`` identical to this backup (see ``_restore``).
+
+        ``_restore`` is imported here: taking a backup does not pay for loading it."""
+        from ._restore import restore  # noqa: PLC0415 - see above
+
         return restore(self, backup_id, root, on_progress=on_progress)
 
     # -- removing ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ __all__ = [
     "encode_name",
     "kind_of",
     "link_destination",
+    "link_leaders",
+    "may_set_owner",
     "shown",
     "walk",
 ]
@@ -235,3 +237,29 @@ def _scandir(
             folder.chmod(wanted, follow_symlinks=False)
             opened.append((folder, stat.S_IMODE(info.st_mode)))
     return os.scandir(folder)
+
+
+def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
+    """Hard links among ``entries``: each file that shares its inode with an earlier one (in
+    the sorted order of names as a manifest stores them) mapped to that first path. Links to
+    files outside ``entries`` do not count."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for entry in entries:
+        if entry.kind == "file" and entry.info.st_nlink > 1:
+            groups.setdefault((entry.info.st_dev, entry.info.st_ino), []).append(entry.rel)
+    leaders: dict[str, str] = {}
+    for names in groups.values():
+        first, *others = sorted(names, key=encode_name)
+        leaders.update(dict.fromkeys(others, first))
+    return leaders
+
+
+def may_set_owner(uid: int, gid: int) -> bool:
+    """Whether this process may give a path owner ``uid`` and group ``gid``: as root, any
+    known owner; otherwise only its own user with one of its own groups. Owners are compared,
+    and a restore sets them, exactly where this holds."""
+    if uid < 0 or gid < 0:
+        return False
+    if os.geteuid() == 0:
+        return True
+    return uid == os.geteuid() and (gid == os.getegid() or gid in os.getgroups())
