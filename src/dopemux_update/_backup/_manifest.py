@@ -11,17 +11,17 @@ from __future__ import annotations
 import bisect
 import builtins
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import xxhash
 
@@ -95,13 +95,13 @@ EntryType = Literal["dir", "file", "symlink", "sqlite", "hardlink"]
 _ENTRY_TYPES = frozenset(("dir", "file", "symlink", "sqlite", "hardlink"))
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One folder, file, symlink, hard link or SQLite database of a snapshot.
 
     ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
     database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
-    ``hash`` names a file's stored copy (its object, in format 4).
+    ``hash`` names a file's stored copy (its object, in format 4). Immutable (a named tuple:
+    a manifest holds thousands, built each time one is read).
     """
 
     type: EntryType
@@ -120,23 +120,19 @@ class Entry:
     gid: int = -1
     #: A database's settings that its content does not carry: ``page_size``,
     #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
-    sqlite: dict[str, int | str] = field(default_factory=dict)
+    sqlite: dict[str, int | str] = {}  # noqa: RUF012 - never changed in place
 
     def to_json(self) -> dict[str, object]:
         """The fields that differ from their defaults (the type always)."""
         out: dict[str, object] = {"type": self.type}
-        for name, default in _ENTRY_DEFAULTS:
-            value = getattr(self, name)
+        for name, value, default in zip(_ENTRY_NAMES, self[1:], _ENTRY_DEFAULTS, strict=True):
             if value != default:
                 out[name] = value
         return out
 
 
-_ENTRY_DEFAULTS = tuple(
-    (f.name, f.default if f.default is not dataclasses.MISSING else {})
-    for f in dataclasses.fields(Entry)
-    if f.name != "type"
-)
+_ENTRY_NAMES = Entry._fields[1:]
+_ENTRY_DEFAULTS = tuple(Entry._field_defaults[name] for name in _ENTRY_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +162,7 @@ class Manifest:
         for stored, entry in self.entries.items():
             real = entry
             if entry.type in ("symlink", "hardlink"):
-                real = dataclasses.replace(entry, target=decode_name(entry.target))
+                real = entry._replace(target=decode_name(entry.target))
             out[decode_name(stored)] = real
         return out
 
@@ -308,9 +304,8 @@ def _entry(raw: object) -> Entry | None:
     The fast path of the same checks, for the thousands of entries of a manifest."""
     if type(raw) is not dict or raw.get("type") not in _ENTRY_TYPES:
         return None
-    for name, value in raw.items():
-        if type(value) is not _ENTRY_KINDS.get(name):
-            return None
+    if tuple(map(type, raw.values())) != tuple(map(_ENTRY_KINDS.get, raw)):
+        return None  # an unknown field, or one of another type
     sig = raw.get("sig")
     if sig is not None:
         if not set(map(type, sig)) <= _INT:
@@ -559,6 +554,10 @@ def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
     if xxhash.xxh3_128_hexdigest(raw) != expected:
         raise BackupError("failed verification: manifest.json is damaged", backup_id=backup_id)
+    cached = _read.get(folder)
+    if cached is not None and cached[0] == raw:  # the same bytes: read and checked already
+        _check_mac(backups_dir, folder, raw, cached[1].format, backup_id)
+        return cached[1]
     try:
         document = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
@@ -568,14 +567,32 @@ def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
         raise BackupError(
             f"manifest is unreadable: unknown format {version!r}", backup_id=backup_id
         )
-    if version >= 3:
-        try:
-            mac: bytes | None = (folder / MANIFEST_MAC).read_bytes()
-        except FileNotFoundError:
-            mac = None
-        except OSError as exc:
-            raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
-        check_manifest(backups_dir, raw, mac, backup_id=backup_id)
+    _check_mac(backups_dir, folder, raw, version, backup_id)
     manifest = _parse_manifest(document, backup_id)
     _check_manifest_entries(manifest, backup_id)
+    with _read_lock:
+        if len(_read) >= _READ_KEPT:
+            _read.pop(next(iter(_read)))
+        _read[folder] = (raw, manifest)
     return manifest
+
+
+#: The manifests read last, with their bytes: a command that reads one several times (a
+#: restore: to ask, to journal, to restore) parses and checks it once. Each read still reads
+#: the bytes, their checksum and MAC, and parses again unless the bytes are the same.
+_read: dict[Path, tuple[bytes, Manifest]] = {}
+_READ_KEPT = 4
+_read_lock = threading.Lock()
+
+
+def _check_mac(backups_dir: Path, folder: Path, raw: bytes, version: int, backup_id: str) -> None:
+    """From format 3 on, the manifest ``raw`` must be authenticated by its MAC."""
+    if version < 3:
+        return
+    try:
+        mac: bytes | None = (folder / MANIFEST_MAC).read_bytes()
+    except FileNotFoundError:
+        mac = None
+    except OSError as exc:
+        raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
+    check_manifest(backups_dir, raw, mac, backup_id=backup_id)

@@ -164,7 +164,7 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
     plan = _Plan(remove=_removals(wanted, live))
     gone = set(plan.remove)
     for rel in sorted(wanted):
-        entry, path = wanted[rel], root / rel
+        entry = wanted[rel]
         item = None if rel in gone else live.get(rel)
         if entry.type == "hardlink":
             continue  # below, once the files they link to are known
@@ -172,13 +172,13 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
             missing = {"dir": plan.mkdir, "symlink": plan.links, "sqlite": plan.databases}
             missing.get(entry.type, plan.write).append(rel)
         elif entry.type == "symlink":
-            if str(path.readlink()) != entry.target:
+            if str((root / rel).readlink()) != entry.target:
                 plan.links.append(rel)
         elif entry.type == "sqlite":
-            if database_signature(path, item.info) != entry.sig:
+            if database_signature(root / rel, item.info) != entry.sig:
                 plan.databases.append(rel)
         elif entry.type == "file" and file_signature(item.info) != entry.sig:
-            if item.info.st_size != entry.size or not _same_content(path, entry):
+            if item.info.st_size != entry.size or not _same_content(root / rel, entry):
                 plan.write.append(rel)
             else:
                 plan.metadata.append(rel)
@@ -563,11 +563,16 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
     touched = plan.touched() | set(plan.databases) | set(plan.metadata)
     created = {*plan.mkdir, *plan.write, *plan.links, *plan.databases, *plan.hardlinks}
     fixed = []
-    # Deepest first, so that a read-only folder is filled before it closes.
-    for rel in sorted(wanted, reverse=True):
-        with restorer.at(rel):
+    rel = ""
+    try:  # one handler for the thousands of paths, as ``at`` would name the path
+        # Deepest first, so that a read-only folder is filled before it closes.
+        for rel in sorted(wanted, reverse=True):
             if restorer.fix_metadata(rel, rel in touched) and rel not in created:
                 fixed.append(rel)
+            restorer.folders.trim()
+    except (OSError, sqlite3.Error):
+        with restorer.at(rel):
+            raise
     return fixed
 
 
