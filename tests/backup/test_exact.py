@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import xxhash
 
 from conftest import MigrationWriter, stored_copy
 from dopemux_update import BackupStore, OrchestrationPhase, Scope
-from dopemux_update._backup._copy import copy_and_hash, hash_file
+from dopemux_update._backup import _sparse as sparse_module
+from dopemux_update._backup._copy import copy_and_hash, copy_file, hash_file
 from dopemux_update._backup._identical import differences
 from dopemux_update._backup._snapshot import diff_snapshots, item_difference, take_snapshot
 
@@ -364,6 +366,32 @@ def test_the_hash_of_a_sparse_file_is_the_hash_of_what_a_reader_sees(tmp_path: P
     assert hash_file(sparse) == (expected, 3 << 20)
     assert copy_and_hash(sparse, tmp_path / "copy") == (expected, 3 << 20)
     assert (tmp_path / "copy").read_bytes() == sparse.read_bytes()
+
+
+def test_copies_hashes_and_restores_find_holes_through_one_walker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sparse = tmp_path / "sparse"
+    with sparse.open("wb") as handle:
+        handle.truncate(3 << 20)
+        handle.seek(1 << 20)
+        handle.write(b"data" * 1000)
+    if sparse.stat().st_blocks * 512 >= 3 << 20:
+        pytest.skip("this file system does not keep holes")
+    walked: list[int] = []
+    walker = sparse_module.extents
+
+    def counting(fd: int, size: int) -> Iterator[tuple[int, int]]:
+        walked.append(size)
+        return walker(fd, size)
+
+    monkeypatch.setattr(sparse_module, "extents", counting)
+    expected = xxhash.xxh3_128_hexdigest(sparse.read_bytes())
+    assert hash_file(sparse) == (expected, 3 << 20)
+    assert copy_and_hash(sparse, tmp_path / "copy") == (expected, 3 << 20)
+    copy_file(sparse, tmp_path / "plain-copy")
+    assert (tmp_path / "plain-copy").read_bytes() == sparse.read_bytes()
+    assert walked == [3 << 20] * 3  # each went through the one SEEK_DATA/SEEK_HOLE walker
 
 
 # -- 6: shared stored files ------------------------------------------------------------------
