@@ -89,6 +89,21 @@ def test_objects_are_written_once_read_only_and_never_rewritten(installation: Pa
     assert not list(store.backups_dir.rglob("*.tmp"))  # no temporary copy left
 
 
+def test_an_object_of_the_wrong_size_is_stored_again_by_the_next_backup(
+    installation: Path,
+) -> None:
+    store, scope = store_and_scope(installation)
+    first = store.create(scope)
+    stored = stored_copy(first.path, "config/app.yaml")
+    stored.write_bytes(stored.read_bytes()[:3])  # damaged: truncated
+    second = store.create(scope)
+    assert second.copied_bytes == (installation / "config" / "app.yaml").stat().st_size
+    assert stored.read_bytes() == (installation / "config" / "app.yaml").read_bytes()
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o400
+    store.verify(first.id)  # repaired for every backup referencing it
+    store.verify(second.id)
+
+
 def test_prune_removes_the_objects_no_backup_references_and_keeps_the_others(
     installation: Path,
 ) -> None:

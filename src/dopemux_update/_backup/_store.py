@@ -82,7 +82,7 @@ from ._manifest import (
     read_manifest,
     sign_manifest,
 )
-from ._tree import Scope, TreeEntry, close_opened, encode_name, link_leaders, walk
+from ._tree import Scope, TreeEntry, close_opened, decode_name, encode_name, link_leaders, walk
 
 if TYPE_CHECKING:
     from ._restore import RestoreReport
@@ -104,6 +104,7 @@ logger = get_logger()
 _WORKERS = max(2, min(8, os.cpu_count() or 2))  # copying is CPU-bound: one per core
 _CANCEL_POLL_SECONDS = 0.2  # how soon a cancelled backup notices, between stored files
 _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
+_STAGING = "staging"  # in the building folder: new objects under temporary names
 
 
 @dataclass
@@ -249,7 +250,8 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 def _publish(staged: Path, final: Path) -> None:
     """Give the durable temporary object ``staged`` its final name, unless an object of that
-    name (the same content) is there already: an object is never written twice."""
+    name (the same content) is there already: an object is never written twice. One of the
+    wrong size there (damaged) is replaced, whole, by a rename."""
     try:
         os.link(staged, final)
     except FileNotFoundError:
@@ -257,7 +259,9 @@ def _publish(staged: Path, final: Path) -> None:
         with contextlib.suppress(FileExistsError):
             os.link(staged, final)
     except FileExistsError:
-        pass
+        if final.stat().st_size != staged.stat().st_size:  # damaged: the right content wins
+            staged.replace(final)
+            return
     staged.unlink()
 
 
@@ -276,6 +280,10 @@ class BackupStore:
 
     def __init__(self, backups_dir: Path) -> None:
         self.backups_dir = backups_dir
+        #: The objects each backup references, while its manifest stays the same file
+        #: (inode, size, mtime, ctime): ``backups list`` counts shared files of each backup
+        #: against all the others without reading every manifest again for each.
+        self._known: dict[str, tuple[tuple[int, ...], set[str]]] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -432,12 +440,22 @@ class BackupStore:
         full backup), read from its authenticated manifest; an unreadable one yields the
         hashes its JSON names, if any can be read."""
         try:
+            info = (self.backups_dir / backup_id / MANIFEST).stat()
+        except OSError:
+            return set()
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        known = self._known.get(backup_id)
+        if known is not None and known[0] == identity:
+            return known[1]
+        try:
             manifest = self.read_manifest(backup_id)
         except BackupError:
             return self._hashes_named(backup_id) or set()
-        if manifest.format < 4 or manifest.own_objects:
-            return set()
-        return {e.hash for e in manifest.entries.values() if e.type in ("file", "sqlite")}
+        found: set[str] = set()
+        if manifest.format >= 4 and not manifest.own_objects:
+            found = {e.hash for e in manifest.entries.values() if e.type in ("file", "sqlite")}
+        self._known[backup_id] = (identity, found)
+        return found
 
     def _hashes_named(self, backup_id: str) -> set[str] | None:
         """Every hash a damaged or unauthenticated manifest names, read leniently; None when
@@ -536,9 +554,11 @@ class BackupStore:
         objects = building / OBJECTS if full else self.backups_dir / OBJECTS
         logger.info("backup.started", backup_id=backup_id, root=str(scope.root), bytes=needed)
         try:
+            staging = building / _STAGING
+            staging.mkdir(mode=0o700)
             entries, written = self._write(
                 scope,
-                building,
+                staging,
                 found=found,
                 jobs=jobs,
                 links=links,
@@ -551,6 +571,7 @@ class BackupStore:
                 objects.mkdir(mode=0o700, exist_ok=True)
                 for staged, digest in written:
                     _publish(staged, object_path(objects, digest))
+            shutil.rmtree(staging)  # empty, but for what a database capture may leave
             manifest = Manifest(
                 format=FORMAT,
                 id=backup_id,
@@ -695,7 +716,7 @@ class BackupStore:
     def _write(
         self,
         scope: Scope,
-        building: Path,
+        staging: Path,
         *,
         found: Sequence[TreeEntry],
         jobs: Sequence[_Job],
@@ -734,9 +755,9 @@ class BackupStore:
                 assert old is not None  # noqa: S101 - a reuse job carries the previous entry
                 entries[encode_name(job.rel)] = old  # its signature is the live file's too
         copies = [j for j in jobs if j.action != "reuse"]
-        captured = _capture_all(scope.root, building, copies, total, on_progress)
+        captured = _capture_all(scope.root, staging, copies, total, on_progress)
         entries.update(captured)
-        written = [(_staged(building, job), captured[encode_name(job.rel)].hash) for job in copies]
+        written = [(_staged(staging, job), captured[encode_name(job.rel)].hash) for job in copies]
         by_name = {item.rel: item for item in found if item.rel in links}
         for rel, first in links.items():
             info = by_name[rel].info
@@ -764,19 +785,17 @@ class BackupStore:
         if not intact:
             raise BackupError("failed verification: manifest.json", backup_id=manifest.id)
         objects = self.objects_of(manifest)
-        sizes = {
-            e.hash: e.size for e in manifest.decoded().values() if e.type in ("file", "sqlite")
-        }
+        fresh = set(new)
         missing = []
-        for rel, entry in manifest.decoded().items():
-            if entry.type not in ("file", "sqlite") or entry.hash not in new:
+        for stored, entry in manifest.entries.items():
+            if entry.type not in ("file", "sqlite") or entry.hash not in fresh:
                 continue
             try:
                 size = object_path(objects, entry.hash).stat().st_size
             except OSError:
                 size = -1
-            if size != sizes[entry.hash]:
-                missing.append(rel)
+            if size != entry.size:
+                missing.append(decode_name(stored))
         if missing:
             raise BackupError(f"failed verification: {', '.join(missing)}", backup_id=manifest.id)
         logger.info("backup.verified", backup_id=manifest.id, files=len(manifest.entries))
@@ -831,7 +850,9 @@ class BackupStore:
         """Remove the shared objects no backup references; how many were removed.
 
         Removes nothing when a backup's manifest cannot be read at all (what it references
-        is then unknown): an object a manifest references is never removed.
+        is then unknown): an object a manifest references is never removed. It must not run
+        while a backup is being taken (its new objects are not referenced yet): the state
+        folder's lock keeps them apart, as it does every command and run.
         """
         objects = self.backups_dir / OBJECTS
         if not objects.is_dir():
