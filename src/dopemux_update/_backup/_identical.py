@@ -17,9 +17,11 @@ not byte for byte.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from ._copy import hash_file
@@ -63,7 +65,7 @@ def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
         if item is None:
             found.append(f"{rel}: missing")
         elif _matches(entry, item):
-            stored = store.stored_file(manifest, rel, entry)
+            stored = functools.partial(store.stored_file, manifest, rel, entry)
             expected, actual = _items(scope.root / rel, stored, entry, item, leaders.get(rel))
             problems = [_describe(d, entry) for d in item_difference(expected, actual)]
             if problems:
@@ -72,10 +74,10 @@ def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
 
 
 def _items(
-    path: Path, stored: Path, entry: Entry, item: TreeEntry, leader: str | None
+    path: Path, stored: Callable[[], Path], entry: Entry, item: TreeEntry, leader: str | None
 ) -> tuple[Item, Item]:
     """What the backup says ``path`` is, and what it is, as the identity compares them;
-    content is read only where nothing cheaper tells."""
+    content is read only where nothing cheaper tells (``stored()``: the stored copy)."""
     info = item.info
     mode = stat.S_IMODE(info.st_mode)
     if entry.type == "symlink":
@@ -93,7 +95,7 @@ def _items(
         if database_signature(path, info) == entry.sig:
             return expected, actual  # not written since it was captured
         try:
-            old = _stored_database(stored, entry)
+            old = _stored_database(stored(), entry)
             new = database_digest(path)
         except sqlite3.Error:
             return expected, Item("sqlite", mode, "unreadable", uid=info.st_uid, gid=info.st_gid)

@@ -238,6 +238,20 @@ def _new_id() -> str:
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
+def _databases(root: Path, found: Sequence[TreeEntry], before: dict[str, Entry]) -> set[str]:
+    """The SQLite databases among the files ``found``, by their headers."""
+    databases = set()
+    for item in found:
+        if item.kind != "file":
+            continue
+        old = before.get(item.rel)
+        if old is not None and old.type == "file" and _unchanged(old, item.info):
+            continue  # a plain file that has not changed cannot have become a database
+        if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
+            databases.add(item.rel)
+    return databases
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     """A new file ``path`` (0600) holding ``data``, flushed to disk."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -253,15 +267,14 @@ def _publish(staged: Path, final: Path) -> None:
     name (the same content) is there already: an object is never written twice. One of the
     wrong size there (damaged) is replaced, whole, by a rename."""
     try:
-        os.link(staged, final)
+        size = final.stat().st_size
     except FileNotFoundError:
         final.parent.mkdir(mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.link(staged, final)
-    except FileExistsError:
-        if final.stat().st_size != staged.stat().st_size:  # damaged: the right content wins
-            staged.replace(final)
-            return
+        staged.replace(final)  # backups are taken under the state lock: no one else is here
+        return
+    if size != staged.stat().st_size:  # damaged: the right content wins, whole
+        staged.replace(final)
+        return
     staged.unlink()
 
 
@@ -649,16 +662,7 @@ class BackupStore:
         objects = os.fspath(self.backups_dir / OBJECTS)
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
-        databases: set[str] = set()
-        root = os.fspath(scope.root)
-        for item in found:
-            if item.kind != "file":
-                continue
-            old = before.get(item.rel)
-            if old is not None and old.type == "file" and _unchanged(old, item.info):
-                continue  # a plain file that has not changed cannot have become a database
-            if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
-                databases.add(item.rel)
+        databases = _databases(scope.root, found, before)
         sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
         links = link_leaders(
             item for item in found if item.rel not in databases and item.rel not in sidecars
