@@ -75,7 +75,8 @@ class DamagedBackupError(BackupError):
     """Stored files of a backup are missing or differ from its manifest.
 
     ``damaged`` names them; ``affected`` lists the other backups that share one of the
-    damaged stored copies (the same file, hard-linked), and are damaged with it.
+    damaged stored copies (the same object; in formats 2 and 3, the same file hard-linked),
+    and are damaged with it.
     """
 
     def __init__(
