@@ -155,6 +155,22 @@ def test_a_crash_between_removing_manifests_and_objects_leaves_a_sound_store(
     assert cli(installation, "backups", "verify", "latest")[0] == 0
 
 
+def test_an_object_being_written_is_never_visible_under_its_final_name(
+    installation: Path,
+) -> None:
+    crash = {"DOPEMUX_UPDATE_CRASH_AT": "backup.file:2"}  # two files copied, not yet synced
+    assert cli(installation, "backups", "create", env=crash)[0] == -9
+    store, _ = store_and_scope(installation)
+    [building] = store.backups_dir.glob(".building-*")
+    assert len(list((building / "staging").iterdir())) >= 2  # under temporary names
+    assert objects(store) == set()
+    assert store.ids() == []
+    code, recovered = cli(installation, "recover")
+    assert code == 0, recovered
+    assert not list(store.backups_dir.glob(".building-*"))  # recovery removes what was left
+    assert cli(installation, "backups", "create")[0] == 0
+
+
 def test_objects_of_a_backup_cut_short_are_removed_by_the_next_prune(installation: Path) -> None:
     assert cli(installation, "backups", "create")[0] == 0
     (installation / "new.txt").write_text("only in the backup that never finished")
