@@ -268,3 +268,28 @@ def test_format_3_backups_are_still_listed_verified_restored_and_pruned(
     for rel, entry in store.read_manifest(third.id).decoded().items():
         if entry.type == "file":
             assert object_path(store.backups_dir / "objects", entry.hash).is_file(), rel
+
+
+def test_taking_a_backup_loads_no_pydantic_restore_or_snapshot_code(installation: Path) -> None:
+    """Start-up counts for a command as short as an unchanged backup (issue 16)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from dopemux_update._backup._store import BackupStore\n"
+        "from dopemux_update._backup._tree import Scope\n"
+        "root = Path(sys.argv[1])\n"
+        "state = root / '.dopemux' / 'update'\n"
+        "store = BackupStore(state / 'backups')\n"
+        "store.create(Scope.for_installation(root, state_dir=state))\n"
+        "store.create(Scope.for_installation(root, state_dir=state))\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(installation)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(done.stdout.split())
+    unwanted = {"pydantic", "dopemux_update._backup._restore", "dopemux_update._backup._snapshot"}
+    assert not unwanted & loaded
