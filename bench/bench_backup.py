@@ -1,6 +1,6 @@
 """Backups of a 1.1 GB installation, side by side with ``cp -a`` of the same tree.
 
-    .venv/bin/python bench/bench_backup.py [--repeat N] [--scale F] [--keep]
+    .venv/bin/python bench/bench_backup.py [--repeat N] [--scale F] [--keep] [--in-process]
 
 Generates (untimed) an installation of 5,000 files of mixed sizes (about 1 GB) plus a
 100 MB SQLite database in WAL mode, held open by a separate process with pages not yet
@@ -15,9 +15,11 @@ checkpointed, as a running service would. Each round then times, on the same tre
 
 Ours runs as whole commands (``python -m dopemux_update ... --json``), each a new process,
 so interpreter start-up and imports are counted, as an operator pays them; so is ``cp``'s.
-``sync`` runs before every timed step so that no step pays for another's writeback. Prints
-the dearest imports of ``backups create`` (``python -X importtime``) and writes
-``bench/out/backup.json``.
+``sync`` runs before every timed step so that no step pays for another's writeback. With
+``--in-process``, the three steps are also timed through the library in one process, around
+each call (what the backup code costs without start-up). Prints CPU seconds beside the
+wall-clock ones and the dearest imports of ``backups create`` (``python -X importtime``), and
+writes ``bench/out/backup.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,50 @@ for _ in range(80):
 conn.execute("COMMIT")
 print("ready", flush=True)
 sys.stdin.read()
+"""
+
+
+#: ``--in-process``: the same three steps through the library, timed around each call in one
+#: process (no interpreter start-up or imports): what the backup code itself costs.
+DRIVER = r"""
+import json, sys, time, logging
+from pathlib import Path
+import structlog
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+from dopemux_update import BackupStore, Scope
+
+root = Path(sys.argv[1]).resolve()
+changed = [root / rel for rel in json.loads(sys.argv[2])]
+state = root / ".dopemux" / "update"
+store = BackupStore(state / "backups")
+scope = Scope.for_installation(root, state_dir=state)
+out = {}
+
+def synced():
+    import os
+    os.sync()
+
+synced()
+start = time.perf_counter()
+first = store.create(scope)
+out["first_backup"] = time.perf_counter() - start
+out["files"] = first.files
+out["bytes"] = first.bytes
+synced()
+start = time.perf_counter()
+second = store.create(scope)
+out["second_backup"] = time.perf_counter() - start
+out["second_copied_bytes"] = second.copied_bytes
+for path in changed:
+    data = bytearray(path.read_bytes())
+    data[: len(b"changed")] = b"changed"
+    path.write_bytes(bytes(data))
+synced()
+start = time.perf_counter()
+report = store.restore(second.id, root)
+out["restore_three_files"] = time.perf_counter() - start
+out["restore_written"] = list(report.written)
+print(json.dumps(out))
 """
 
 
@@ -117,7 +163,9 @@ def ours(root: Path, *args: str) -> tuple[float, float, dict[str, Any]]:
     return time.perf_counter() - start, _cpu() - cpu, json.loads(run.stdout)
 
 
-def one_round(root: Path, work: Path, changed: list[str]) -> dict[str, float]:
+def one_round(
+    root: Path, work: Path, changed: list[str], *, in_process: bool = False
+) -> dict[str, float]:
     """One round's wall-clock seconds of each step, and (``cpu_`` keys) CPU seconds: on a
     shared machine the CPU seconds vary less than the wall-clock ones."""
     copy = work / "copy"
@@ -146,7 +194,19 @@ def one_round(root: Path, work: Path, changed: list[str]) -> dict[str, float]:
     restore, cpu_restore, report = ours(root, "backups", "restore", backup_id, "--yes")
     if sorted(report["written"]) != sorted(changed):
         raise SystemExit(f"restore wrote {report['written']}, expected {changed}")
+    library = {}
+    if in_process:
+        shutil.rmtree(root / ".dopemux" / "update" / "backups")
+        driver = subprocess.run(
+            [sys.executable, "-c", DRIVER, str(root), json.dumps(changed)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        found = json.loads(driver.stdout)
+        library = {f"in_process_{key}": found[key] for key in TARGETS}
     return {
+        **library,
         "cp_a": cp,
         "cp_a_sync": cp_sync,
         "first_backup": first,
@@ -181,6 +241,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="size factor (default 1.0)")
     parser.add_argument("--keep", action="store_true", help="keep the generated tree")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also time the three steps through the library in one process (no start-up)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dopemux-bench-backup-"))
     root = work / "installation"
@@ -198,7 +263,7 @@ def main() -> int:
         rounds = []
         for index in range(args.repeat):
             print(f"round {index + 1}/{args.repeat} ...", flush=True)
-            rounds.append(one_round(root, work, changed))
+            rounds.append(one_round(root, work, changed, in_process=args.in_process))
         top = importtime(root)
     finally:
         assert holder.stdin is not None
@@ -222,6 +287,12 @@ def main() -> int:
         report["ratios"][key] = {"cp_a": ratio, "cp_a_sync": ratio_sync, "target": target}
         verdict = "met" if ratio <= target else "NOT met"
         print(f"{key:<36}{ratio:>10.3f}{ratio_sync:>17.3f}   <= {target} vs cp -a ({verdict})")
+    if args.in_process:
+        print("\nIn one process through the library (no start-up), ours / cp -a:")
+        for key in TARGETS:
+            ratio = medians[f"in_process_{key}"] / medians["cp_a"]
+            report["ratios"][key]["in_process_vs_cp_a"] = ratio
+            print(f"{key:<36}{ratio:>10.3f}")
     print("\nCPU seconds (user + system), ours / cp -a's (steadier on a shared machine):")
     for key in TARGETS:
         cpu = medians[f"cpu_{key}"] / medians["cpu_cp_a"]
