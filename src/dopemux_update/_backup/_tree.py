@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +188,7 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
     PermissionError.
     """
     excluded, included = scope.matchers()
+    skipped, taken = _any_of(excluded), _any_of(included)
     stack: list[tuple[str, bool]] = [("", not included)]
     keep_open = opened is not None
     opened = [] if opened is None else opened
@@ -199,9 +200,9 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
                 children = sorted(entries, key=lambda e: e.name, reverse=True)
             for child in children:
                 rel = f"{relative}/{child.name}" if relative else child.name
-                if any(p.fullmatch(rel) for p in excluded):
+                if skipped(rel):
                     continue
-                in_scope = inside or any(p.fullmatch(rel) for p in included)
+                in_scope = inside or bool(taken(rel))
                 info = child.stat(follow_symlinks=False)
                 kind = kind_of(info.st_mode)
                 if kind == "dir":
@@ -212,6 +213,14 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
     finally:
         if not keep_open:
             close_opened(opened)
+
+
+def _any_of(patterns: list[re.Pattern[str]]) -> Callable[[str], object]:
+    """A test of whether any of ``patterns`` matches a whole path: one regular expression
+    (the walk asks it of every path)."""
+    if not patterns:
+        return lambda _rel: None
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns)).fullmatch
 
 
 def close_opened(opened: list[tuple[Path, int]]) -> None:
