@@ -69,9 +69,12 @@ def is_sqlite(path: Path) -> bool:
     page size SQLite can have, file format versions 1 or 2, and the payload fractions every
     SQLite file carries (64, 32, 32). A damaged file that only starts with the magic string
     is a plain file to us (its bytes are all that can be kept of it)."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(100)
+    try:  # three system calls: a backup asks this of every new or changed file
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            header = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
     except OSError:
         return False
     if len(header) < 100 or not header.startswith(HEADER):

@@ -262,20 +262,29 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _publish(staged: Path, final: Path) -> None:
-    """Give the durable temporary object ``staged`` its final name, unless an object of that
-    name (the same content) is there already: an object is never written twice. One of the
-    wrong size there (damaged) is replaced, whole, by a rename."""
-    try:
-        size = final.stat().st_size
-    except FileNotFoundError:
-        final.parent.mkdir(mode=0o700, exist_ok=True)
-        staged.replace(final)  # backups are taken under the state lock: no one else is here
-        return
-    if size != staged.stat().st_size:  # damaged: the right content wins, whole
-        staged.replace(final)
-        return
-    staged.unlink()
+def _publish(written: Sequence[tuple[Path, str]], objects: Path) -> None:
+    """Give each durable temporary object (staged copy, hash) its final name in ``objects``,
+    unless an object of that name (the same content) is there already: an object is never
+    written twice. One of the wrong size there (damaged) is replaced, whole, by a rename.
+    Backups are taken under the state folder's lock: no one else writes objects meanwhile."""
+    objects.mkdir(mode=0o700, exist_ok=True)
+    folder = os.fspath(objects)
+    fans = {path.name for path in objects.iterdir()}
+    for staged, digest in written:
+        if digest[:2] not in fans:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(f"{folder}/{digest[:2]}", 0o700)  # noqa: PTH102 - hot loop
+            fans.add(digest[:2])
+        final = f"{folder}/{digest[:2]}/{digest}"
+        try:
+            size = os.stat(final).st_size  # noqa: PTH116 - hot loop
+        except FileNotFoundError:
+            os.rename(staged, final)  # noqa: PTH104
+            continue
+        if size != os.stat(staged).st_size:  # noqa: PTH116 - damaged: the right content wins
+            os.rename(staged, final)  # noqa: PTH104
+        else:
+            os.unlink(staged)  # noqa: PTH108
 
 
 def _unchanged(old: Entry, info: os.stat_result) -> bool:
@@ -581,9 +590,7 @@ class BackupStore:
             if written:
                 # The new objects' data is durable before any of them gets its final name.
                 sync_filesystem(building)
-                objects.mkdir(mode=0o700, exist_ok=True)
-                for staged, digest in written:
-                    _publish(staged, object_path(objects, digest))
+                _publish(written, objects)
             shutil.rmtree(staging)  # empty, but for what a database capture may leave
             manifest = Manifest(
                 format=FORMAT,
