@@ -368,6 +368,17 @@ def test_the_hash_of_a_sparse_file_is_the_hash_of_what_a_reader_sees(tmp_path: P
     assert (tmp_path / "copy").read_bytes() == sparse.read_bytes()
 
 
+def test_a_large_file_copied_by_the_kernel_hashes_as_what_the_copy_holds(tmp_path: Path) -> None:
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(3 << 20) + b"tail")  # past the kernel-copy size, uneven
+    assert copy_and_hash(source, tmp_path / "copy", mode=0o400) == (
+        xxhash.xxh3_128_hexdigest(source.read_bytes()),
+        (3 << 20) + 4,
+    )
+    assert (tmp_path / "copy").read_bytes() == source.read_bytes()
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o400
+
+
 def test_copies_hashes_and_restores_find_holes_through_one_walker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
