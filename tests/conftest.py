@@ -51,6 +51,59 @@ def tree_digest(root: Path, *, exclude: tuple[str, ...] = (".dopemux/update",)) 
     return found
 
 
+def stored_copy(backup: Path, rel: str) -> Path:
+    """The stored copy (object) of file ``rel`` of the backup in folder ``backup``."""
+    from dopemux_update import BackupStore
+
+    store = BackupStore(backup.parent)
+    manifest = store.read_manifest(backup.name)
+    return store.stored_file(manifest, rel, manifest.decoded()[rel])
+
+
+def as_older_format(backup: Path, version: int) -> None:
+    """Turn the format-4 backup in folder ``backup`` into one of ``version`` (2 or 3), as an
+    older release wrote it: its files copied under ``tree/``, hard-linked to the same file of
+    the previous backup, if that one is in this layout too and holds it unchanged; a format
+    2 manifest has no owners, SQLite settings or MAC."""
+    import json
+
+    import xxhash
+
+    from dopemux_update import BackupStore
+    from dopemux_update._backup._manifest import sign_manifest
+
+    store = BackupStore(backup.parent)
+    manifest = store.read_manifest(backup.name)
+    tree = backup / "tree"
+    tree.mkdir(mode=0o700)
+    previous = store.backups_dir / (manifest.previous or "-") / "tree"
+    for rel, entry in sorted(manifest.decoded().items()):
+        if entry.type == "dir":
+            (tree / rel).mkdir(mode=0o700)
+        elif entry.type in ("file", "sqlite"):
+            stored = store.stored_file(manifest, rel, entry)
+            older = previous / rel
+            if older.is_file() and older.read_bytes() == stored.read_bytes():
+                os.link(older, tree / rel)
+            else:
+                shutil.copyfile(stored, tree / rel)
+                (tree / rel).chmod(0o600)
+    document = json.loads((backup / "manifest.json").read_bytes())
+    document["format"] = version
+    document.pop("own_objects")
+    if version == 2:
+        for entry in document["entries"].values():
+            for key in ("uid", "gid", "sqlite"):
+                entry.pop(key, None)
+    raw = json.dumps(document).encode()
+    (backup / "manifest.json").write_bytes(raw)
+    (backup / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
+    if version == 2:
+        (backup / "manifest.hmac").unlink()
+    else:
+        (backup / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))
+
+
 class MigrationWriter:
     """Writes migration files into a migrations folder, with sensible defaults."""
 

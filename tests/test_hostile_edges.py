@@ -86,11 +86,12 @@ def test_under_umask_000_the_state_folder_and_its_files_are_private(
     state = root / ".dopemux" / "update"
     folders = [root / ".dopemux", *(p for p in state.rglob("*") if p.is_dir()), state]
     files = [p for p in state.rglob("*") if p.is_file()]
+    objects = state / "backups" / "objects"  # immutable: read-only for the owner alone
     assert {str(p.relative_to(root)): oct(mode_of(p)) for p in folders} == {
         str(p.relative_to(root)): "0o700" for p in folders
     }
     assert {str(p.relative_to(root)): oct(mode_of(p)) for p in files} == {
-        str(p.relative_to(root)): "0o600" for p in files
+        str(p.relative_to(root)): "0o400" if p.is_relative_to(objects) else "0o600" for p in files
     }
     names = {p.name for p in files}
     assert {"lock", "state.json", "manifest.json"} <= names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest
+from conftest import stored_copy, tree_digest
 from dopemux_update import BackupError, BackupStore, Scope
 
 
@@ -109,9 +109,18 @@ def test_backups_are_private_and_complete(installation: Path) -> None:
     store, scope = store_for(installation)
     info = store.create(scope, version_from="1.0", version_to="1.1")
     assert stat.S_IMODE(info.path.stat().st_mode) == 0o700
-    stored = [p for p in info.path.rglob("*") if p.is_file()]
-    assert stored
-    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored)
+    stored = [p for p in store.backups_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in info.path.iterdir()} == {
+        "manifest.json",
+        "manifest.xxh3",
+        "manifest.hmac",
+    }
+    objects = [p for p in stored if p.is_relative_to(store.backups_dir / "objects")]
+    assert objects
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o400 for p in objects)  # immutable
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored if p not in objects)
+    folders = [p for p in store.backups_dir.rglob("*") if p.is_dir()]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in folders)
     assert [b.id for b in store.list()] == [info.id]
     assert not any(p.name.startswith(".building") for p in store.backups_dir.iterdir())
 
@@ -122,7 +131,7 @@ def test_a_damaged_backup_fails_verification_and_is_not_restored(
 ) -> None:
     store, scope = store_for(installation)
     info = store.create(scope)
-    stored = info.path / "tree" / "config" / "app.yaml"
+    stored = stored_copy(info.path, "config/app.yaml")
     if damage == "flip a byte":
         data = bytearray(stored.read_bytes())
         data[0] ^= 0xFF

@@ -15,7 +15,7 @@ import pytest
 import xxhash
 from structlog.testing import capture_logs
 
-from conftest import MigrationWriter, tree_digest
+from conftest import MigrationWriter, stored_copy, tree_digest
 from dopemux_update import (
     BackupError,
     BackupStore,
@@ -98,16 +98,15 @@ def test_fifos_and_sockets_are_skipped_with_a_warning_and_left_alone(installatio
         server.close()
 
 
-def test_an_unchanged_file_is_hard_linked_to_the_previous_backup(installation: Path) -> None:
+def test_an_unchanged_file_shares_the_previous_backups_object(installation: Path) -> None:
     store, scope = store_and_scope(installation)
     first = store.create(scope)
     (installation / "config" / "app.yaml").write_text("changed since the first backup")
     second = store.create(scope)
     same = "config/nested/deep.json"
     changed = "config/app.yaml"
-    first_tree, second_tree = first.path / "tree", second.path / "tree"
-    assert (first_tree / same).stat().st_ino == (second_tree / same).stat().st_ino
-    assert (first_tree / changed).stat().st_ino != (second_tree / changed).stat().st_ino
+    assert stored_copy(first.path, same) == stored_copy(second.path, same)
+    assert stored_copy(first.path, changed) != stored_copy(second.path, changed)
     assert second.copied_bytes == len("changed since the first backup")
     # Deleting the first backup leaves the second whole.
     store.delete(first.id)
@@ -200,7 +199,7 @@ def test_a_manifest_naming_paths_outside_the_root_is_refused(installation: Path)
 def test_restore_verifies_what_it_uses_before_changing_anything(installation: Path) -> None:
     store, scope = store_and_scope(installation)
     info = store.create(scope)
-    stored = info.path / "tree" / "config" / "app.yaml"
+    stored = stored_copy(info.path, "config/app.yaml")
     stored.write_bytes(b"X" + stored.read_bytes()[1:])
     (installation / "config" / "app.yaml").write_text("migrated")
     (installation / "added.txt").write_text("added")

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ import anyio
 import pytest
 import xxhash
 
-from conftest import MigrationWriter
+from conftest import MigrationWriter, stored_copy
 from dopemux_update import BackupStore, OrchestrationPhase, Scope
-from dopemux_update._backup._copy import copy_and_hash, hash_file
+from dopemux_update._backup import _sparse as sparse_module
+from dopemux_update._backup._copy import copy_and_hash, copy_file, hash_file
 from dopemux_update._backup._identical import differences
 from dopemux_update._backup._snapshot import diff_snapshots, item_difference, take_snapshot
 
@@ -119,10 +121,10 @@ def test_a_file_linked_from_the_previous_backup_is_recopied_after_an_edit(
     os.utime(config, ns=(old.st_atime_ns, old.st_mtime_ns))
     third = store.create(scope)
     rel = "config/app.yaml"
-    assert (third.path / "tree" / rel).stat().st_ino != (second.path / "tree" / rel).stat().st_ino
-    assert (third.path / "tree" / rel).read_text() == "# keep me\nlog_level: warn\n"
+    assert stored_copy(third.path, rel) != stored_copy(second.path, rel)
+    assert stored_copy(third.path, rel).read_text() == "# keep me\nlog_level: warn\n"
     same = "config/nested/deep.json"
-    assert (third.path / "tree" / same).stat().st_ino == (second.path / "tree" / same).stat().st_ino
+    assert stored_copy(third.path, same) == stored_copy(second.path, same)
 
 
 # -- 2: owners -------------------------------------------------------------------------------
@@ -288,7 +290,9 @@ def test_hard_links_are_stored_once_and_compared(installation: Path) -> None:
     assert entries["data/a.bin"].type == "file"
     assert (entries["data/b.bin"].type, entries["data/b.bin"].target) == ("hardlink", "data/a.bin")
     assert (entries["data/c.bin"].type, entries["data/c.bin"].target) == ("hardlink", "data/a.bin")
-    assert sorted(os.listdir(info.path / "tree" / "data")) == ["a.bin"]  # the data once
+    objects = [p for p in (store.backups_dir / "objects").rglob("*") if p.is_file()]
+    assert stored_copy(info.path, "data/a.bin") in objects
+    assert len(objects) == len({e.hash for e in entries.values() if e.hash})  # the data once
     assert info.copied_bytes < 150_000
     assert differences(store, info.id, installation) == []
     copy = data / "c.copy"
@@ -338,7 +342,7 @@ def test_a_2gb_sparse_file_is_stored_sparse_and_comes_back_sparse_and_identical(
         pytest.skip("this file system does not keep holes")
     store, scope = store_and_scope(installation)
     info = store.create(scope)
-    stored = (info.path / "tree" / "disk.img").stat()
+    stored = stored_copy(info.path, "disk.img").stat()
     assert stored.st_size == 2 << 30
     assert stored.st_blocks * 512 < 1 << 20  # a few KB, not 2 GB
     assert info.copied_bytes < 1 << 20
@@ -364,6 +368,43 @@ def test_the_hash_of_a_sparse_file_is_the_hash_of_what_a_reader_sees(tmp_path: P
     assert (tmp_path / "copy").read_bytes() == sparse.read_bytes()
 
 
+def test_a_large_file_copied_by_the_kernel_hashes_as_what_the_copy_holds(tmp_path: Path) -> None:
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(3 << 20) + b"tail")  # past the kernel-copy size, uneven
+    assert copy_and_hash(source, tmp_path / "copy", mode=0o400) == (
+        xxhash.xxh3_128_hexdigest(source.read_bytes()),
+        (3 << 20) + 4,
+    )
+    assert (tmp_path / "copy").read_bytes() == source.read_bytes()
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o400
+
+
+def test_copies_hashes_and_restores_find_holes_through_one_walker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sparse = tmp_path / "sparse"
+    with sparse.open("wb") as handle:
+        handle.truncate(3 << 20)
+        handle.seek(1 << 20)
+        handle.write(b"data" * 1000)
+    if sparse.stat().st_blocks * 512 >= 3 << 20:
+        pytest.skip("this file system does not keep holes")
+    walked: list[int] = []
+    walker = sparse_module.extents
+
+    def counting(fd: int, size: int) -> Iterator[tuple[int, int]]:
+        walked.append(size)
+        return walker(fd, size)
+
+    monkeypatch.setattr(sparse_module, "extents", counting)
+    expected = xxhash.xxh3_128_hexdigest(sparse.read_bytes())
+    assert hash_file(sparse) == (expected, 3 << 20)
+    assert copy_and_hash(sparse, tmp_path / "copy") == (expected, 3 << 20)
+    copy_file(sparse, tmp_path / "plain-copy")
+    assert (tmp_path / "plain-copy").read_bytes() == sparse.read_bytes()
+    assert walked == [3 << 20] * 3  # each went through the one SEEK_DATA/SEEK_HOLE walker
+
+
 # -- 6: shared stored files ------------------------------------------------------------------
 
 
@@ -379,8 +420,8 @@ def test_backups_say_what_they_share_and_verify_names_every_backup_a_damage_affe
     text = cli_text(installation, "backups", "list")
     assert "4 shared with other backups" in text
     assert "a damaged shared file damages every backup holding it" in text
-    stored = Path(first["backup"]["path"]) / "tree" / "config" / "nested" / "deep.json"
-    with stored.open("r+b") as handle:  # damage in place: every hard link sees it
+    stored = stored_copy(Path(first["backup"]["path"]), "config/nested/deep.json")
+    with stored.open("r+b") as handle:  # damage the one object both backups reference
         handle.write(b"X")
     code, verified, _ = cli(installation, "backups", "verify", first_id)
     assert (code, verified["ok"]) == (1, False)
@@ -395,8 +436,11 @@ def test_a_full_backup_shares_nothing(installation: Path) -> None:
     assert code == 0
     _, listed, _ = cli(installation, "backups", "list")
     assert [b["shared_files"] for b in listed["backups"]] == [0, 0]
-    tree = Path(full["backup"]["path"]) / "tree"
-    assert (tree / "config" / "app.yaml").stat().st_nlink == 1
+    own = stored_copy(Path(full["backup"]["path"]), "config/app.yaml")
+    assert own.is_relative_to(Path(full["backup"]["path"]))  # its own objects
+    shared = stored_copy(Path(first["backup"]["path"]), "config/app.yaml")
+    assert own.read_bytes() == shared.read_bytes()
+    assert own.stat().st_nlink == 1
     assert full["backup"]["copied_bytes"] == first["backup"]["copied_bytes"]
 
 
@@ -420,5 +464,5 @@ def test_upgrade_with_full_backup_copies_instead_of_linking(
     )
     assert code == 0, err
     store, _ = store_and_scope(installation)
-    automatic = store.path_of(result["backup_id"]) / "tree" / "config" / "app.yaml"
-    assert automatic.stat().st_nlink == 1
+    automatic = stored_copy(store.path_of(result["backup_id"]), "config/app.yaml")
+    assert automatic.is_relative_to(store.path_of(result["backup_id"]))  # shares nothing

@@ -26,10 +26,10 @@ import anyio.to_thread
 import pytest
 import xxhash
 
-from conftest import MigrationWriter
+from conftest import MigrationWriter, as_older_format, stored_copy
 from dopemux_update import BackupError, BackupStore, Scope
 from dopemux_update._backup import _sqlite as sqlite_module
-from dopemux_update._backup._manifest import sign_manifest
+from dopemux_update._backup._manifest import object_path, sign_manifest
 from dopemux_update._backup._sparse import copy_sparse
 
 NOBODY = 65534
@@ -110,12 +110,8 @@ def test_a_restored_sparse_file_keeps_its_holes(installation: Path) -> None:
     make_sparse(live)
     store, scope = store_and_scope(installation)
     info = store.create(scope)
-    stored = info.path / "tree" / "data.img"
-    stored.unlink()  # stored sparse, as the backup side keeps it
-    shutil.copyfile(live, stored)  # (content only: the hash is the same)
-    stored.unlink()
-    make_sparse(stored)
-    stored.chmod(0o600)
+    stored = stored_copy(info.path, "data.img")
+    assert stored.stat().st_blocks * 512 < 1 << 20  # stored sparse
     live.unlink()
     store.restore(info.id, installation)
     assert live.stat().st_size == 64 << 20
@@ -133,8 +129,9 @@ def evil_manifest(installation: Path, outside: Path) -> tuple[BackupStore, str]:
     store, scope = store_and_scope(installation)
     info = store.create(scope)
     payload = b"#!/bin/sh\necho pwned\n"
-    (info.path / "tree" / "evil").mkdir()
-    (info.path / "tree" / "evil" / "pwned.sh").write_bytes(payload)
+    stored = object_path(store.backups_dir / "objects", xxhash.xxh3_128_hexdigest(payload))
+    stored.parent.mkdir(exist_ok=True)
+    stored.write_bytes(payload)  # what the forged entry names is there, and intact
 
     def edit(document: dict[str, Any]) -> None:
         document["entries"]["evil"] = {"type": "symlink", "target": str(outside)}
@@ -276,14 +273,7 @@ def test_a_format_2_backup_without_a_mac_is_still_restored(installation: Path) -
     store, scope = store_and_scope(installation)
     info = store.create(scope)
 
-    def downgrade(document: dict[str, Any]) -> None:
-        document["format"] = 2
-        for entry in document["entries"].values():
-            for key in ("uid", "gid", "sqlite"):
-                entry.pop(key, None)
-
-    rewrite_manifest(store, info.id, downgrade, sign=False)
-    (info.path / "manifest.hmac").unlink()
+    as_older_format(info.path, 2)
     (installation / "config" / "app.yaml").write_text("migrated")
     store.restore(info.id, installation)
     assert (installation / "config" / "app.yaml").read_text() == "# keep me\nlog_level: info\n"
@@ -607,7 +597,7 @@ def test_hard_links_are_restored_as_hard_links(installation: Path) -> None:
         info.id,
         lambda d: d["entries"].update({"b.bin": {"type": "hardlink", "target": "a.bin"}}),
     )  # as the capture side records a second name of one inode
-    (info.path / "tree" / "b.bin").unlink()
+    assert stored_copy(info.path, "a.bin").read_bytes() == b"shared"  # one object for both
     (installation / "a.bin").write_bytes(b"edited")
     store.restore(info.id, installation)
     assert (installation / "a.bin").read_bytes() == b"shared"

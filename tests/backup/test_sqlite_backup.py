@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MigrationWriter, tree_digest
+from conftest import MigrationWriter, stored_copy, tree_digest
 from dopemux_update import BackupStore, OrchestrationPhase, Scope
 
 pytestmark = pytest.mark.anyio
@@ -92,10 +92,10 @@ def test_a_wal_database_in_use_is_captured_with_its_uncheckpointed_pages(
     assert Path(f"{db}-wal").stat().st_size > 0  # the 200 rows are only in the WAL
     store = BackupStore(state(installation) / "backups")
     info = store.create(Scope.for_installation(installation, state_dir=state(installation)))
-    stored = info.path / "tree" / ".dopemux" / "service.db"
+    stored = stored_copy(info.path, ".dopemux/service.db")
     assert rows(stored) == 200
     leftovers = sorted(p.name for p in stored.parent.iterdir())
-    assert leftovers == ["data.txt", "service.db"]  # no -wal, -shm or -journal beside the copy
+    assert leftovers == [stored.name]  # no -wal, -shm or -journal beside the copy
     manifest = store.read_manifest(info.id)
     assert manifest.entries[".dopemux/service.db"].type == "sqlite"
     assert ".dopemux/service.db-wal" not in manifest.entries

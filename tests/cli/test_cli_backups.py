@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import tree_digest
+from conftest import stored_copy, tree_digest
 from dopemux_update.cli import main
 
 
@@ -69,7 +69,7 @@ def test_verify_reports_a_damaged_backup_with_exit_1(
 ) -> None:
     root = ["--root", str(installation)]
     _, created = run(capsys, "backups", "create", *root)
-    stored = Path(created["backup"]["path"]) / "tree" / "secret.env"
+    stored = stored_copy(Path(created["backup"]["path"]), "secret.env")
     stored.write_bytes(stored.read_bytes()[:-1])
     code, result = run(capsys, "backups", "verify", created["backup"]["id"], *root)
     assert code == 1

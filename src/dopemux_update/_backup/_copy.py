@@ -5,11 +5,12 @@ hashing a backup does not dominate the cost of copying it; they guard against co
 not against an attacker who can write to the backups folder.
 
 Sparse files stay sparse: a file with fewer blocks allocated than its length is copied extent
-by extent (``SEEK_DATA``/``SEEK_HOLE``), and the copy is cut to the source's length so that
-its holes stay holes. A hash always describes a file's *logical* content, what a reader sees,
-holes read as zeros: a sparse file and a fully written copy of it hash alike, and hashes in
-older manifests keep their meaning. The holes are fed to the hash from one block of zeros
-kept in memory, never read from disk; data is still read once, hashed as it is copied.
+by extent (``SEEK_DATA``/``SEEK_HOLE``, through the one walker of ``_sparse``), and the copy is
+cut to the source's length so that its holes stay holes. A hash always describes a file's
+*logical* content, what a reader sees, holes read as zeros: a sparse file and a fully written
+copy of it hash alike, and hashes in older manifests keep their meaning. The holes are fed to
+the hash from one block of zeros kept in memory, never read from disk; data is still read
+once, hashed as it is copied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +27,17 @@ import xxhash
 
 from .._core._faults import check_write
 from .._core._fsutil import start_writeback
+from ._sparse import copy_sparse, hash_sparse
 
 __all__ = ["HASH_NAME", "allocated", "copy_and_hash", "copy_file", "hash_file", "is_sparse"]
 
 HASH_NAME = "xxh3_128"
 _CHUNK = 256 << 10  # fits the CPU caches: measured faster than 1 or 4 MiB here
-_ZEROS = memoryview(bytes(_CHUNK))
-_NO_SEEK_DATA = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+#: From this size on, a file is copied by the kernel (``copy_file_range``: the data is not
+#: copied through this process) and the copy hashed through a mapping; smaller ones cost
+#: their system calls more than their bytes and are read, hashed and written in one pass.
+_KERNEL_COPY_FROM = 1 << 20
+_KERNEL_CHUNK = _CHUNK
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
 _NO_REFLINK_DEVICES: set[int] = set()
 _UNSUPPORTED = {
@@ -54,60 +60,15 @@ def allocated(info: os.stat_result) -> int:
     return min(info.st_size, info.st_blocks * 512) if is_sparse(info) else info.st_size
 
 
-def _extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """The (start, end) of each data extent of ``fd`` below ``size``, in order; the whole
-    file as one extent where the file system cannot tell holes apart."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # a hole from here to the end
-                return
-            if exc.errno in _NO_SEEK_DATA and offset == 0:
-                yield 0, size
-                return
-            raise
-        if start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        offset = end
+class _Checked:
+    """A digest that passes each chunk of a copy through the write fault point first."""
 
+    def __init__(self, digest: xxhash.xxh3_128) -> None:
+        self.digest = digest
 
-def _hash_zeros(digest: xxhash.xxh3_128 | None, count: int) -> None:
-    """Feed ``count`` zero bytes (a hole) to ``digest`` without reading them."""
-    while digest is not None and count > 0:
-        step = min(count, _CHUNK)
-        digest.update(_ZEROS[:step])
-        count -= step
-
-
-def _sparse_pass(src: int, dst: int | None, size: int, digest: xxhash.xxh3_128 | None) -> None:
-    """Hash (and, given ``dst``, copy) the first ``size`` bytes of ``src`` one data extent at a
-    time; holes are hashed as zeros and, in the copy, left as holes."""
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    position = 0
-    for start, end in _extents(src, size):
-        _hash_zeros(digest, start - position)
-        position = start
-        while position < end:
-            read = os.preadv(src, [view[: min(_CHUNK, end - position)]], position)
-            if read == 0:
-                break  # the source shrank; the signature check after the copy tells
-            chunk = view[:read]
-            if digest is not None:
-                digest.update(chunk)
-            if dst is not None:
-                check_write()
-                written = 0
-                while written < read:
-                    written += os.pwrite(dst, chunk[written:], position + written)
-            position += read
-    _hash_zeros(digest, size - position)
-    if dst is not None:
-        os.ftruncate(dst, size)
+    def update(self, data: bytes | memoryview, /) -> None:
+        check_write()
+        self.digest.update(data)
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -117,7 +78,7 @@ def hash_file(path: Path) -> tuple[str, int]:
     with path.open("rb", buffering=0) as handle:
         info = os.fstat(handle.fileno())
         if is_sparse(info):
-            _sparse_pass(handle.fileno(), None, info.st_size, digest)
+            hash_sparse(handle.fileno(), info.st_size, digest)
             return digest.hexdigest(), info.st_size
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
@@ -173,8 +134,10 @@ def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tupl
             result = hash_file(destination)
         elif is_sparse(info):
             digest = xxhash.xxh3_128()
-            _sparse_pass(src, dst, info.st_size, digest)
+            copy_sparse(src, dst, info.st_size, digest=_Checked(digest))
             result = (digest.hexdigest(), info.st_size)
+        elif info.st_size >= _KERNEL_COPY_FROM and _copy_in_kernel(src, dst, info.st_size):
+            result = _hash_copy(destination)
         else:
             digest = xxhash.xxh3_128()
             size = 0
@@ -191,6 +154,39 @@ def copy_and_hash(source: Path, destination: Path, *, mode: int = 0o600) -> tupl
             result = (digest.hexdigest(), size)
         start_writeback(dst)
     return result
+
+
+def _copy_in_kernel(source: int, target: int, size: int) -> bool:
+    """Copy ``size`` bytes (fewer if the source shrinks) with ``copy_file_range``, one chunk
+    per fault-injection check; False, with nothing written, where the kernel cannot."""
+    copied = 0
+    while copied < size:
+        check_write()
+        try:
+            sent = os.copy_file_range(source, target, min(_KERNEL_CHUNK, size - copied))
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED or copied:
+                raise
+            return False
+        if sent == 0:
+            break
+        copied += sent
+    return True  # a file that grew or shrank meanwhile: the signature check after the copy
+
+
+def _hash_copy(path: Path) -> tuple[str, int]:
+    """The hash and size of a copy just written, read back from the page cache through a
+    mapping (no second copy of the data into this process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return xxhash.xxh3_128_hexdigest(b""), 0
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            return xxhash.xxh3_128_hexdigest(mapped), size
+    finally:
+        os.close(fd)
 
 
 def _kernel_copy(source: int, target: int, size: int) -> None:
@@ -224,7 +220,7 @@ def copy_file(source: Path, destination: Path, *, mode: int = 0o600, fsync: bool
         if _try_reflink(src, dst, info):
             pass
         elif is_sparse(info):
-            _sparse_pass(src, dst, info.st_size, None)
+            copy_sparse(src, dst, info.st_size)
         else:
             _kernel_copy(src, dst, info.st_size)
         if fsync:

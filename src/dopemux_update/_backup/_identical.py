@@ -17,13 +17,15 @@ not byte for byte.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from ._copy import hash_file
-from ._manifest import TREE, Entry, database_signature, file_signature
+from ._manifest import Entry, database_signature, file_signature
 from ._restore import _matches, _removals
 from ._snapshot import (
     DatabaseDigest,
@@ -58,13 +60,13 @@ def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
         f"{rel}: {'not in the backup' if rel not in wanted else 'of another kind'}"
         for rel in _removals(wanted, live)
     ]
-    tree = store.path_of(backup_id) / TREE
     for rel in sorted(wanted):
         entry, item = wanted[rel], live.get(rel)
         if item is None:
             found.append(f"{rel}: missing")
         elif _matches(entry, item):
-            expected, actual = _items(scope.root / rel, tree / rel, entry, item, leaders.get(rel))
+            stored = functools.partial(store.stored_file, manifest, rel, entry)
+            expected, actual = _items(scope.root / rel, stored, entry, item, leaders.get(rel))
             problems = [_describe(d, entry) for d in item_difference(expected, actual)]
             if problems:
                 found.append(f"{rel}: {'; '.join(problems)}")
@@ -72,10 +74,10 @@ def differences(store: BackupStore, backup_id: str, root: Path) -> list[str]:
 
 
 def _items(
-    path: Path, stored: Path, entry: Entry, item: TreeEntry, leader: str | None
+    path: Path, stored: Callable[[], Path], entry: Entry, item: TreeEntry, leader: str | None
 ) -> tuple[Item, Item]:
     """What the backup says ``path`` is, and what it is, as the identity compares them;
-    content is read only where nothing cheaper tells."""
+    content is read only where nothing cheaper tells (``stored()``: the stored copy)."""
     info = item.info
     mode = stat.S_IMODE(info.st_mode)
     if entry.type == "symlink":
@@ -93,7 +95,7 @@ def _items(
         if database_signature(path, info) == entry.sig:
             return expected, actual  # not written since it was captured
         try:
-            old = _stored_database(stored, entry)
+            old = _stored_database(stored(), entry)
             new = database_digest(path)
         except sqlite3.Error:
             return expected, Item("sqlite", mode, "unreadable", uid=info.st_uid, gid=info.st_gid)

@@ -15,14 +15,15 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple, cast
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._core._exceptions import BackupError, PreflightError
 from .._core._fsutil import fsync_dir
@@ -35,6 +36,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_MAC",
     "MANIFEST_SUM",
+    "OBJECTS",
     "TREE",
     "BackupInfo",
     "DamagedBackupError",
@@ -45,6 +47,7 @@ __all__ = [
     "check_manifest",
     "database_signature",
     "file_signature",
+    "object_path",
     "read_manifest",
     "sign_manifest",
 ]
@@ -53,8 +56,13 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.xxh3"
 MANIFEST_MAC = "manifest.hmac"
 KEY = "backup.key"  # beside the backups folder: <state>/backup.key
-TREE = "tree"
-FORMAT = 3  # 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest
+TREE = "tree"  # formats 2 and 3: each backup's files under their own paths
+OBJECTS = "objects"  # format 4: stored files named by their content hash
+#: 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest.
+#: 4: stored files are objects (``objects/<2 hex>/<hash>``), shared by every manifest naming them.
+FORMAT = 4
+_FORMATS = (2, 3, 4)
+_OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
 _KEY_BYTES = 32
 ProgressCallback = Callable[[int, int], None]
 
@@ -67,7 +75,8 @@ class DamagedBackupError(BackupError):
     """Stored files of a backup are missing or differ from its manifest.
 
     ``damaged`` names them; ``affected`` lists the other backups that share one of the
-    damaged stored copies (the same file, hard-linked), and are damaged with it.
+    damaged stored copies (the same object; in formats 2 and 3, the same file hard-linked),
+    and are damaged with it.
     """
 
     def __init__(
@@ -83,16 +92,20 @@ class DamagedBackupError(BackupError):
         super().__init__(message, backup_id=backup_id)
 
 
-class Entry(BaseModel):
+EntryType = Literal["dir", "file", "symlink", "sqlite", "hardlink"]
+_ENTRY_TYPES = frozenset(("dir", "file", "symlink", "sqlite", "hardlink"))
+
+
+class Entry(NamedTuple):
     """One folder, file, symlink, hard link or SQLite database of a snapshot.
 
     ``sig`` is the live file's (inode, size, mtime, ctime) when it was captured (and, for a
     database, its ``-wal`` file's size and mtime): a restore skips what still matches it.
+    ``hash`` names a file's stored copy (its object, in format 4). Immutable (a named tuple:
+    a manifest holds thousands, built each time one is read).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: Literal["dir", "file", "symlink", "sqlite", "hardlink"]
+    type: EntryType
     mode: int = 0
     size: int = 0
     mtime_ns: int = 0
@@ -108,27 +121,41 @@ class Entry(BaseModel):
     gid: int = -1
     #: A database's settings that its content does not carry: ``page_size``,
     #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
-    sqlite: dict[str, int | str] = {}
+    sqlite: dict[str, int | str] = {}  # noqa: RUF012 - never changed in place
+
+    def to_json(self) -> dict[str, object]:
+        """The fields that differ from their defaults (the type always)."""
+        out: dict[str, object] = {"type": self.type}
+        for name, value, default in zip(_ENTRY_NAMES, self[1:], _ENTRY_DEFAULTS, strict=True):
+            if value != default:
+                out[name] = value
+        return out
 
 
-class Manifest(BaseModel):
+_ENTRY_NAMES = Entry._fields[1:]
+_ENTRY_DEFAULTS = tuple(Entry._field_defaults[name] for name in _ENTRY_NAMES)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
     """Everything a backup holds, and the scope it was taken with."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: int
     id: str
     created_at: str
     root: str
     excluded: tuple[str, ...]
+    entries: dict[str, Entry]
     included: tuple[str, ...] = ()
     hash: str = HASH_NAME
     version_from: str | None = None
     version_to: str | None = None
     previous: str | None = None
     copied_bytes: int = 0
-    entries: dict[str, Entry]
     skipped: tuple[tuple[str, str], ...] = ()
+    #: Format 4: the objects are in the backup's own ``objects/`` folder (a *full* backup,
+    #: sharing nothing), not in the store's, which every other backup shares.
+    own_objects: bool = False
 
     def decoded(self) -> dict[str, Entry]:
         """Entries under their real (possibly non-UTF-8) names and link targets."""
@@ -136,9 +163,182 @@ class Manifest(BaseModel):
         for stored, entry in self.entries.items():
             real = entry
             if entry.type in ("symlink", "hardlink"):
-                real = entry.model_copy(update={"target": decode_name(entry.target)})
+                real = entry._replace(target=decode_name(entry.target))
             out[decode_name(stored)] = real
         return out
+
+    def to_json(self) -> bytes:
+        document: dict[str, object] = {
+            "format": self.format,
+            "id": self.id,
+            "created_at": self.created_at,
+            "root": self.root,
+            "excluded": self.excluded,
+            "included": self.included,
+            "hash": self.hash,
+            "version_from": self.version_from,
+            "version_to": self.version_to,
+            "previous": self.previous,
+            "copied_bytes": self.copied_bytes,
+            "own_objects": self.own_objects,
+            "skipped": self.skipped,
+            "entries": {rel: entry.to_json() for rel, entry in self.entries.items()},
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def object_path(objects: Path, digest: str) -> Path:
+    """Where the object of content hash ``digest`` lives in the object folder ``objects``."""
+    return objects / digest[:2] / digest
+
+
+# -- strict reading: every field of the type it must have, nothing else --------------------
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_str(value: object) -> bool:
+    return type(value) is str
+
+
+def _is_bool(value: object) -> bool:
+    return type(value) is bool
+
+
+def _is_sig(value: object) -> bool:
+    return type(value) is list and all(type(v) is int for v in value)
+
+
+def _is_settings(value: object) -> bool:
+    return type(value) is dict and all(type(v) in (int, str) for v in value.values())
+
+
+def _is_strings(value: object) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def _is_optional_str(value: object) -> bool:
+    return value is None or type(value) is str
+
+
+def _is_skipped(value: object) -> bool:
+    return type(value) is list and all(
+        type(v) is list and len(v) == 2 and all(type(x) is str for x in v) for v in value
+    )
+
+
+_ENTRY_FIELDS: dict[str, Callable[[object], bool]] = {
+    "type": lambda v: type(v) is str and v in _ENTRY_TYPES,
+    "mode": _is_int,
+    "size": _is_int,
+    "mtime_ns": _is_int,
+    "hash": _is_str,
+    "target": _is_str,
+    "wal": _is_bool,
+    "sig": _is_sig,
+    "parent_only": _is_bool,
+    "uid": _is_int,
+    "gid": _is_int,
+    "sqlite": _is_settings,
+}
+_MANIFEST_FIELDS: dict[str, Callable[[object], bool]] = {
+    "format": _is_int,
+    "id": _is_str,
+    "created_at": _is_str,
+    "root": _is_str,
+    "excluded": _is_strings,
+    "included": _is_strings,
+    "hash": _is_str,
+    "version_from": _is_optional_str,
+    "version_to": _is_optional_str,
+    "previous": _is_optional_str,
+    "copied_bytes": _is_int,
+    "entries": lambda v: type(v) is dict,
+    "skipped": _is_skipped,
+    "own_objects": _is_bool,
+}
+_MANIFEST_REQUIRED = ("format", "id", "created_at", "root", "excluded", "entries")
+
+
+def _bad_fields(
+    document: object, fields: dict[str, Callable[[object], bool]], required: tuple[str, ...]
+) -> str:
+    """Why ``document`` is not an object with these fields ("" if it is)."""
+    if type(document) is not dict:
+        return "not a JSON object"
+    document = cast("dict[str, object]", document)
+    for name in required:
+        if name not in document:
+            return f"field {name!r} is missing"
+    for name, value in document.items():
+        check = fields.get(name)
+        if check is None:
+            return f"unknown field {name!r}"
+        if not check(value):
+            return f"field {name!r} has a wrong type or value: {value!r}"
+    return ""
+
+
+_ENTRY_KINDS = {
+    "type": str,
+    "mode": int,
+    "size": int,
+    "mtime_ns": int,
+    "hash": str,
+    "target": str,
+    "wal": bool,
+    "sig": list,
+    "parent_only": bool,
+    "uid": int,
+    "gid": int,
+    "sqlite": dict,
+}
+_INT = frozenset((int,))
+_SETTING = frozenset((int, str))
+
+
+def _entry(raw: object) -> Entry | None:
+    """The entry ``raw`` describes, or None when it is not one (``_bad_fields`` says why).
+
+    The fast path of the same checks, for the thousands of entries of a manifest."""
+    if type(raw) is not dict or raw.get("type") not in _ENTRY_TYPES:
+        return None
+    if tuple(map(type, raw.values())) != tuple(map(_ENTRY_KINDS.get, raw)):
+        return None  # an unknown field, or one of another type
+    sig = raw.get("sig")
+    if sig is not None:
+        if not set(map(type, sig)) <= _INT:
+            return None
+        raw = {**raw, "sig": tuple(sig)}
+    settings = raw.get("sqlite")
+    if settings and not set(map(type, settings.values())) <= _SETTING:
+        return None
+    return Entry(**raw)
+
+
+def _parse_manifest(document: dict[str, Any], backup_id: str) -> Manifest:
+    """A manifest from its JSON document, every field checked by hand."""
+    problem = _bad_fields(document, _MANIFEST_FIELDS, _MANIFEST_REQUIRED)
+    if problem:
+        raise BackupError(f"manifest is unreadable: {problem}", backup_id=backup_id)
+    entries = {}
+    for rel, raw in document["entries"].items():
+        entry = _entry(raw)
+        if entry is None:
+            problem = _bad_fields(raw, _ENTRY_FIELDS, ("type",))
+            raise BackupError(
+                f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
+            )
+        entries[rel] = entry
+    fields = {**document, "entries": entries}
+    for name in ("excluded", "included"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
+    if "skipped" in fields:
+        fields["skipped"] = tuple((kind, rel) for kind, rel in fields["skipped"])
+    return Manifest(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +386,14 @@ def _no_duplicate_keys(pairs: builtins.list[tuple[str, object]]) -> dict[str, ob
     return document
 
 
-def _check_entry(rel: str, entry: Entry, entries: dict[str, Entry], earlier: set[str]) -> str:
+def _check_entry(
+    rel: str, entry: Entry, entries: dict[str, Entry], earlier: set[str], *, objects: bool
+) -> str:
     """Why ``entry`` at ``rel`` is not something a backup can hold ("" if it is)."""
     problem = ""
-    if not 0 <= entry.mode <= 0o7777:
+    if objects and entry.type in ("file", "sqlite") and not _OBJECT_NAME.fullmatch(entry.hash):
+        problem = f"hash {entry.hash!r} names no object"
+    elif not 0 <= entry.mode <= 0o7777:
         problem = f"mode {entry.mode} is not a permission mode"
     elif entry.size < 0:
         problem = f"size {entry.size} is negative"
@@ -238,11 +442,20 @@ def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
         Scope(Path(manifest.root), manifest.excluded, manifest.included).matchers()
     except ValueError as exc:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    if manifest.format >= 4 and manifest.hash != HASH_NAME:
+        raise BackupError(
+            f"manifest is unreadable: unknown hash {manifest.hash!r}", backup_id=backup_id
+        )
+    if manifest.own_objects and manifest.format < 4:
+        raise BackupError(
+            "manifest is unreadable: own objects before format 4", backup_id=backup_id
+        )
+    objects = manifest.format >= 4
     earlier: set[str] = set()  # in the order a backup writes them: sorted by stored name
     for stored in sorted(manifest.entries):
         rel = decode_name(stored)
         _check_relative(rel, backup_id)
-        problem = _check_entry(rel, entries[rel], entries, earlier)
+        problem = _check_entry(rel, entries[rel], entries, earlier, objects=objects)
         if problem:
             raise BackupError(
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
@@ -342,26 +555,45 @@ def read_manifest(backups_dir: Path, backup_id: str) -> Manifest:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
     if xxhash.xxh3_128_hexdigest(raw) != expected:
         raise BackupError("failed verification: manifest.json is damaged", backup_id=backup_id)
+    cached = _read.get(folder)
+    if cached is not None and cached[0] == raw:  # the same bytes: read and checked already
+        _check_mac(backups_dir, folder, raw, cached[1].format, backup_id)
+        return cached[1]
     try:
         document = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
     version = document.get("format") if isinstance(document, dict) else None
-    if version not in (2, FORMAT):
+    if type(version) is not int or version not in _FORMATS:
         raise BackupError(
             f"manifest is unreadable: unknown format {version!r}", backup_id=backup_id
         )
-    if version >= 3:
-        try:
-            mac: bytes | None = (folder / MANIFEST_MAC).read_bytes()
-        except FileNotFoundError:
-            mac = None
-        except OSError as exc:
-            raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
-        check_manifest(backups_dir, raw, mac, backup_id=backup_id)
-    try:
-        manifest = Manifest.model_validate(document)
-    except ValidationError as exc:
-        raise BackupError(f"manifest is unreadable: {exc}", backup_id=backup_id) from exc
+    _check_mac(backups_dir, folder, raw, version, backup_id)
+    manifest = _parse_manifest(document, backup_id)
     _check_manifest_entries(manifest, backup_id)
+    with _read_lock:
+        if len(_read) >= _READ_KEPT:
+            _read.pop(next(iter(_read)))
+        _read[folder] = (raw, manifest)
     return manifest
+
+
+#: The manifests read last, with their bytes: a command that reads one several times (a
+#: restore: to ask, to journal, to restore) parses and checks it once. Each read still reads
+#: the bytes, their checksum and MAC, and parses again unless the bytes are the same.
+_read: dict[Path, tuple[bytes, Manifest]] = {}
+_READ_KEPT = 4
+_read_lock = threading.Lock()
+
+
+def _check_mac(backups_dir: Path, folder: Path, raw: bytes, version: int, backup_id: str) -> None:
+    """From format 3 on, the manifest ``raw`` must be authenticated by its MAC."""
+    if version < 3:
+        return
+    try:
+        mac: bytes | None = (folder / MANIFEST_MAC).read_bytes()
+    except FileNotFoundError:
+        mac = None
+    except OSError as exc:
+        raise BackupError(f"{MANIFEST_MAC} is unreadable: {exc}", backup_id=backup_id) from exc
+    check_manifest(backups_dir, raw, mac, backup_id=backup_id)

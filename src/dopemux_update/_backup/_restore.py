@@ -38,10 +38,9 @@ from .._core._fsutil import sync_filesystem
 from .._core._log import get_logger
 from . import _sqlite
 from ._copy import hash_file
-from ._manifest import TREE, Entry, Manifest, ProgressCallback, database_signature, file_signature
-from ._snapshot import may_set_owner
+from ._manifest import Entry, Manifest, ProgressCallback, database_signature, file_signature
 from ._sparse import copy_sparse
-from ._tree import Scope, TreeEntry, shown, walk
+from ._tree import Scope, TreeEntry, may_set_owner, shown, walk
 
 __all__ = ["RestoreReport", "restore"]
 
@@ -59,6 +58,8 @@ class StoredBackups(Protocol):
     def read_manifest(self, backup_id: str) -> Manifest: ...
 
     def path_of(self, backup_id: str) -> Path: ...
+
+    def stored_file(self, manifest: Manifest, rel: str, entry: Entry) -> Path: ...
 
     def verify(
         self,
@@ -163,7 +164,7 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
     plan = _Plan(remove=_removals(wanted, live))
     gone = set(plan.remove)
     for rel in sorted(wanted):
-        entry, path = wanted[rel], root / rel
+        entry = wanted[rel]
         item = None if rel in gone else live.get(rel)
         if entry.type == "hardlink":
             continue  # below, once the files they link to are known
@@ -171,13 +172,13 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
             missing = {"dir": plan.mkdir, "symlink": plan.links, "sqlite": plan.databases}
             missing.get(entry.type, plan.write).append(rel)
         elif entry.type == "symlink":
-            if str(path.readlink()) != entry.target:
+            if str((root / rel).readlink()) != entry.target:
                 plan.links.append(rel)
         elif entry.type == "sqlite":
-            if database_signature(path, item.info) != entry.sig:
+            if database_signature(root / rel, item.info) != entry.sig:
                 plan.databases.append(rel)
         elif entry.type == "file" and file_signature(item.info) != entry.sig:
-            if item.info.st_size != entry.size or not _same_content(path, entry):
+            if item.info.st_size != entry.size or not _same_content(root / rel, entry):
                 plan.write.append(rel)
             else:
                 plan.metadata.append(rel)
@@ -341,7 +342,7 @@ def _rename_into(folder: int, tmp: str, name: str) -> None:
 
 def _may_own(uid: int, gid: int) -> bool:
     """Whether this process may give a file this owner and group (-1: left as it is): the
-    one rule of :func:`~dopemux_update._backup._snapshot.may_set_owner`, which also decides where
+    one rule of :func:`~dopemux_update._backup._tree.may_set_owner`, which also decides where
     owners are compared."""
     return may_set_owner(os.geteuid() if uid == -1 else uid, os.getegid() if gid == -1 else gid)
 
@@ -428,7 +429,7 @@ def _make_dir(folder: int, name: str) -> None:
 @dataclass
 class _Restorer:
     folders: _Folders
-    tree: Path
+    stored: Callable[[str], Path]  # a file's stored copy (its object)
     wanted: dict[str, Entry]
     live: dict[str, TreeEntry]
     protected: list[str]
@@ -492,7 +493,7 @@ class _Restorer:
             info = os.stat(name, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             info = None
-        stored = self.tree / rel
+        stored = self.stored(rel)
         if (
             info is not None
             and stat.S_ISREG(info.st_mode)
@@ -546,7 +547,7 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
             _make_dir(*folders.parent(rel))
     for rel in plan.write:
         with restorer.at(rel):
-            _put_file(restorer.tree / rel, *folders.parent(rel), wanted[rel])
+            _put_file(restorer.stored(rel), *folders.parent(rel), wanted[rel])
         crash_point("restore.file")
         progress(rel)
     for rel in plan.hardlinks:
@@ -562,11 +563,16 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
     touched = plan.touched() | set(plan.databases) | set(plan.metadata)
     created = {*plan.mkdir, *plan.write, *plan.links, *plan.databases, *plan.hardlinks}
     fixed = []
-    # Deepest first, so that a read-only folder is filled before it closes.
-    for rel in sorted(wanted, reverse=True):
-        with restorer.at(rel):
+    rel = ""
+    try:  # one handler for the thousands of paths, as ``at`` would name the path
+        # Deepest first, so that a read-only folder is filled before it closes.
+        for rel in sorted(wanted, reverse=True):
             if restorer.fix_metadata(rel, rel in touched) and rel not in created:
                 fixed.append(rel)
+            restorer.folders.trim()
+    except (OSError, sqlite3.Error):
+        with restorer.at(rel):
+            raise
     return fixed
 
 
@@ -593,7 +599,10 @@ def restore(
         ) from exc
     plan = _plan(scope.root, wanted, live)
     store.verify(backup_id, only=plan.write + plan.databases, manifest=manifest, entries=wanted)
-    tree = store.path_of(backup_id) / TREE
+
+    def stored(rel: str) -> Path:
+        return store.stored_file(manifest, rel, wanted[rel])
+
     total = sum(wanted[rel].size for rel in plan.write + plan.databases)
     done = 0
 
@@ -611,7 +620,7 @@ def restore(
         ) from exc
     try:
         restorer = _Restorer(
-            folders, tree, wanted, live, _literal_exclusions(manifest.excluded), backup_id
+            folders, stored, wanted, live, _literal_exclusions(manifest.excluded), backup_id
         )
         fixed = _apply(restorer, plan, progress)
     finally:

@@ -34,8 +34,17 @@ import xxhash
 
 from .._core._exceptions import UpdateError
 from ._copy import hash_file
-from ._sqlite import SETTINGS, SIDECARS, is_sqlite, open_for_reading, read_settings
-from ._tree import Scope, TreeEntry, encode_name, link_destination, shown, walk
+from ._sqlite import SETTINGS, SIDECARS, database_settings, is_sqlite, open_for_reading
+from ._tree import (
+    Scope,
+    TreeEntry,
+    encode_name,
+    link_destination,
+    link_leaders,
+    may_set_owner,
+    shown,
+    walk,
+)
 
 __all__ = [
     "DatabaseChange",
@@ -598,15 +607,6 @@ def database_digest(path: Path) -> DatabaseDigest:
     return DatabaseDigest(tables=tables, objects=objects, pragmas=pragmas, owners=owners)
 
 
-def database_settings(connection: sqlite3.Connection) -> dict[str, int | str]:
-    """The :data:`SETTINGS` of the database ``connection`` reads, read without changing any
-    (``PRAGMA journal_mode`` without a value only answers)."""
-    settings = read_settings(connection)
-    # Identity knows WAL or not: every other mode is SQLite's rollback journal.
-    settings["journal_mode"] = "wal" if settings.get("journal_mode") == "wal" else "delete"
-    return settings
-
-
 def same_database(first: Path, second: Path) -> bool:
     """Whether two SQLite databases hold the same tables, schema, rows and settings."""
     return database_hash(database_digest(first)) == database_hash(database_digest(second))
@@ -628,21 +628,6 @@ def database_hash(database: DatabaseDigest) -> str:
         )
         digest.update(repr(content).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
-    """Hard links among ``entries``: each file that shares its inode with an earlier one (in
-    the sorted order of names as a manifest stores them) mapped to that first path. Links to
-    files outside ``entries`` do not count."""
-    groups: dict[tuple[int, int], list[str]] = {}
-    for entry in entries:
-        if entry.kind == "file" and entry.info.st_nlink > 1:
-            groups.setdefault((entry.info.st_dev, entry.info.st_ino), []).append(entry.rel)
-    leaders: dict[str, str] = {}
-    for names in groups.values():
-        first, *others = sorted(names, key=encode_name)
-        leaders.update(dict.fromkeys(others, first))
-    return leaders
 
 
 def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
@@ -709,17 +694,6 @@ def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
 
 
 # -- identity -------------------------------------------------------------------------------
-
-
-def may_set_owner(uid: int, gid: int) -> bool:
-    """Whether this process may give a path owner ``uid`` and group ``gid``: as root, any
-    known owner; otherwise only its own user with one of its own groups. Owners are compared,
-    and a restore sets them, exactly where this holds."""
-    if uid < 0 or gid < 0:
-        return False
-    if os.geteuid() == 0:
-        return True
-    return uid == os.geteuid() and (gid == os.getegid() or gid in os.getgroups())
 
 
 @dataclass(frozen=True, slots=True)

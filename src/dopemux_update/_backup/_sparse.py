@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from typing import Protocol
 
-__all__ = ["copy_sparse"]
+__all__ = ["Digest", "copy_sparse", "extents", "feed_zeros", "hash_sparse"]
 
 _CHUNK = 256 << 10
-_ZEROS = bytes(_CHUNK)
+_ZEROS = memoryview(bytes(_CHUNK))
 _NO_SEEK_DATA = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 _NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM}
 
@@ -24,32 +25,52 @@ class Digest(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
 
 
-def _extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (start, end) of each data extent of ``fd`` below ``size``, in order."""
-    extents: list[tuple[int, int]] = []
+def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each data extent of ``fd`` below ``size``, in order; the whole
+    file as one extent where the file system cannot tell holes apart. The one walker of
+    holes: copies, hashes and restores all go through it."""
     offset = 0
     while offset < size:
         try:
             start = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole from here to the end
-                break
-            if exc.errno in _NO_SEEK_DATA and not extents:
-                return [(0, size)]
+                return
+            if exc.errno in _NO_SEEK_DATA and offset == 0:
+                yield 0, size
+                return
             raise
         if start >= size:
-            break
+            return
         end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        extents.append((start, end))
+        yield start, end
         offset = end
-    return extents
 
 
-def _zeros(digest: Digest | None, count: int) -> None:
+def feed_zeros(digest: Digest | None, count: int) -> None:
+    """Feed ``count`` zero bytes (a hole) to ``digest`` without reading them."""
     while digest is not None and count > 0:
         step = min(count, _CHUNK)
-        digest.update(memoryview(_ZEROS)[:step])
+        digest.update(_ZEROS[:step])
         count -= step
+
+
+def hash_sparse(fd: int, size: int, digest: Digest) -> None:
+    """Feed the first ``size`` bytes of ``fd`` to ``digest``, reading only its data extents
+    (holes are fed as zeros)."""
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    position = 0
+    for start, end in extents(fd, size):
+        feed_zeros(digest, start - position)
+        position = start
+        while position < end:
+            read = os.preadv(fd, [view[: min(_CHUNK, end - position)]], position)
+            if read == 0:
+                break  # the file shrank: the rest reads as a hole
+            digest.update(view[:read])
+            position += read
+    feed_zeros(digest, size - position)
 
 
 def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> int:
@@ -82,8 +103,8 @@ def copy_sparse(src_fd: int, dst_fd: int, size: int, *, digest: Digest | None = 
     view = memoryview(buffer)
     position = 0
     written = 0
-    for start, end in _extents(src_fd, size):
-        _zeros(digest, start - position)
+    for start, end in extents(src_fd, size):
+        feed_zeros(digest, start - position)
         offset = start if digest is not None else _copy_range(src_fd, dst_fd, start, end)
         written += offset - start
         while offset < end:
@@ -99,6 +120,6 @@ def copy_sparse(src_fd: int, dst_fd: int, size: int, *, digest: Digest | None = 
             offset += read
             written += read
         position = offset
-    _zeros(digest, size - position)
+    feed_zeros(digest, size - position)
     os.ftruncate(dst_fd, size)
     return written

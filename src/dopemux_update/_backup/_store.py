@@ -1,22 +1,39 @@
 """Backups of an installation: taken, verified, listed, pruned and restored.
 
 A backup lives in ``<state>/backups/<id>/``: ``manifest.json`` (with ``manifest.xxh3``, its
-own checksum) describes every folder, file, symlink and SQLite database in scope, and
-``tree/`` holds the contents under their own relative paths. It is built in a hidden
-``.building-<id>`` folder, synced, and renamed into place: a backup that is listed is whole.
-Folders are 0700 and files 0600 (backups hold secrets such as ``.env``).
+own checksum, and ``manifest.hmac``, its MAC) describes every folder, file, symlink and SQLite
+database in scope. The contents are *objects*: each stored file (or database copy) is an
+immutable, read-only file named by the XXH3-128 hash of its content, in
+``<state>/backups/objects/<first 2 hex>/<hash>``, which the manifests reference by hash. A
+backup is built in a hidden ``.building-<id>`` folder, synced, and renamed into place: a backup
+that is listed is whole. Folders are 0700 and objects 0400 (backups hold secrets such as
+``.env``).
 
-Backups are immutable, so a file unchanged since the previous backup is hard-linked to that
-backup's copy: backing up an unchanged tree costs stat calls. "Unchanged" is decided on what
-no one can set back: the same inode, size, mtime and ctime (``cp -p``, ``rsync -a`` and
-``tar x`` restore an mtime, never a ctime), mode and owners. One stored copy is then shared by
-several backups: a damaged one damages them all, which ``verify`` reports; a *full* backup
-(``create(full=True)``) copies everything and shares nothing.
+An object is written once: copied (and hashed as it is) under a temporary name inside the
+building folder, made durable (one ``syncfs`` for all of a backup's new objects), then linked
+under its final name, where it is never written again; one already there (the same content)
+is kept and the copy dropped. A half-written object is never visible under its final name.
+
+A file unchanged since the previous backup is not read at all: its entry, with its object's
+hash, is carried over, so backing up an unchanged tree costs a stat walk and one manifest
+written. "Unchanged" is decided on what no one can set back: the same inode, size, mtime and
+ctime (``cp -p``, ``rsync -a`` and ``tar x`` restore an mtime, never a ctime), mode and owners.
+One object is then shared by several backups: a damaged one damages them all, which ``verify``
+reports. A *full* backup (``create(full=True)``) shares nothing: it re-reads and re-hashes
+every file and keeps its objects in its own folder, ``<id>/objects/``, deleted with it.
+
+Objects are removed by reference: ``delete``/``prune`` remove manifests first (a backup folder
+is renamed away, then deleted), then every object of the shared folder that no remaining
+manifest references (``collect_garbage``). A crash between the two leaves unreferenced objects
+only, which the next prune removes; an object a manifest references is never removed.
 
 Everything is captured in one pass over the data: owners, hard links (files sharing an inode
 in scope are stored once: the first path in sorted order as a ``file``, the others as
-``hardlink`` entries naming it) and holes (a sparse file is stored sparse, see ``_copy``) come
-from the walk's ``stat`` results and the copy itself.
+``hardlink`` entries naming it) and holes (a sparse file is stored sparse, as a sparse object,
+see ``_copy``) come from the walk's ``stat`` results and the copy itself.
+
+Backups of formats 2 and 3 (each backup's files in its own ``tree/``, unchanged ones
+hard-linked between backups) are still listed, verified and restored.
 """
 
 from __future__ import annotations
@@ -24,7 +41,9 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import contextlib
+import json
 import os
+import queue
 import secrets
 import shutil
 import sqlite3
@@ -34,13 +53,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import xxhash
 
 from .._core._exceptions import BackupError
 from .._core._faults import crash_point
-from .._core._fsutil import atomic_write, fsync_dir, sync_filesystem
+from .._core._fsutil import fsync_dir, sync_filesystem
 from .._core._log import get_logger
 from . import _sqlite
 from ._copy import allocated, copy_and_hash, hash_file
@@ -49,6 +68,7 @@ from ._manifest import (
     MANIFEST,
     MANIFEST_MAC,
     MANIFEST_SUM,
+    OBJECTS,
     TREE,
     BackupInfo,
     DamagedBackupError,
@@ -58,12 +78,14 @@ from ._manifest import (
     ProgressCallback,
     database_signature,
     file_signature,
+    object_path,
     read_manifest,
     sign_manifest,
 )
-from ._restore import RestoreReport, restore
-from ._snapshot import database_settings, link_leaders
-from ._tree import Scope, TreeEntry, close_opened, encode_name, walk
+from ._tree import Scope, TreeEntry, close_opened, decode_name, encode_name, link_leaders, walk
+
+if TYPE_CHECKING:
+    from ._restore import RestoreReport
 
 __all__ = [
     "BackupInfo",
@@ -82,23 +104,26 @@ logger = get_logger()
 _WORKERS = max(2, min(8, os.cpu_count() or 2))  # copying is CPU-bound: one per core
 _CANCEL_POLL_SECONDS = 0.2  # how soon a cancelled backup notices, between stored files
 _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
+_STAGING = "staging"  # in the building folder: new objects under temporary names
 
 
 @dataclass
 class _Job:
     rel: str
     entry: TreeEntry
-    action: Literal["copy", "link", "sqlite"]
+    action: Literal["copy", "reuse", "sqlite"]
     previous: Entry | None = None
+    number: int = 0  # names its temporary copy in the building folder
 
 
 def _capture_one(
-    root: Path, tree: Path, job: _Job, cancelled: threading.Event | None = None
+    root: Path, staging: Path, job: _Job, cancelled: threading.Event | None = None
 ) -> Entry:
-    """Copy one file (hashing what is written) or capture one database; runs in a worker.
+    """Copy one file (hashing what is written) or capture one database into a temporary
+    object in ``staging``; runs in a worker.
 
     ``cancelled`` stops a database capture waiting for a lock between its steps."""
-    source, stored = root / job.rel, tree / job.rel
+    source, stored = root / job.rel, _staged(staging, job)
     info = job.entry.info
     mode = stat.S_IMODE(info.st_mode)
     if job.action == "sqlite":
@@ -113,7 +138,7 @@ def _capture_one(
             for leftover in (stored, *(Path(f"{stored}{s}") for s in _sqlite.SIDECARS)):
                 leftover.unlink(missing_ok=True)
         else:
-            stored.chmod(0o600)
+            stored.chmod(0o400)
             digest, size = hash_file(stored)
             after = source.stat(follow_symlinks=False)
             wal = _sqlite.is_wal(source)  # the live file's header: read, nothing opened
@@ -129,7 +154,7 @@ def _capture_one(
                 gid=after.st_gid,
                 sqlite=_settings(stored, wal=wal),
             )
-    digest, size = copy_and_hash(source, stored)
+    digest, size = copy_and_hash(source, stored, mode=0o400)
     after = source.stat(follow_symlinks=False)
     if file_signature(after) != file_signature(info) or size != info.st_size:
         raise BackupError(f"{job.rel} changed while it was being backed up; try again")
@@ -151,43 +176,55 @@ def _settings(stored: Path, *, wal: bool) -> dict[str, int | str]:
     journal mode, which the copy does not keep (it is stored in rollback-journal mode)."""
     connection = _sqlite.open_for_reading(stored)
     try:
-        settings = database_settings(connection)
+        settings = _sqlite.database_settings(connection)
     finally:
         connection.close()
     settings["journal_mode"] = "wal" if wal else "delete"
     return settings
 
 
+def _staged(staging: Path, job: _Job) -> Path:
+    return staging / f"{job.number}.tmp"
+
+
 def _capture_all(
     root: Path,
-    tree: Path,
+    staging: Path,
     copies: Sequence[_Job],
     total: int,
     on_progress: ProgressCallback | None,
 ) -> dict[str, Entry]:
-    """Copy or capture every job in a pool of threads; the caller's thread reports progress
-    and watches for a cancellation, which it passes on to the pool."""
+    """Copy or capture every job in a pool of threads, the largest first (so that no big
+    file is left to copy alone at the end); the caller's thread reports progress as each
+    finishes and watches for a cancellation, which it passes on to the pool."""
     entries: dict[str, Entry] = {}
     done = 0
     cancelled = threading.Event()
+    finished: queue.SimpleQueue[concurrent.futures.Future[Entry]] = queue.SimpleQueue()
+    order = sorted(copies, key=lambda job: job.entry.info.st_size, reverse=True)
     with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-        futures = {pool.submit(_capture_one, root, tree, job, cancelled): job for job in copies}
-        pending = set(futures)
+        futures = {}
+        for job in order:
+            future = pool.submit(_capture_one, root, staging, job, cancelled)
+            futures[future] = job
+            future.add_done_callback(finished.put)
         try:
-            while pending:
-                # The pool's threads are no anyio workers: this one learns of a
-                # cancellation (Ctrl-C) and tells them through ``cancelled``.
-                _sqlite.check_cancelled()
-                finished, pending = concurrent.futures.wait(
-                    pending, timeout=_CANCEL_POLL_SECONDS, return_when="FIRST_COMPLETED"
-                )
-                for future in finished:
-                    job = futures[future]
-                    entries[encode_name(job.rel)] = future.result()
-                    crash_point("backup.file")
-                    done += allocated(job.entry.info)
-                    if on_progress is not None:
-                        on_progress(done, total)
+            for _ in range(len(futures)):
+                while True:
+                    # The pool's threads are no anyio workers: this one learns of a
+                    # cancellation (Ctrl-C) and tells them through ``cancelled``.
+                    _sqlite.check_cancelled()
+                    try:
+                        future = finished.get(timeout=_CANCEL_POLL_SECONDS)
+                    except queue.Empty:
+                        continue
+                    break
+                job = futures[future]
+                entries[encode_name(job.rel)] = future.result()
+                crash_point("backup.file")
+                done += allocated(job.entry.info)
+                if on_progress is not None:
+                    on_progress(done, total)
         except BaseException:
             cancelled.set()
             for future in futures:
@@ -199,6 +236,55 @@ def _capture_all(
 def _new_id() -> str:
     now = datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def _databases(root: Path, found: Sequence[TreeEntry], before: dict[str, Entry]) -> set[str]:
+    """The SQLite databases among the files ``found``, by their headers."""
+    databases = set()
+    for item in found:
+        if item.kind != "file":
+            continue
+        old = before.get(item.rel)
+        if old is not None and old.type == "file" and _unchanged(old, item.info):
+            continue  # a plain file that has not changed cannot have become a database
+        if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
+            databases.add(item.rel)
+    return databases
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """A new file ``path`` (0600) holding ``data``, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(written: Sequence[tuple[Path, str]], objects: Path) -> None:
+    """Give each durable temporary object (staged copy, hash) its final name in ``objects``,
+    unless an object of that name (the same content) is there already: an object is never
+    written twice. One of the wrong size there (damaged) is replaced, whole, by a rename.
+    Backups are taken under the state folder's lock: no one else writes objects meanwhile."""
+    objects.mkdir(mode=0o700, exist_ok=True)
+    folder = os.fspath(objects)
+    fans = {path.name for path in objects.iterdir()}
+    for staged, digest in written:
+        if digest[:2] not in fans:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(f"{folder}/{digest[:2]}", 0o700)  # noqa: PTH102 - hot loop
+            fans.add(digest[:2])
+        final = f"{folder}/{digest[:2]}/{digest}"
+        try:
+            size = os.stat(final).st_size  # noqa: PTH116 - hot loop
+        except FileNotFoundError:
+            os.rename(staged, final)  # noqa: PTH104
+            continue
+        if size != os.stat(staged).st_size:  # noqa: PTH116 - damaged: the right content wins
+            os.rename(staged, final)  # noqa: PTH104
+        else:
+            os.unlink(staged)  # noqa: PTH108
 
 
 def _unchanged(old: Entry, info: os.stat_result) -> bool:
@@ -216,6 +302,10 @@ class BackupStore:
 
     def __init__(self, backups_dir: Path) -> None:
         self.backups_dir = backups_dir
+        #: The objects each backup references, while its manifest stays the same file
+        #: (inode, size, mtime, ctime): ``backups list`` counts shared files of each backup
+        #: against all the others without reading every manifest again for each.
+        self._known: dict[str, tuple[tuple[int, ...], set[str]]] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -228,6 +318,19 @@ class BackupStore:
         """The backup's manifest, checked against its checksum and MAC and read strictly."""
         self.path_of(backup_id)  # refuses an id that is not a plain name
         return read_manifest(self.backups_dir, backup_id)
+
+    def objects_of(self, manifest: Manifest) -> Path:
+        """The object folder holding a format-4 backup's stored files."""
+        if manifest.own_objects:
+            return self.path_of(manifest.id) / OBJECTS
+        return self.backups_dir / OBJECTS
+
+    def stored_file(self, manifest: Manifest, rel: str, entry: Entry) -> Path:
+        """Where the stored copy of the file or database ``rel`` (decoded) of a backup is:
+        its object, or (formats 2 and 3) its path under the backup's ``tree/``."""
+        if manifest.format >= 4:
+            return object_path(self.objects_of(manifest), entry.hash)
+        return self.path_of(manifest.id) / TREE / rel
 
     def info(self, manifest: Manifest) -> BackupInfo:
         files = [e for e in manifest.entries.values() if e.type in ("file", "sqlite")]
@@ -269,35 +372,41 @@ class BackupStore:
         ``manifest`` and its ``entries`` (decoded), when the caller already read them, save
         reading and checking the manifest again. Raises :class:`DamagedBackupError` naming
         every flipped, truncated or missing file, and every other backup that shares one of
-        the damaged copies.
+        the damaged copies (objects: every other backup whose manifest references one).
         """
         if manifest is None:
             manifest = self.read_manifest(backup_id)
         if entries is None:
             entries = manifest.decoded()
-        tree = self.path_of(backup_id) / TREE
         names = list(entries) if only is None else list(only)
         stored = [rel for rel in names if entries[rel].type in ("file", "sqlite")]
+        paths = {rel: self.stored_file(manifest, rel, entries[rel]) for rel in stored}
 
-        def check(rel: str) -> tuple[str, str] | None:
-            entry = entries[rel]
+        def check(path: Path) -> tuple[str, int] | str:
             try:
-                digest, size = hash_file(tree / rel)
+                return hash_file(path)
             except FileNotFoundError:
-                return rel, f"{rel} (missing)"
+                return "missing"
             except OSError as exc:
-                return rel, f"{rel} ({exc.strerror or exc})"
-            if size != entry.size and entry.type == "file":
-                return rel, f"{rel} (truncated or resized: {size} bytes, expected {entry.size})"
-            if digest != entry.hash:
-                return rel, f"{rel} (content differs from the manifest)"
-            return None
+                return str(exc.strerror or exc)
 
+        unique = sorted(set(paths.values()))  # an object several files share is read once
         with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-            bad = [problem for problem in pool.map(check, stored) if problem]
+            found = dict(zip(unique, pool.map(check, unique), strict=True))
+        bad = []
+        for rel in stored:
+            entry, result = entries[rel], found[paths[rel]]
+            if isinstance(result, str):
+                bad.append((rel, f"{rel} ({result})"))
+            elif result[1] != entry.size and (entry.type == "file" or manifest.format >= 4):
+                bad.append(
+                    (rel, f"{rel} (truncated or resized: {result[1]} bytes, expected {entry.size})")
+                )
+            elif result[0] != entry.hash:
+                bad.append((rel, f"{rel} (content differs from the manifest)"))
         if bad:
             damaged = tuple(rel for rel, _ in bad)
-            affected = self._sharing(backup_id, damaged)
+            affected = self._sharing(manifest, {rel: entries[rel] for rel in damaged})
             message = f"failed verification: {', '.join(problem for _, problem in bad)}"
             if affected:
                 message += (
@@ -313,19 +422,29 @@ class BackupStore:
         logger.info("backup.verified", backup_id=backup_id, files=len(stored))
         return manifest
 
-    def _sharing(self, backup_id: str, rels: Iterable[str]) -> builtins.list[str]:
-        """The other backups holding one of ``rels`` of ``backup_id`` as the same stored file
-        (hard-linked: unchanged files share one copy, always under the same path)."""
-        tree = os.fspath(self.path_of(backup_id) / TREE)
+    def _sharing(self, manifest: Manifest, damaged: dict[str, Entry]) -> builtins.list[str]:
+        """The other backups holding one of the ``damaged`` files of ``manifest`` as the same
+        stored copy: referencing the same shared object (format 4), or hard-linked to the same
+        file (formats 2 and 3: unchanged files share one copy, always under the same path)."""
+        if manifest.format >= 4:
+            if manifest.own_objects:
+                return []
+            hashes = {entry.hash for entry in damaged.values()}
+            return [
+                other
+                for other in self.ids()
+                if other != manifest.id and self._references(other) & hashes
+            ]
+        tree = os.fspath(self.path_of(manifest.id) / TREE)
         inodes = {}
-        for rel in rels:
+        for rel in damaged:
             with contextlib.suppress(OSError):
                 info = os.stat(f"{tree}/{rel}", follow_symlinks=False)  # noqa: PTH116
                 if info.st_nlink > 1:
                     inodes[rel] = (info.st_dev, info.st_ino)
         affected = []
         for other in self.ids():
-            if other == backup_id or not inodes:
+            if other == manifest.id or not inodes:
                 continue
             other_tree = os.fspath(self.backups_dir / other / TREE)
             for rel, inode in inodes.items():
@@ -338,15 +457,60 @@ class BackupStore:
                     break
         return affected
 
+    def _references(self, backup_id: str) -> set[str]:
+        """The shared objects backup ``backup_id`` references (none for an older format or a
+        full backup), read from its authenticated manifest; an unreadable one yields the
+        hashes its JSON names, if any can be read."""
+        try:
+            info = (self.backups_dir / backup_id / MANIFEST).stat()
+        except OSError:
+            return set()
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        known = self._known.get(backup_id)
+        if known is not None and known[0] == identity:
+            return known[1]
+        try:
+            manifest = self.read_manifest(backup_id)
+        except BackupError:
+            return self._hashes_named(backup_id) or set()
+        found: set[str] = set()
+        if manifest.format >= 4 and not manifest.own_objects:
+            found = {e.hash for e in manifest.entries.values() if e.type in ("file", "sqlite")}
+        self._known[backup_id] = (identity, found)
+        return found
+
+    def _hashes_named(self, backup_id: str) -> set[str] | None:
+        """Every hash a damaged or unauthenticated manifest names, read leniently; None when
+        its JSON cannot be read at all."""
+        try:
+            document = json.loads((self.backups_dir / backup_id / MANIFEST).read_bytes())
+            entries = document["entries"]
+            return {
+                e["hash"] for e in entries.values() if isinstance(e.get("hash"), str) and e["hash"]
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
     def shared_files(self, backup_id: str) -> int:
-        """How many of the backup's stored files are shared with other backups (hard-linked
-        because they had not changed): damage to one of them damages every backup holding it."""
+        """How many of the backup's stored files are shared with other backups (the same
+        object, or formats 2 and 3, hard-linked, because they had not changed): damage to one
+        of them damages every backup holding it."""
+        manifest = self.read_manifest(backup_id)
+        entries = manifest.decoded()
+        stored = {rel: e for rel, e in entries.items() if e.type in ("file", "sqlite")}
+        if manifest.format >= 4:
+            if manifest.own_objects:
+                return 0
+            others: set[str] = set()
+            for other in self.ids():
+                if other != backup_id:
+                    others |= self._references(other)
+            return sum(entry.hash in others for entry in stored.values())
         tree = os.fspath(self.path_of(backup_id) / TREE)
         shared = 0
-        for rel, entry in self.read_manifest(backup_id).decoded().items():
-            if entry.type in ("file", "sqlite"):
-                with contextlib.suppress(OSError):
-                    shared += os.stat(f"{tree}/{rel}").st_nlink > 1  # noqa: PTH116 - hot loop
+        for rel in stored:
+            with contextlib.suppress(OSError):
+                shared += os.stat(f"{tree}/{rel}").st_nlink > 1  # noqa: PTH116 - hot loop
         return shared
 
     # -- creating ---------------------------------------------------------------------------
@@ -362,11 +526,13 @@ class BackupStore:
     ) -> BackupInfo:
         """Snapshot ``scope`` into a new, verified backup and return it.
 
-        Files unchanged since the previous backup are hard-linked to its copies, unless
-        ``full``: then everything is copied, and the new backup shares no stored file with
-        another. Raises :class:`InsufficientSpaceError` before writing anything when the disk
-        cannot hold what would be copied. Folders their owner made unreadable are opened for
-        the owner while the backup reads them, and get their modes back afterwards.
+        Files unchanged since the previous backup are not read: the new manifest references
+        their objects. With ``full``, every file is read, hashed and stored again, as objects
+        in the new backup's own folder: it shares no stored file with another backup, and
+        deleting it frees them. Raises :class:`InsufficientSpaceError` before writing
+        anything when the disk cannot hold what would be copied. Folders their owner made
+        unreadable are opened for the owner while the backup reads them, and get their modes
+        back afterwards.
         """
         opened: builtins.list[tuple[Path, int]] = []
         try:
@@ -399,28 +565,33 @@ class BackupStore:
             ) from exc
         previous = None if full else self._previous()
         jobs, links, skipped = self._plan(scope, found, previous)
-        needed = sum(allocated(j.entry.info) for j in jobs if j.action != "link")
+        needed = sum(allocated(j.entry.info) for j in jobs if j.action != "reuse")
         self._check_space(needed)
 
         backup_id = _new_id()
         self.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.backups_dir.chmod(0o700)
         building = self.backups_dir / f".building-{backup_id}"
-        tree = building / TREE
         building.mkdir(mode=0o700)
-        tree.mkdir(mode=0o700)
+        objects = building / OBJECTS if full else self.backups_dir / OBJECTS
         logger.info("backup.started", backup_id=backup_id, root=str(scope.root), bytes=needed)
         try:
-            entries = self._write(
+            staging = building / _STAGING
+            staging.mkdir(mode=0o700)
+            entries, written = self._write(
                 scope,
-                tree,
+                staging,
                 found=found,
                 jobs=jobs,
                 links=links,
-                previous=previous,
                 total=needed,
                 on_progress=on_progress,
             )
+            if written:
+                # The new objects' data is durable before any of them gets its final name.
+                sync_filesystem(building)
+                _publish(written, objects)
+            shutil.rmtree(staging)  # empty, but for what a database capture may leave
             manifest = Manifest(
                 format=FORMAT,
                 id=backup_id,
@@ -436,14 +607,17 @@ class BackupStore:
                 copied_bytes=needed,
                 entries=entries,
                 skipped=tuple(skipped),
+                own_objects=full,
             )
-            raw = manifest.model_dump_json().encode()
-            atomic_write(building / MANIFEST, raw, mode=0o600)
-            atomic_write(
-                building / MANIFEST_SUM, xxhash.xxh3_128_hexdigest(raw).encode(), mode=0o600
-            )
-            atomic_write(building / MANIFEST_MAC, sign_manifest(self.backups_dir, raw), mode=0o600)
-            sync_filesystem(building)
+            raw = manifest.to_json()
+            checksum = xxhash.xxh3_128_hexdigest(raw).encode()
+            mac = sign_manifest(self.backups_dir, raw)
+            for name, data in ((MANIFEST, raw), (MANIFEST_SUM, checksum), (MANIFEST_MAC, mac)):
+                _write_synced(building / name, data)
+            if written:
+                sync_filesystem(building)  # the objects' names, before a manifest names them
+            else:
+                fsync_dir(building)
             crash_point("backup.before_rename")
             final = self.backups_dir / backup_id
             building.rename(final)
@@ -463,7 +637,7 @@ class BackupStore:
                     ) from exc
                 raise BackupError(f"could not be written: {exc}", backup_id=backup_id) from exc
             raise
-        self._check_written(manifest)
+        self._check_written(manifest, raw, [digest for _, digest in written])
         info = self.info(manifest)
         logger.info(
             "backup.created",
@@ -476,33 +650,38 @@ class BackupStore:
         return info
 
     def _previous(self) -> Manifest | None:
+        """The newest readable backup whose objects a new one may reference: format 4,
+        in the shared object folder."""
         for backup_id in reversed(self.ids()):
             with contextlib.suppress(BackupError):
-                return self.read_manifest(backup_id)
+                manifest = self.read_manifest(backup_id)
+                if manifest.format >= 4 and not manifest.own_objects:
+                    return manifest
         return None
 
     def _plan(
         self, scope: Scope, found: Sequence[TreeEntry], previous: Manifest | None
     ) -> tuple[builtins.list[_Job], dict[str, str], builtins.list[tuple[str, str]]]:
-        """What to copy, link or capture; the hard links (a file's other names, each mapped
-        to its first name); what is skipped."""
+        """What to copy, capture or reuse (an unchanged file's object, if it is still there
+        with its size); the hard links (a file's other names, each mapped to its first name);
+        what is skipped."""
         before = previous.decoded() if previous else {}
+        objects = os.fspath(self.backups_dir / OBJECTS)
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
-        databases: set[str] = set()
-        root = os.fspath(scope.root)
-        for item in found:
-            if item.kind != "file":
-                continue
-            old = before.get(item.rel)
-            if old is not None and old.type == "file" and _unchanged(old, item.info):
-                continue  # a plain file that has not changed cannot have become a database
-            if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
-                databases.add(item.rel)
+        databases = _databases(scope.root, found, before)
         sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
         links = link_leaders(
             item for item in found if item.rel not in databases and item.rel not in sidecars
         )
+
+        def stored(old: Entry) -> bool:
+            try:
+                size = os.stat(f"{objects}/{old.hash[:2]}/{old.hash}").st_size  # noqa: PTH116
+            except OSError:
+                return False
+            return size == old.size
+
         for item in found:
             if item.kind in ("dir", "symlink") or item.rel in sidecars or item.rel in links:
                 continue
@@ -521,15 +700,16 @@ class BackupStore:
                     and old.mode == stat.S_IMODE(info.st_mode)
                     and (old.uid, old.gid) == (info.st_uid, info.st_gid)
                     and old.sqlite  # an older backup's entry lacks the settings
+                    and stored(old)
                 ):
-                    jobs.append(_Job(item.rel, item, "link", old))
+                    jobs.append(_Job(item.rel, item, "reuse", old))
                 else:
-                    jobs.append(_Job(item.rel, item, "sqlite"))
+                    jobs.append(_Job(item.rel, item, "sqlite", number=len(jobs)))
                 continue
-            if old is not None and old.type == "file" and _unchanged(old, info):
-                jobs.append(_Job(item.rel, item, "link", old))
+            if old is not None and old.type == "file" and _unchanged(old, info) and stored(old):
+                jobs.append(_Job(item.rel, item, "reuse", old))
             else:
-                jobs.append(_Job(item.rel, item, "copy"))
+                jobs.append(_Job(item.rel, item, "copy", number=len(jobs)))
         return jobs, links, skipped
 
     def _check_space(self, needed: int) -> None:
@@ -547,22 +727,22 @@ class BackupStore:
     def _write(
         self,
         scope: Scope,
-        tree: Path,
+        staging: Path,
         *,
         found: Sequence[TreeEntry],
         jobs: Sequence[_Job],
         links: dict[str, str],
-        previous: Manifest | None,
         total: int,
         on_progress: ProgressCallback | None,
-    ) -> dict[str, Entry]:
+    ) -> tuple[dict[str, Entry], builtins.list[tuple[Path, str]]]:
+        """The manifest's entries, and the new objects: (temporary copy, hash) each."""
         entries: dict[str, Entry] = {}
         holders: set[str] = set()  # folders holding something in scope
         if scope.included:
             for rel in [j.rel for j in jobs] + [i.rel for i in found if i.kind == "symlink"]:
                 parts = rel.split("/")
                 holders.update("/".join(parts[:n]) for n in range(1, len(parts)))
-        for item in found:  # folders and symlinks first, parents before children
+        for item in found:  # folders and symlinks: in the manifest alone
             info = item.info
             mode = stat.S_IMODE(info.st_mode)
             if item.kind == "dir":
@@ -575,18 +755,20 @@ class BackupStore:
                     uid=info.st_uid,
                     gid=info.st_gid,
                 )
-                (tree / item.rel).mkdir(mode=0o700)
             elif item.kind == "symlink":
                 target = encode_name(str((scope.root / item.rel).readlink()))
                 entries[encode_name(item.rel)] = Entry(
                     type="symlink", target=target, uid=info.st_uid, gid=info.st_gid
                 )
-        if previous is not None:
-            entries.update(
-                self._link_unchanged(tree, previous, [j for j in jobs if j.action == "link"])
-            )
-        copies = [j for j in jobs if j.action != "link"]
-        entries.update(_capture_all(scope.root, tree, copies, total, on_progress))
+        for job in jobs:  # unchanged: the same object, no data read or written
+            if job.action == "reuse":
+                old = job.previous
+                assert old is not None  # noqa: S101 - a reuse job carries the previous entry
+                entries[encode_name(job.rel)] = old  # its signature is the live file's too
+        copies = [j for j in jobs if j.action != "reuse"]
+        captured = _capture_all(scope.root, staging, copies, total, on_progress)
+        entries.update(captured)
+        written = [(_staged(staging, job), captured[encode_name(job.rel)].hash) for job in copies]
         by_name = {item.rel: item for item in found if item.rel in links}
         for rel, first in links.items():
             info = by_name[rel].info
@@ -601,53 +783,53 @@ class BackupStore:
                 uid=info.st_uid,
                 gid=info.st_gid,
             )
-        return dict(sorted(entries.items()))
+        return dict(sorted(entries.items())), written
 
-    def _link_unchanged(
-        self, tree: Path, previous: Manifest, jobs: Sequence[_Job]
-    ) -> dict[str, Entry]:
-        """Hard-link files unchanged since ``previous`` to its immutable copies: no data moves.
-
-        Done inline, not in the pool: a link is one system call, cheaper than a hand-off.
-        """
-        source_tree = os.fspath(self.backups_dir / previous.id / TREE)
-        target_tree = os.fspath(tree)
-        entries = {}
-        for job in jobs:
-            old = job.previous
-            assert old is not None  # noqa: S101 - a link job carries the previous entry
-            os.link(f"{source_tree}/{job.rel}", f"{target_tree}/{job.rel}", follow_symlinks=False)
-            if old.type == "file":
-                old = old.model_copy(update={"sig": file_signature(job.entry.info)})
-            entries[encode_name(job.rel)] = old
-        return entries
-
-    def _check_written(self, manifest: Manifest) -> None:
-        """Read the new backup back: manifest checksum, and every stored file's size."""
-        written = self.read_manifest(manifest.id)
-        tree = os.fspath(self.path_of(manifest.id) / TREE)
+    def _check_written(self, manifest: Manifest, raw: bytes, new: Sequence[str]) -> None:
+        """Read the new backup back: the manifest as written, and every new object's size
+        (the objects it reuses were found with theirs when the backup was planned)."""
+        folder = self.path_of(manifest.id)
+        try:
+            intact = (folder / MANIFEST).read_bytes() == raw
+        except OSError:
+            intact = False
+        if not intact:
+            raise BackupError("failed verification: manifest.json", backup_id=manifest.id)
+        objects = self.objects_of(manifest)
+        fresh = set(new)
         missing = []
-        for rel, entry in written.decoded().items():
-            if entry.type in ("file", "sqlite"):
-                try:
-                    size = os.stat(f"{tree}/{rel}").st_size  # noqa: PTH116 - hot loop
-                except OSError:
-                    size = -1
-                if size != entry.size:
-                    missing.append(rel)
+        for stored, entry in manifest.entries.items():
+            if entry.type not in ("file", "sqlite") or entry.hash not in fresh:
+                continue
+            try:
+                size = object_path(objects, entry.hash).stat().st_size
+            except OSError:
+                size = -1
+            if size != entry.size:
+                missing.append(decode_name(stored))
         if missing:
             raise BackupError(f"failed verification: {', '.join(missing)}", backup_id=manifest.id)
-        logger.info("backup.verified", backup_id=manifest.id, files=len(written.entries))
+        logger.info("backup.verified", backup_id=manifest.id, files=len(manifest.entries))
 
     def restore(
         self, backup_id: str, root: Path, *, on_progress: ProgressCallback | None = None
     ) -> RestoreReport:
-        """Make the backed-up scope under ``root`` identical to this backup (see ``_restore``)."""
+        """Make the backed-up scope under ``root`` identical to this backup (see ``_restore``).
+
+        ``_restore`` is imported here: taking a backup does not pay for loading it."""
+        from ._restore import restore  # noqa: PLC0415 - see above
+
         return restore(self, backup_id, root, on_progress=on_progress)
 
     # -- removing ---------------------------------------------------------------------------
 
     def delete(self, backup_id: str) -> None:
+        """Delete a backup, then the objects no remaining backup references."""
+        self._remove(backup_id)
+        crash_point("backup.before_collect")
+        self.collect_garbage()
+
+    def _remove(self, backup_id: str) -> None:
         path = self.path_of(backup_id)
         if not path.is_dir():
             raise BackupError("does not exist", backup_id=backup_id)
@@ -657,16 +839,60 @@ class BackupStore:
         logger.info("backup.deleted", backup_id=backup_id)
 
     def prune(self, keep: int, *, protect: Iterable[str] = ()) -> builtins.list[str]:
-        """Delete all but the newest ``keep`` backups, never one in ``protect``."""
+        """Delete all but the newest ``keep`` backups, never one in ``protect``; then the
+        objects no remaining backup references."""
         if keep < 0:
             raise ValueError("keep must be >= 0")
         protected = set(protect)
         ids = self.ids()
         doomed = [b for b in ids[: max(0, len(ids) - keep)] if b not in protected]
         for backup_id in doomed:
-            self.delete(backup_id)
-        for leftover in self.backups_dir.glob(".deleting-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            self._remove(backup_id)
+        if self.backups_dir.is_dir():
+            for leftover in self.backups_dir.glob(".deleting-*"):
+                shutil.rmtree(leftover)
+        crash_point("backup.before_collect")
+        self.collect_garbage()
         if doomed:
             logger.info("backup.pruned", deleted=doomed, kept=len(ids) - len(doomed))
         return doomed
+
+    def collect_garbage(self) -> int:
+        """Remove the shared objects no backup references; how many were removed.
+
+        Removes nothing when a backup's manifest cannot be read at all (what it references
+        is then unknown): an object a manifest references is never removed. It must not run
+        while a backup is being taken (its new objects are not referenced yet): the state
+        folder's lock keeps them apart, as it does every command and run.
+        """
+        objects = self.backups_dir / OBJECTS
+        if not objects.is_dir():
+            return 0
+        referenced: set[str] = set()
+        for backup_id in self.ids():
+            try:
+                manifest = self.read_manifest(backup_id)
+            except BackupError as exc:
+                named = self._hashes_named(backup_id)
+                if named is None:
+                    logger.warning("backup.collect_skipped", backup_id=backup_id, error=str(exc))
+                    return 0
+                referenced |= named
+                continue
+            if manifest.format >= 4 and not manifest.own_objects:
+                referenced.update(
+                    e.hash for e in manifest.entries.values() if e.type in ("file", "sqlite")
+                )
+        removed = 0
+        with os.scandir(objects) as fans:
+            folders = [fan.path for fan in fans if fan.is_dir(follow_symlinks=False)]
+        for folder in folders:
+            with os.scandir(folder) as found:
+                doomed = [entry.path for entry in found if entry.name not in referenced]
+            for path in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # noqa: PTH108
+                    removed += 1
+        if removed:
+            logger.info("backup.objects_removed", removed=removed)
+        return removed

@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ __all__ = [
     "encode_name",
     "kind_of",
     "link_destination",
+    "link_leaders",
+    "may_set_owner",
     "shown",
     "walk",
 ]
@@ -186,6 +188,7 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
     PermissionError.
     """
     excluded, included = scope.matchers()
+    skipped, taken = _any_of(excluded), _any_of(included)
     stack: list[tuple[str, bool]] = [("", not included)]
     keep_open = opened is not None
     opened = [] if opened is None else opened
@@ -197,9 +200,9 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
                 children = sorted(entries, key=lambda e: e.name, reverse=True)
             for child in children:
                 rel = f"{relative}/{child.name}" if relative else child.name
-                if any(p.fullmatch(rel) for p in excluded):
+                if skipped(rel):
                     continue
-                in_scope = inside or any(p.fullmatch(rel) for p in included)
+                in_scope = inside or bool(taken(rel))
                 info = child.stat(follow_symlinks=False)
                 kind = kind_of(info.st_mode)
                 if kind == "dir":
@@ -210,6 +213,14 @@ def walk(scope: Scope, *, opened: list[tuple[Path, int]] | None = None) -> Itera
     finally:
         if not keep_open:
             close_opened(opened)
+
+
+def _any_of(patterns: list[re.Pattern[str]]) -> Callable[[str], object]:
+    """A test of whether any of ``patterns`` matches a whole path: one regular expression
+    (the walk asks it of every path)."""
+    if not patterns:
+        return lambda _rel: None
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns)).fullmatch
 
 
 def close_opened(opened: list[tuple[Path, int]]) -> None:
@@ -235,3 +246,29 @@ def _scandir(
             folder.chmod(wanted, follow_symlinks=False)
             opened.append((folder, stat.S_IMODE(info.st_mode)))
     return os.scandir(folder)
+
+
+def link_leaders(entries: Iterable[TreeEntry]) -> dict[str, str]:
+    """Hard links among ``entries``: each file that shares its inode with an earlier one (in
+    the sorted order of names as a manifest stores them) mapped to that first path. Links to
+    files outside ``entries`` do not count."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for entry in entries:
+        if entry.kind == "file" and entry.info.st_nlink > 1:
+            groups.setdefault((entry.info.st_dev, entry.info.st_ino), []).append(entry.rel)
+    leaders: dict[str, str] = {}
+    for names in groups.values():
+        first, *others = sorted(names, key=encode_name)
+        leaders.update(dict.fromkeys(others, first))
+    return leaders
+
+
+def may_set_owner(uid: int, gid: int) -> bool:
+    """Whether this process may give a path owner ``uid`` and group ``gid``: as root, any
+    known owner; otherwise only its own user with one of its own groups. Owners are compared,
+    and a restore sets them, exactly where this holds."""
+    if uid < 0 or gid < 0:
+        return False
+    if os.geteuid() == 0:
+        return True
+    return uid == os.geteuid() and (gid == os.getegid() or gid in os.getgroups())

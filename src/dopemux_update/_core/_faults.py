@@ -21,6 +21,7 @@ __all__ = ["CRASH_POINTS", "check_write", "crash_point"]
 CRASH_POINTS = (
     "backup.file",  # after each file of a backup is stored
     "backup.before_rename",  # the backup is complete but not yet visible
+    "backup.before_collect",  # backups deleted, their unreferenced objects not yet removed
     "journal.run_started",  # after each journal record is durable ...
     "journal.step_begun",
     "journal.step_done",

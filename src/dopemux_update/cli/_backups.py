@@ -12,9 +12,7 @@ import click
 from .._backup._store import BackupInfo, BackupStore, DamagedBackupError
 from .._backup._tree import Scope
 from .._core._exceptions import BackupError
-from .._safety._journal import Journal
 from .._safety._lock import holding_lock
-from .._safety._recovery import covers_installation, journaled_restore
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -25,7 +23,6 @@ from ._common import (
     make_context,
     plural,
 )
-from ._recover import recover_first
 from ._view import format_bytes
 
 __all__ = ["DamagedBackup", "backups", "read_backup", "read_backups"]
@@ -51,7 +48,7 @@ def _backup_id(store: BackupStore, given: str) -> str:
 
 
 _SHARING_NOTE = (
-    "Unchanged files are stored once and shared (hard-linked) between backups: a damaged"
+    "Unchanged files are stored once and shared (one object) between backups: a damaged"
     " shared file damages every backup holding it. `backups create --full` (or"
     " `upgrade --full-backup`) takes a backup that shares nothing."
 )
@@ -141,8 +138,8 @@ def list_backups(root: Path, migrations: Path | None, as_json: bool, verbose: in
 @click.option(
     "--full",
     is_flag=True,
-    help="Copy every file, sharing none with older backups (unchanged files are hard-linked"
-    " to the previous backup's copies by default).",
+    help="Copy every file, sharing none with older backups (unchanged files share the"
+    " previous backup's stored copies by default).",
 )
 @common_options
 def create_backup(
@@ -247,6 +244,10 @@ def restore_backup(
     after a partial backup (``--include``, or ``--exclude`` beyond the defaults) the record
     keeps its version.
     """
+    # Only a restore pays for loading recovery (``backups create`` starts without it).
+    from .._safety._recovery import covers_installation, journaled_restore  # noqa: PLC0415
+    from ._recover import recover_first  # noqa: PLC0415
+
     ctx = make_context(root, migrations, as_json, verbose)
     store = _store(ctx)
     backup_id = _backup_id(store, backup_id)
@@ -302,6 +303,8 @@ def restore_backup(
 
 def _protected(ctx: Context) -> set[str]:
     """The backups a run needing recovery, or an unfinished one, depends on."""
+    from .._safety._journal import Journal  # noqa: PLC0415 - only prune needs it
+
     protect = {
         run.backup_id
         for run in ctx.state.read().history
