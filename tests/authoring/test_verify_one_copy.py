@@ -22,6 +22,7 @@ import pytest
 from conftest import MigrationWriter, tree_digest
 from dopemux_update._authoring import _sandbox
 from dopemux_update._authoring._sandbox import copy_sandbox, snapshot_sandbox
+from dopemux_update._backup import _snapshot
 from dopemux_update._backup._snapshot import take_snapshot
 from dopemux_update._backup._tree import Scope
 from dopemux_update.cli import main
@@ -233,6 +234,7 @@ def test_sandbox_snapshots_read_again_only_what_changed_and_read_as_take_snapsho
 
     monkeypatch.setattr(_sandbox, "_file_item", file_item)
     monkeypatch.setattr(_sandbox, "database_digest", database_digest)
+    monkeypatch.setattr(_snapshot, "database_digest", database_digest)
     second = snapshot_sandbox(Scope(sandbox), clock, previous=first)
     assert read == []
     assert second.tree.items == first.tree.items

@@ -244,18 +244,6 @@ def test_status_counts_and_names_the_backups_as_the_store_reads_them(example_cop
     ]
 
 
-def test_the_listing_reads_the_names_and_the_format_the_store_writes() -> None:
-    """``_listing`` does not import ``_manifest`` (and so pydantic): its copies of the file
-    names and of the format must be the manifest's."""
-    assert (_listing.MANIFEST, _listing.MANIFEST_SUM, _listing.MANIFEST_MAC, _listing.KEY) == (
-        _manifest.MANIFEST,
-        _manifest.MANIFEST_SUM,
-        _manifest.MANIFEST_MAC,
-        _manifest.KEY,
-    )
-    assert _listing.FORMAT == _manifest.FORMAT
-
-
 class _OldMigrationRecord(BaseModel):
     """The pydantic models state.json was read with before: the oracle."""
 

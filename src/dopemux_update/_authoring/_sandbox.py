@@ -59,6 +59,7 @@ from .._backup._snapshot import (
     database_digest,
     database_hash,
     link_leaders,
+    read_item,
 )
 from .._backup._sqlite import SIDECARS, capture, is_sqlite, is_wal
 from .._backup._tree import Scope, TreeEntry, link_destination, shown, walk
@@ -519,21 +520,8 @@ def _is_database(path: Path, known: Item | None) -> bool:
 
 
 def _read_item(root: Path, entry: TreeEntry, databases: set[str], texts: _Texts) -> Item:
-    """What ``take_snapshot`` records of ``entry`` (owners and links are added after)."""
-    mode = stat.S_IMODE(entry.info.st_mode)
-    path = root / entry.rel
-    if entry.kind == "dir":
-        return Item("dir", mode)
-    if entry.kind == "symlink":
-        inside = link_destination(root, path)
-        target = os.readlink(path) if inside is None else f"<root>/{inside}"  # noqa: PTH115
-        return Item("symlink", 0, target)
-    if entry.kind != "file":
-        return Item("other", mode, entry.kind)
-    if entry.rel in databases:
-        database = database_digest(path)
-        return Item("sqlite", mode, database_hash(database), database)
-    return _file_item(path, texts.take)[0]
+    """What ``take_snapshot`` records of ``entry``, keeping texts while the budget lasts."""
+    return read_item(root, entry, databases, lambda path: _file_item(path, texts.take)[0])
 
 
 def _clock_mark(clock: Path) -> int:

@@ -8,7 +8,7 @@ secret) show to be whole and written by this tool, which builds manifests only f
 it has validated. Any other manifest (damaged, unauthenticated, of another format) gets
 ``None``: the caller leaves it to the store's reading, which says what is wrong with it.
 
-The names and the format below are the manifest's (``_manifest``); a test checks they agree.
+The file names and the format are the manifest's own (``_names``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["backup_ids", "copied_bytes"]
+from ._names import FORMAT, KEY, KEY_BYTES, MANIFEST, MANIFEST_MAC, MANIFEST_SUM
 
-MANIFEST = "manifest.json"
-MANIFEST_SUM = "manifest.xxh3"
-MANIFEST_MAC = "manifest.hmac"
-KEY = "backup.key"  # beside the backups folder: <state>/backup.key
-FORMAT = 3  # the manifest format whose summary is read here
-_KEY_BYTES = 32
+__all__ = ["backup_ids", "copied_bytes"]
 
 
 def backup_ids(backups_dir: Path) -> list[str]:
@@ -44,8 +39,8 @@ def _read_key(backups_dir: Path) -> bytes | None:
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
-        key = handle.read(_KEY_BYTES + 1)
-    return key if len(key) == _KEY_BYTES else None
+        key = handle.read(KEY_BYTES + 1)
+    return key if len(key) == KEY_BYTES else None
 
 
 def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:

@@ -29,6 +29,7 @@ from .._core._exceptions import BackupError, PreflightError
 from .._core._fsutil import fsync_dir
 from . import _sqlite
 from ._copy import HASH_NAME
+from ._names import FORMAT, KEY, KEY_BYTES, MANIFEST, MANIFEST_MAC, MANIFEST_SUM, OBJECTS, TREE
 from ._tree import Scope, decode_name
 
 __all__ = [
@@ -52,18 +53,8 @@ __all__ = [
     "sign_manifest",
 ]
 
-MANIFEST = "manifest.json"
-MANIFEST_SUM = "manifest.xxh3"
-MANIFEST_MAC = "manifest.hmac"
-KEY = "backup.key"  # beside the backups folder: <state>/backup.key
-TREE = "tree"  # formats 2 and 3: each backup's files under their own paths
-OBJECTS = "objects"  # format 4: stored files named by their content hash
-#: 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest.
-#: 4: stored files are objects (``objects/<2 hex>/<hash>``), shared by every manifest naming them.
-FORMAT = 4
 _FORMATS = (2, 3, 4)
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
-_KEY_BYTES = 32
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -484,9 +475,9 @@ def _read_key(backups_dir: Path) -> bytes | None:
     except OSError as exc:
         raise BackupError(f"the backup key {path} is unreadable: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as handle:
-        key = handle.read(_KEY_BYTES + 1)
-    if len(key) != _KEY_BYTES:
-        raise BackupError(f"the backup key {path} is damaged (not {_KEY_BYTES} bytes)")
+        key = handle.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise BackupError(f"the backup key {path} is damaged (not {KEY_BYTES} bytes)")
     return key
 
 
@@ -500,7 +491,7 @@ def _installation_key(backups_dir: Path) -> bytes:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(_KEY_BYTES))
+            handle.write(secrets.token_bytes(KEY_BYTES))
             handle.flush()
             os.fsync(handle.fileno())
         with contextlib.suppress(FileExistsError):  # another process made one first: use it

@@ -26,7 +26,7 @@ import re
 import sqlite3
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,7 @@ __all__ = [
     "item_difference",
     "link_leaders",
     "may_set_owner",
+    "read_item",
     "same_database",
     "take_snapshot",
 ]
@@ -650,7 +651,7 @@ def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
         ):
             continue  # part of its database, which is compared by content
         try:
-            item = _item(root, entry, databases)
+            item = read_item(root, entry, databases)
             size = entry.info.st_size
             if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
                 item = dataclasses.replace(item, text=_read_text(root / entry.rel))
@@ -674,7 +675,14 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
+def read_item(
+    root: Path,
+    entry: TreeEntry,
+    databases: set[str],
+    read_file: Callable[[Path], Item] | None = None,
+) -> Item:
+    """What a snapshot records of ``entry`` (owners and links are added after); a plain file
+    is read by ``read_file`` when given (the sandbox's reader keeps texts too)."""
     mode = stat.S_IMODE(entry.info.st_mode)
     path = root / entry.rel
     if entry.kind == "dir":
@@ -690,6 +698,8 @@ def _item(root: Path, entry: TreeEntry, databases: set[str]) -> Item:
     if entry.rel in databases:
         database = database_digest(path)
         return Item("sqlite", mode, database_hash(database), database)
+    if read_file is not None:
+        return read_file(path)
     return Item("file", mode, hash_file(path)[0])
 
 
