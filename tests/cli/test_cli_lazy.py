@@ -123,6 +123,21 @@ def test_status_and_history_import_none_of_rich_pydantic_anyio_asyncio_structlog
     assert heavy == set()
 
 
+def test_an_upgrade_in_a_pipe_writes_its_run_log_without_structlog_or_rich(
+    example_copy: Path,
+) -> None:
+    """structlog (and rich, which its console brings) cost an upgrade about a tenth of
+    its time; at the default verbosity in a pipe neither is needed."""
+    where = ["--root", str(example_copy), "--migrations", str(EXAMPLE_MIGRATIONS)]
+    _, heavy = _imported_by("upgrade", "--to", "0.2.0", "--yes", "--no-restart", *where)
+    assert "structlog" not in heavy
+    assert "rich" not in heavy
+    logs = list((example_copy / ".dopemux" / "update" / "logs").glob("*-upgrade-*.jsonl"))
+    events = [json.loads(line)["event"] for line in logs[0].read_text().splitlines()]
+    assert "migration.started" in events
+    assert "update.committed" in events
+
+
 def test_status_reads_the_backups_without_the_backup_store(upgraded: list[str]) -> None:
     ours, _ = _imported_by("status", *upgraded)
     assert not ours & {
@@ -148,29 +163,43 @@ def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
     assert "Backups:           1 (" in shown
 
 
-def _console_lines(*, structlog_first: bool, json_logs: bool) -> list[str]:
-    """The stderr of a command's warnings and errors at the default verbosity (timestamps
-    blanked), with structlog rendering them or without it (nor logging) imported."""
+def _logged(
+    *, structlog_first: bool, json_logs: bool, run_log: Path | None = None
+) -> tuple[list[str], list[str]]:
+    """The stderr of a command's events at the default verbosity, and its run log's lines
+    (timestamps blanked), rendered by structlog (which a host configured first, so the
+    command line configures it in turn) or without it (nor logging) imported."""
     code = (
-        ("import structlog\n" if structlog_first else "") + "import sys\n"
+        ("import structlog\nstructlog.configure()\n" if structlog_first else "") + "import sys\n"
         "from pathlib import Path\n"
-        "from dopemux_update.cli._common import configure_logging\n"
+        "from dopemux_update.cli._common import RunLog, configure_logging\n"
         "from dopemux_update._core._log import get_logger\n"
-        f"configure_logging(0, json_logs={json_logs!r})\n"
+        f"run_log = None if {str(run_log)!r} == 'None' else RunLog(Path({str(run_log)!r}))\n"
+        f"configure_logging(0, json_logs={json_logs!r}, run_log=run_log)\n"
         "log = get_logger().bind(backup_id='b1')\n"
+        "log.debug('quiet.detail', n=1)\n"
         "log.info('not.shown', path='x')\n"
+        "if run_log is not None:\n"
+        "    run_log.start()\n"
         "log.warning('backup.skipped', path='a \"b\"\\n', size=3, where=Path('/x'),"
         " traceback='Traceback ...', level='mine')\n"
         "log.warning('migration.output', line='told by the progress already')\n"
         "log.error('state.write_failed', error='é')\n"
         "log.critical('bare')\n"
+        "if run_log is not None:\n"
+        "    run_log.close()\n"
         f"assert ('structlog' in sys.modules) is {structlog_first!r}\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    logged = run_log.read_text().splitlines() if run_log is not None else []
     return [
-        re.sub(r'"timestamp": "[^"]+"', '"timestamp": "T"', line)
-        for line in run.stderr.splitlines()
+        [re.sub(r'"timestamp": "[^"]+"', '"timestamp": "T"', line) for line in lines]
+        for lines in (run.stderr.splitlines(), logged)
     ]
+
+
+def _console_lines(*, structlog_first: bool, json_logs: bool) -> list[str]:
+    return _logged(structlog_first=structlog_first, json_logs=json_logs)[0]
 
 
 @pytest.mark.parametrize("json_logs", [False, True], ids=["lines", "json"])
@@ -180,6 +209,22 @@ def test_console_lines_without_structlog_are_the_ones_structlog_writes(json_logs
     light = _console_lines(structlog_first=False, json_logs=json_logs)
     assert len(light) == (4 if json_logs else 3)
     assert light == _console_lines(structlog_first=True, json_logs=json_logs)
+
+
+@pytest.mark.parametrize("json_logs", [False, True], ids=["lines", "json"])
+def test_a_run_log_without_structlog_is_the_one_structlog_writes(
+    json_logs: bool, tmp_path: Path
+) -> None:
+    """``upgrade`` at the default verbosity writes its run log and console without
+    structlog; every event (debug ones too, held until the log starts) is the same line."""
+    light = _logged(structlog_first=False, json_logs=json_logs, run_log=tmp_path / "light.jsonl")
+    full = _logged(structlog_first=True, json_logs=json_logs, run_log=tmp_path / "full.jsonl")
+    console, logged = light
+    assert len(logged) == 6
+    assert "traceback_in" in "".join(console)
+    assert str(tmp_path / "light.jsonl") in "".join(console)
+    assert [line.replace("light.jsonl", "full.jsonl") for line in console] == full[0]
+    assert logged == full[1]
 
 
 def test_status_imports_no_logging_when_nothing_is_logged(upgraded: list[str]) -> None:

@@ -10,9 +10,9 @@ looks at structlog's configuration:
   ``event key=value ...`` line, with the event name and its fields also attached to the
   record (``record.dopemux_event``, ``record.dopemux_fields``) for handlers that want them.
   That logger has a ``NullHandler``, so a host without any logging set up sees nothing at all
-  (not even Python's last-resort handler on stderr). A warning or error that gets there is
-  also given to the console a command line set (:func:`set_console`): its short lines,
-  without a logging handler.
+  (not even Python's last-resort handler on stderr). Each such event at or above the level
+  a command line asked for is also given to the sink it set (:func:`set_console`): its
+  console's short lines and its run log, without a logging handler or structlog.
 
 Neither structlog nor :mod:`logging` is imported before the first event: a command that
 logs nothing (``status``) pays for neither.
@@ -41,15 +41,15 @@ LOGGER_NAME = "dopemux_update"
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _WARNING = _LEVELS["warning"]
 
-#: A command line's console: ``(level, event, fields)`` of each warning or error.
+#: A command line's sink: ``(level, event, fields)`` of each event it asked for.
 Console = Callable[[str, str, dict[str, Any]], None]
-_console: list[Console] = []  # none, or the one set
+_console: list[tuple[Console, int]] = []  # none, or the one set, with its lowest level
 
 
-def set_console(console: Console | None) -> None:
-    """Give the warnings and errors that reach the stdlib logger to ``console`` too (None:
-    no longer)."""
-    _console[:] = [] if console is None else [console]
+def set_console(console: Console | None, *, level: str = "warning") -> None:
+    """Give every event of ``level`` or above to ``console`` too, while structlog is not
+    configured (None: no longer)."""
+    _console[:] = [] if console is None else [(console, _LEVELS[level])]
 
 
 @functools.cache
@@ -111,11 +111,11 @@ class Logger:
             getattr(_structlog_logger(structlog), level)(event, **merged)
             return
         number = _LEVELS[level]
+        if _console and number >= _console[0][1]:
+            _console[0][0](level, event, merged)
         stdlib = _stdlib()
         if not stdlib.isEnabledFor(number):
             return
-        if _console and number >= _WARNING:
-            _console[0](level, event, merged)
         text = " ".join([event, *(f"{k}={_render(v)}" for k, v in merged.items())])
         stdlib.log(
             number,

@@ -16,7 +16,7 @@ import click
 from packaging.version import Version
 
 from .._core._exceptions import UpdateError
-from .._core._log import set_console
+from .._core._log import Console, set_console
 from .._core._versions import parse_version
 from .._safety._private import check_state_dir, make_private_dirs, open_private
 from .._safety._state import DEFAULT_STATE_DIR, VERSION_FILE, StateStore
@@ -224,19 +224,20 @@ def _ui_line(quiet: bool, method: str, event_dict: MutableMapping[str, Any]) -> 
 
 
 class _UiLines:
-    """The default console of a command without a run log, without structlog (nor logging):
-    the library gives it the warnings and errors it sends to the stdlib logger while
-    structlog is not configured (see ``_log``); they become the same short lines as
-    :func:`_ui_only` makes."""
+    """The default console without structlog (nor logging): the library gives it the
+    warnings and errors it logs while structlog is not configured (see ``_log``); they
+    become the same short lines as :func:`_ui_only` makes. A traceback is left to
+    ``traceback_in``: the run log, or ``-v``."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, traceback_in: str = "-v") -> None:
         self.quiet = quiet
+        self.traceback_in = traceback_in
 
     def __call__(self, level: str, event: str, fields: dict[str, Any]) -> None:
         shown = dict(fields)
-        if "traceback" in shown:  # as _brief does: the traceback needs -v
+        if "traceback" in shown:  # as _brief does
             shown.pop("traceback")
-            shown["traceback_in"] = "-v"
+            shown["traceback_in"] = self.traceback_in
         line = _ui_line(self.quiet, level, {"event": event, **shown})
         if line is not None:
             sys.stderr.write(line + "\n")
@@ -250,18 +251,44 @@ def _json_default(value: Any) -> Any:
         return repr(value)
 
 
-def _json_lines(level: str, event: str, fields: dict[str, Any]) -> None:
-    """The ``--json`` console of a command without a run log, without structlog: warnings
-    and errors as the JSON lines structlog's JSONRenderer writes for them (with the level
-    and an ISO UTC timestamp; a traceback left for ``-v``)."""
+def _event_dict(level: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The event as structlog's processors here make it: the fields, then the event, the
+    level (``add_log_level``) and an ISO UTC timestamp (``TimeStamper(fmt="iso", utc=True)``)."""
     line = dict(fields)
     line["event"] = event
     line["level"] = level
     line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    if "traceback" in line:  # as _brief does: the traceback needs -v
-        line.pop("traceback")
-        line["traceback_in"] = "-v"
-    sys.stderr.write(json.dumps(line, default=_json_default) + "\n")
+    return line
+
+
+class _JsonLines:
+    """The ``--json`` console without structlog: warnings and errors as the JSON lines
+    structlog's JSONRenderer writes for them (a traceback left to ``traceback_in``)."""
+
+    def __init__(self, traceback_in: str = "-v") -> None:
+        self.traceback_in = traceback_in
+
+    def __call__(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        line = _event_dict(level, event, fields)
+        if "traceback" in line:  # as _brief does
+            line.pop("traceback")
+            line["traceback_in"] = self.traceback_in
+        sys.stderr.write(json.dumps(line, default=_json_default) + "\n")
+
+
+class _RunLogLines:
+    """A command with a run log at the default verbosity, without structlog: every event
+    to the run log as the JSON line structlog wrote there, and the warnings and errors to
+    the console as ``console`` shows them."""
+
+    def __init__(self, run_log: RunLog, console: Console) -> None:
+        self.run_log = run_log
+        self.console = console
+
+    def __call__(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        self.run_log(None, level, _event_dict(level, event, fields))
+        if _LEVELS[level] >= _WARNING:
+            self.console(level, event, fields)
 
 
 def reset_console_logging() -> None:
@@ -287,10 +314,16 @@ def configure_logging(verbosity: int, *, json_logs: bool, run_log: RunLog | None
     each); ``-v`` adds the log lines (JSON only with ``--json``), ``-q`` keeps errors only.
     """
     reset_console_logging()
-    if run_log is None and verbosity == 0 and "structlog" not in sys.modules:
-        # A command without a run log (status, plan, history, ...) at the default
-        # verbosity: the same lines, without importing structlog (and rich, asyncio) at all.
-        set_console(_json_lines if json_logs else _UiLines(quiet_requested()))
+    found = sys.modules.get("structlog")
+    if verbosity == 0 and (found is None or not found.is_configured()):
+        # The default verbosity, and no host configured structlog: the same console lines
+        # and run log as below, without importing structlog (and rich) at all.
+        where = "-v" if run_log is None else str(run_log.path)
+        console: Console = _JsonLines(where) if json_logs else _UiLines(quiet_requested(), where)
+        if run_log is None:
+            set_console(console)
+        else:
+            set_console(_RunLogLines(run_log, console), level="debug")
         return
     import structlog  # noqa: PLC0415 - 60 ms: only for commands that log more than lines
 

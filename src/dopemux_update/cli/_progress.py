@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO, cast
 
-import structlog
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -300,7 +299,8 @@ class LiveDisplay:
 
     def __enter__(self) -> LiveDisplay:
         self._started = time.monotonic()
-        if self._redirect_logs:
+        structlog = sys.modules.get("structlog")  # -v: configured by the command line
+        if self._redirect_logs and structlog is not None and structlog.is_configured():
             self._saved_logger_factory = structlog.get_config()["logger_factory"]
             structlog.configure(
                 logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr()))
@@ -319,7 +319,7 @@ class LiveDisplay:
         finally:
             self._live.stop()
             if self._saved_logger_factory is not None:
-                structlog.configure(logger_factory=self._saved_logger_factory)
+                sys.modules["structlog"].configure(logger_factory=self._saved_logger_factory)
 
     def restarting(self, services: Sequence[str]) -> None:
         with self._lock:
