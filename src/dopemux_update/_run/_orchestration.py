@@ -17,7 +17,6 @@ import anyio
 import anyio.to_thread
 from packaging.version import Version
 
-from .._backup._identical import differences
 from .._backup._store import BackupStore, ProgressCallback
 from .._backup._tree import Scope
 from .._core import _events as ev
@@ -908,6 +907,9 @@ class OrchestrationPhase:
 
     def _check_identical(self, store: BackupStore, backup_id: str) -> bool:
         """After a restore: is the tree identical to the backup? (see ``_identical``)."""
+        # Only a failed run gets here: a run that succeeds does not load the comparison.
+        from .._backup._identical import differences  # noqa: PLC0415
+
         try:
             found = differences(store, backup_id, self.project_root)
         except (OSError, UpdateError) as exc:
