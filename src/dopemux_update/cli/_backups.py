@@ -20,10 +20,10 @@ from ._common import (
     Context,
     common_options,
     emit,
+    format_bytes,
     make_context,
     plural,
 )
-from ._view import format_bytes
 
 __all__ = ["DamagedBackup", "backups", "read_backup", "read_backups"]
 
