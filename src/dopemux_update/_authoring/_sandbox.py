@@ -58,8 +58,8 @@ from .._backup._snapshot import (
     TreeSnapshot,
     database_digest,
     database_hash,
-    link_leaders,
     read_item,
+    tree_items,
 )
 from .._backup._sqlite import SIDECARS, capture, is_sqlite, is_wal
 from .._backup._tree import Scope, TreeEntry, link_destination, shown, walk
@@ -420,32 +420,17 @@ def snapshot_sandbox(
     databases = {
         e.rel for e in entries if e.kind == "file" and _is_database(root / e.rel, reused[e.rel])
     }
-    leaders = link_leaders(entries)
     texts = _Texts()
-    top = root.stat()
-    items: dict[str, Item] = {
-        ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
-    }
-    for entry in entries:
-        if entry.kind == "file" and any(
-            entry.rel.endswith(s) and entry.rel[: -len(s)] in databases for s in SIDECARS
-        ):
-            continue  # part of its database, which is compared by content
-        try:
-            item = reused[entry.rel]
-            if item is None and deferred is not None and entry.rel in databases:
-                item = deferred.defer(root, entry)
-            if item is None:
-                item = _read_item(root, entry, databases, texts)
-        except (OSError, sqlite3.Error) as exc:
-            raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
-        items[entry.rel] = dataclasses.replace(
-            item,
-            mode=stat.S_IMODE(entry.info.st_mode) if item.kind != "symlink" else 0,
-            uid=entry.info.st_uid,
-            gid=entry.info.st_gid,
-            link=leaders.get(entry.rel, ""),
-        )
+
+    def read(entry: TreeEntry) -> Item:
+        item = reused[entry.rel]
+        if item is None and deferred is not None and entry.rel in databases:
+            item = deferred.defer(root, entry)
+        if item is None:
+            item = _read_item(root, entry, databases, texts)
+        return item
+
+    items = tree_items(root, entries, databases, read)
     tree = TreeSnapshot(root=scope.root, items=items)
     return SandboxSnapshot(tree, now, _clock_mark(clock))
 

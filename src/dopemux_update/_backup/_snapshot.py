@@ -64,6 +64,7 @@ __all__ = [
     "read_item",
     "same_database",
     "take_snapshot",
+    "tree_items",
 ]
 
 _EXAMPLES = 3  # rows shown per table in a report
@@ -639,8 +640,28 @@ def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
     root = scope.root.resolve()
     entries = list(walk(Scope(root, scope.excluded, scope.included)))
     databases = {e.rel for e in entries if e.kind == "file" and is_sqlite(root / e.rel)}
-    leaders = link_leaders(entries)
     budget = TEXTS_LIMIT
+
+    def read(entry: TreeEntry) -> Item:
+        nonlocal budget
+        item = read_item(root, entry, databases)
+        size = entry.info.st_size
+        if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
+            item = dataclasses.replace(item, text=_read_text(root / entry.rel))
+            budget -= size
+        return item
+
+    return TreeSnapshot(root=scope.root, items=tree_items(root, entries, databases, read))
+
+
+def tree_items(
+    root: Path, entries: list[TreeEntry], databases: set[str], read: Callable[[TreeEntry], Item]
+) -> dict[str, Item]:
+    """The items of a snapshot of ``root`` whose walk gave ``entries``: the root's own mode
+    and owners (as ``"."``), and each entry as ``read`` gives it, with its mode, owners and
+    hard-link leader from the walk; a database's ``-wal``/``-shm``/``-journal`` files are part
+    of it. Raises :class:`~dopemux_update.UpdateError` naming a path that cannot be read."""
+    leaders = link_leaders(entries)
     top = root.stat()
     items: dict[str, Item] = {
         ".": Item("dir", stat.S_IMODE(top.st_mode), uid=top.st_uid, gid=top.st_gid)
@@ -651,17 +672,17 @@ def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
         ):
             continue  # part of its database, which is compared by content
         try:
-            item = read_item(root, entry, databases)
-            size = entry.info.st_size
-            if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
-                item = dataclasses.replace(item, text=_read_text(root / entry.rel))
-                budget -= size
+            item = read(entry)
         except (OSError, sqlite3.Error) as exc:
             raise UpdateError(f"{shown(entry.rel)}: cannot be read: {exc}") from exc
         items[entry.rel] = dataclasses.replace(
-            item, uid=entry.info.st_uid, gid=entry.info.st_gid, link=leaders.get(entry.rel, "")
+            item,
+            mode=stat.S_IMODE(entry.info.st_mode) if item.kind != "symlink" else 0,
+            uid=entry.info.st_uid,
+            gid=entry.info.st_gid,
+            link=leaders.get(entry.rel, ""),
         )
-    return TreeSnapshot(root=scope.root, items=items)
+    return items
 
 
 def _read_text(path: Path) -> str | None:
