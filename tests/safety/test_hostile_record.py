@@ -390,6 +390,36 @@ def test_a_migration_deleting_the_state_folder_stops_the_run_and_recover_says_wh
     assert "stamp" in report["error"]
 
 
+def test_a_migration_deleting_the_backups_stored_objects_stops_the_run(
+    installation: Path, migrations: MigrationWriter
+) -> None:
+    """The objects hold every backup's files: deleting them is noticed after the migration
+    returns, like deleting the backup's folder, and the run says the backup is lost."""
+    add_config_migration(migrations)
+    migrations.add(
+        "v1.0_to_v1.1",
+        "2_cleans_up.py",
+        forward=(
+            "import shutil\n"
+            "shutil.rmtree(project_root / '.dopemux' / 'update' / 'backups' / 'objects')\n"
+            "return True"
+        ),
+    )
+    migrations.add("v1.0_to_v1.1", "3_never_runs.py")
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    done = cli("upgrade", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    culprit = "v1.0_to_v1.1/2_cleans_up"
+    assert result["failed_migration"] == culprit
+    assert "stored objects" in result["error"]
+    assert result["backup_lost"] is True
+    assert result["rolled_back"] == [culprit, "v1.0_to_v1.1/1_config"]
+    assert "forward v1.0_to_v1.1/3_never_runs" not in migrations.calls_made()
+    assert installed(state_of(installation)) == "1.0"
+
+
 def test_verify_flags_a_migration_that_deletes_the_state_folder(
     installation: Path, migrations: MigrationWriter
 ) -> None:

@@ -4,8 +4,9 @@ A migration is arbitrary code. One that deletes ``.dopemux/`` (a "move the datab
 restructure) takes the run's journal and backup with it; one that calls ``os.chdir`` would
 send every relative path elsewhere. The run resolves its paths once, before any migration is
 imported, and after each migration call checks, with a few ``stat`` calls, that the state
-folder, the journal and the backup are the very files it made, and that the working
-directory is where it was.
+folder, the journal and the backup (its folder, its manifest, and the object store its
+files live in) are the very files it made, and that the working directory is where it was.
+Removing single stored objects is left to the verification every restore makes first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._backup._manifest import MANIFEST, MANIFEST_SUM
+from .._backup._names import MANIFEST, MANIFEST_SUM, OBJECTS
 from .._core._exceptions import UpdateError
 from .._core._log import get_logger
 
@@ -63,6 +64,7 @@ class StateGuard:
     journal: Path
     backup: Path | None
     backup_files: tuple[Path, ...]
+    objects: Path | None
     _ids: dict[Path, _Identity | None]
     journal_size: Callable[[], int | None] | None = None
 
@@ -76,13 +78,19 @@ class StateGuard:
     ) -> StateGuard:
         """What is there now; ``journal_size`` tells how long the run made its journal."""
         files: tuple[Path, ...] = ()
+        objects: Path | None = None
         if backup is not None:
             files = (backup / MANIFEST, backup / MANIFEST_SUM)
         ids = {state_dir: _identity(state_dir), journal: _identity(journal)}
         if backup is not None:
             ids[backup] = _identity(backup)
+            # The shared objects (format 4); a full backup keeps its own, inside its folder.
+            shared = backup.parent / OBJECTS
+            ids[shared] = _identity(shared)
+            if ids[shared] is not None:
+                objects = shared
         ids.update({path: _identity(path, content=True) for path in files})
-        return cls(state_dir, journal, backup, files, ids, journal_size)
+        return cls(state_dir, journal, backup, files, objects, ids, journal_size)
 
     def problems(self) -> list[str]:
         """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
@@ -104,14 +112,19 @@ class StateGuard:
                 found.append(f"it deleted or replaced the backup {self.backup}")
             elif any(_identity(f, content=True) != self._ids[f] for f in self.backup_files):
                 found.append(f"it changed the backup {self.backup}")
+            if self.objects is not None and _identity(self.objects) != self._ids[self.objects]:
+                found.append(f"it deleted or replaced the backups' stored objects {self.objects}")
         return found
 
     def backup_usable(self) -> bool:
         """The backup's folder and manifest are still the ones the run wrote."""
         if self.backup is None:
             return False
-        return _identity(self.backup) == self._ids[self.backup] and all(
-            _identity(f, content=True) == self._ids[f] for f in self.backup_files
+        objects_kept = self.objects is None or _identity(self.objects) == self._ids[self.objects]
+        return (
+            objects_kept
+            and _identity(self.backup) == self._ids[self.backup]
+            and all(_identity(f, content=True) == self._ids[f] for f in self.backup_files)
         )
 
     def check(self, migration_id: str) -> None:
