@@ -14,33 +14,18 @@ The file names and the format are the manifest's own (``_names``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from ._names import FORMAT, KEY, KEY_BYTES, MANIFEST, MANIFEST_MAC, MANIFEST_SUM
+from ._names import FORMAT, MANIFEST, MANIFEST_MAC, MANIFEST_SUM, backup_ids, load_key, manifest_mac
 
 __all__ = ["backup_ids", "copied_bytes"]
 
 
-def backup_ids(backups_dir: Path) -> list[str]:
-    """Ids of complete backups, oldest first (as ``BackupStore.ids``)."""
-    if not backups_dir.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in backups_dir.iterdir()
-        if not p.name.startswith(".") and (p / MANIFEST_SUM).is_file()
-    )
-
-
 def _read_key(backups_dir: Path) -> bytes | None:
     try:
-        fd = os.open(backups_dir.parent / KEY, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+        return load_key(backups_dir)
+    except (OSError, ValueError):  # the store's reading says what is wrong with it
         return None
-    with os.fdopen(fd, "rb") as handle:
-        key = handle.read(KEY_BYTES + 1)
-    return key if len(key) == KEY_BYTES else None
 
 
 def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
@@ -57,14 +42,13 @@ def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
     if key is None:
         return None
     # Imported here: an installation without backups (or status without them) needs none.
-    import hashlib  # noqa: PLC0415
     import hmac  # noqa: PLC0415
 
     import xxhash  # noqa: PLC0415
 
     if xxhash.xxh3_128_hexdigest(raw) != expected:
         return None
-    if not hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).hexdigest().encode(), mac):
+    if not hmac.compare_digest(manifest_mac(key, raw), mac):
         return None
     try:
         document = json.loads(raw)

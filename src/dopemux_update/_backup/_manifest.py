@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import builtins
 import contextlib
-import hashlib
 import hmac
 import json
 import os
@@ -29,7 +28,19 @@ from .._core._exceptions import BackupError, PreflightError
 from .._core._fsutil import fsync_dir
 from . import _sqlite
 from ._copy import HASH_NAME
-from ._names import FORMAT, KEY, KEY_BYTES, MANIFEST, MANIFEST_MAC, MANIFEST_SUM, OBJECTS, TREE
+from ._names import (
+    FORMAT,
+    KEY,
+    KEY_BYTES,
+    MANIFEST,
+    MANIFEST_MAC,
+    MANIFEST_SUM,
+    OBJECTS,
+    TREE,
+    key_path,
+    load_key,
+    manifest_mac,
+)
 from ._tree import Scope, decode_name
 
 __all__ = [
@@ -462,23 +473,14 @@ def _check_manifest_entries(manifest: Manifest, backup_id: str) -> None:
         )
 
 
-def _key_path(backups_dir: Path) -> Path:
-    return backups_dir.parent / KEY
-
-
 def _read_key(backups_dir: Path) -> bytes | None:
-    path = _key_path(backups_dir)
+    path = key_path(backups_dir)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
+        return load_key(backups_dir)
     except OSError as exc:
         raise BackupError(f"the backup key {path} is unreadable: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        key = handle.read(KEY_BYTES + 1)
-    if len(key) != KEY_BYTES:
-        raise BackupError(f"the backup key {path} is damaged (not {KEY_BYTES} bytes)")
-    return key
+    except ValueError as exc:
+        raise BackupError(f"the backup key {path} is damaged ({exc})") from exc
 
 
 def _installation_key(backups_dir: Path) -> bytes:
@@ -486,7 +488,7 @@ def _installation_key(backups_dir: Path) -> bytes:
     key = _read_key(backups_dir)
     if key is not None:
         return key
-    path = _key_path(backups_dir)
+    path = key_path(backups_dir)
     tmp = path.with_name(f".{KEY}.tmp-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -508,7 +510,7 @@ def sign_manifest(backups_dir: Path, raw: bytes) -> bytes:
     """The MAC to store as ``manifest.hmac`` beside the manifest bytes ``raw``: HMAC-SHA256
     keyed by the installation's secret (``<state>/backup.key``, created on first use)."""
     key = _installation_key(backups_dir)
-    return hmac.new(key, raw, hashlib.sha256).hexdigest().encode()
+    return manifest_mac(key, raw)
 
 
 def check_manifest(backups_dir: Path, raw: bytes, mac: bytes | None, *, backup_id: str) -> None:
@@ -516,10 +518,10 @@ def check_manifest(backups_dir: Path, raw: bytes, mac: bytes | None, *, backup_i
     whoever can write into the backups folder but cannot read the key cannot forge one."""
     key = _read_key(backups_dir)
     if key is None:
-        reason = f"the installation's key {_key_path(backups_dir)} is missing"
+        reason = f"the installation's key {key_path(backups_dir)} is missing"
     elif mac is None:
         reason = f"{MANIFEST_MAC} is missing"
-    elif hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).hexdigest().encode(), mac.strip()):
+    elif hmac.compare_digest(manifest_mac(key, raw), mac.strip()):
         return
     else:
         reason = "its MAC does not match"

@@ -1,7 +1,11 @@
-"""The names a backup is stored under, and its manifest's format: shared by the store's strict
-reading (``_manifest``) and the light listing ``status`` uses (``_listing``)."""
+"""The names a backup is stored under, its manifest's format, and how a manifest is
+authenticated: shared by the store's strict reading (``_manifest``, ``_store``) and the light
+listing ``status`` uses (``_listing``), which must not pay for the store's imports."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 __all__ = [
     "FORMAT",
@@ -12,6 +16,10 @@ __all__ = [
     "MANIFEST_SUM",
     "OBJECTS",
     "TREE",
+    "backup_ids",
+    "key_path",
+    "load_key",
+    "manifest_mac",
 ]
 
 MANIFEST = "manifest.json"
@@ -24,3 +32,42 @@ OBJECTS = "objects"  # format 4: stored files named by their content hash
 #: 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest.
 #: 4: stored files are objects (``objects/<2 hex>/<hash>``), shared by every manifest naming them.
 FORMAT = 4
+
+
+def backup_ids(backups_dir: Path) -> list[str]:
+    """Ids of complete backups (those with a manifest checksum), oldest first (ids sort by
+    creation time)."""
+    if not backups_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in backups_dir.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST_SUM).is_file()
+    )
+
+
+def key_path(backups_dir: Path) -> Path:
+    """The installation's secret, beside the backups folder: ``<state>/backup.key``."""
+    return backups_dir.parent / KEY
+
+
+def load_key(backups_dir: Path) -> bytes | None:
+    """The installation's secret; None when there is none yet. Raises :class:`OSError`
+    when it cannot be read, :class:`ValueError` when it is not :data:`KEY_BYTES` long."""
+    try:
+        fd = os.open(key_path(backups_dir), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        key = handle.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"not {KEY_BYTES} bytes")
+    return key
+
+
+def manifest_mac(key: bytes, raw: bytes) -> bytes:
+    """What ``manifest.hmac`` holds for the manifest bytes ``raw``: HMAC-SHA256, hex."""
+    import hashlib  # noqa: PLC0415 - status lists backups without loading them at start
+    import hmac  # noqa: PLC0415
+
+    return hmac.new(key, raw, hashlib.sha256).hexdigest().encode()

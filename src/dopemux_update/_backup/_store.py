@@ -82,6 +82,7 @@ from ._manifest import (
     read_manifest,
     sign_manifest,
 )
+from ._names import backup_ids
 from ._tree import Scope, TreeEntry, close_opened, decode_name, encode_name, link_leaders, walk
 
 if TYPE_CHECKING:
@@ -347,13 +348,7 @@ class BackupStore:
 
     def ids(self) -> builtins.list[str]:
         """Ids of complete backups, oldest first (ids sort by creation time)."""
-        if not self.backups_dir.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.backups_dir.iterdir()
-            if not p.name.startswith(".") and (p / MANIFEST_SUM).is_file()
-        )
+        return backup_ids(self.backups_dir)
 
     def list(self) -> builtins.list[BackupInfo]:
         """Every complete backup, oldest first."""
