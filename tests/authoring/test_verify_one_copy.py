@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from dopemux_update._backup import _snapshot
 from dopemux_update._backup._snapshot import take_snapshot
 from dopemux_update._backup._tree import Scope
 from dopemux_update.cli import main
+from support.tmpfs import mounted_tmpfs
 
 V1 = "v0.1.0_to_v0.2.0"
 
@@ -45,23 +45,8 @@ def add_database(root: Path) -> None:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs, a sandbox folder that can really fill up; unmounted afterwards."""
-    mount_program, umount_program = shutil.which("mount"), shutil.which("umount")
-    if mount_program is None or umount_program is None:
-        pytest.skip("no mount(8) here to make a small tmpfs")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(
-        [mount_program, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run([umount_program, "-l", str(mount)], check=False)
 
 
 def test_verify_copies_each_file_of_the_installation_once(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dopemux_update import OrchestrationPhase
 from dopemux_update._safety._journal import _line
 from dopemux_update._safety._recovery import recover
 from dopemux_update._safety._state import StateStore
+from support.tmpfs import mounted_tmpfs
 
 CONFIG_AFTER = "# keep me\nlog_level: debug\n"
 
@@ -83,23 +83,8 @@ def post_digest(installation: Path) -> dict[str, Any]:
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs, a disk that can really fill up (a backup wants 16 MiB free beyond
     its size), unmounted afterwards."""
-    mount_program, umount_program = shutil.which("mount"), shutil.which("umount")
-    if mount_program is None or umount_program is None:
-        pytest.skip("no mount(8) here to make a small tmpfs")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(
-        [mount_program, "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "20m") as mount:
         yield mount
-    finally:
-        subprocess.run([umount_program, "-l", str(mount)], check=False)
 
 
 # -- 1. after the commit point, only forward ----------------------------------------------
@@ -343,12 +328,39 @@ def test_recover_reports_a_journal_it_cannot_use_instead_of_a_traceback(
 # -- 4. a migration that deletes the state folder -----------------------------------------
 
 
+def _upgrade_stopped_by_state_damage(
+    installation: Path,
+    migrations: MigrationWriter,
+    name: str,
+    forward: str,
+    backward: str = "return True",
+) -> tuple[dict[str, Any], list[str], str]:
+    """Upgrade through a config migration and ``name``, which damages the update's own state,
+    then one that must never run: the run stops at ``name`` (exit 3), undoes both, and says
+    the backup is lost. The result, the command's arguments and the culprit's id."""
+    add_config_migration(migrations)
+    migrations.add("v1.0_to_v1.1", name, forward=forward, backward=backward)
+    migrations.add("v1.0_to_v1.1", "3_never_runs.py")
+    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
+    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
+    done = cli("upgrade", *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    culprit = "v1.0_to_v1.1/" + name.removesuffix(".py")
+    assert result["failed_migration"] == culprit
+    assert culprit in result["error"]
+    assert result["backup_lost"] is True
+    assert result["rolled_back"] == [culprit, "v1.0_to_v1.1/1_config"]
+    assert "forward v1.0_to_v1.1/3_never_runs" not in migrations.calls_made()
+    return result, args, culprit
+
+
 def test_a_migration_deleting_the_state_folder_stops_the_run_and_recover_says_why(
     installation: Path, migrations: MigrationWriter
 ) -> None:
-    add_config_migration(migrations)
-    migrations.add(
-        "v1.0_to_v1.1",
+    result, args, culprit = _upgrade_stopped_by_state_damage(
+        installation,
+        migrations,
         "2_moves_data_out.py",
         forward=(
             "import shutil\n"
@@ -365,19 +377,7 @@ def test_a_migration_deleting_the_state_folder_stops_the_run_and_recover_says_wh
             "return True"
         ),
     )
-    migrations.add("v1.0_to_v1.1", "3_never_runs.py")
-    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
-    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
-    done = cli("upgrade", *args)
-    assert done.returncode == 3, done.stdout + done.stderr
-    result = json.loads(done.stdout)
-    culprit = "v1.0_to_v1.1/2_moves_data_out"
-    assert result["failed_migration"] == culprit
-    assert culprit in result["error"]
     assert "cannot be restored" in result["error"]
-    assert result["backup_lost"] is True
-    assert result["rolled_back"] == [culprit, "v1.0_to_v1.1/1_config"]
-    assert "forward v1.0_to_v1.1/3_never_runs" not in migrations.calls_made()
 
     status = cli("status", *args)
     assert json.loads(status.stdout)["needs_recovery"] is True
@@ -395,9 +395,9 @@ def test_a_migration_deleting_the_backups_stored_objects_stops_the_run(
 ) -> None:
     """The objects hold every backup's files: deleting them is noticed after the migration
     returns, like deleting the backup's folder, and the run says the backup is lost."""
-    add_config_migration(migrations)
-    migrations.add(
-        "v1.0_to_v1.1",
+    result, _, _ = _upgrade_stopped_by_state_damage(
+        installation,
+        migrations,
         "2_cleans_up.py",
         forward=(
             "import shutil\n"
@@ -405,18 +405,7 @@ def test_a_migration_deleting_the_backups_stored_objects_stops_the_run(
             "return True"
         ),
     )
-    migrations.add("v1.0_to_v1.1", "3_never_runs.py")
-    assert cli("stamp", "1.0", "--root", str(installation)).returncode == 0
-    args = ["--root", str(installation), "--migrations", str(migrations.root), "--json"]
-    done = cli("upgrade", *args)
-    assert done.returncode == 3, done.stdout + done.stderr
-    result = json.loads(done.stdout)
-    culprit = "v1.0_to_v1.1/2_cleans_up"
-    assert result["failed_migration"] == culprit
     assert "stored objects" in result["error"]
-    assert result["backup_lost"] is True
-    assert result["rolled_back"] == [culprit, "v1.0_to_v1.1/1_config"]
-    assert "forward v1.0_to_v1.1/3_never_runs" not in migrations.calls_made()
     assert installed(state_of(installation)) == "1.0"
 
 
