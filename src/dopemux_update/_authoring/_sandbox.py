@@ -58,6 +58,7 @@ from .._backup._snapshot import (
     TreeSnapshot,
     database_digest,
     database_hash,
+    file_text,
     read_item,
     tree_items,
 )
@@ -335,16 +336,6 @@ class _Texts:
         return True
 
 
-def _text(raw: bytes) -> str | None:
-    """The text of ``raw``, or None when it is not UTF-8 text (a NUL byte says binary)."""
-    if b"\0" in raw:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _file_item(path: Path, keep_text: Callable[[int], bool]) -> tuple[Item, Standing]:
     """A plain file as ``take_snapshot`` reads it (its hash, and its text while the budget
     lasts), and how it stood when read. A small file is read once, for both."""
@@ -355,7 +346,7 @@ def _file_item(path: Path, keep_text: Callable[[int], bool]) -> tuple[Item, Stan
             return Item("file", mode, hash_file(path)[0]), _standing(info)
         raw = handle.readall()
     digest = xxhash.xxh3_128(raw).hexdigest()
-    return Item("file", mode, digest, text=_text(raw)), _standing(info)
+    return Item("file", mode, digest, text=file_text(raw)), _standing(info)
 
 
 class _ReadBack:

@@ -27,7 +27,7 @@ import xxhash
 
 from .._core._faults import check_write
 from .._core._fsutil import start_writeback
-from ._sparse import copy_sparse, hash_sparse
+from ._sparse import copy_range, copy_sparse, hash_sparse
 
 __all__ = ["HASH_NAME", "allocated", "copy_and_hash", "copy_file", "hash_file", "is_sparse"]
 
@@ -190,22 +190,15 @@ def _hash_copy(path: Path) -> tuple[str, int]:
 
 
 def _kernel_copy(source: int, target: int, size: int) -> None:
-    copied = 0
-    try:
-        while copied < size:
-            sent = os.copy_file_range(source, target, size - copied, copied, copied)
-            if sent == 0:
-                return
-            copied += sent
-    except OSError as exc:
-        if exc.errno not in _UNSUPPORTED or copied:
-            raise
-        while copied < size:
-            os.lseek(target, copied, os.SEEK_SET)
-            sent = os.sendfile(target, source, copied, size - copied)
-            if sent == 0:
-                return
-            copied += sent
+    """Copy ``size`` bytes (fewer if the source shrinks): by ``copy_file_range`` as far as
+    the kernel goes, the rest by ``sendfile``."""
+    copied = copy_range(source, target, 0, size)
+    while copied < size:
+        os.lseek(target, copied, os.SEEK_SET)
+        sent = os.sendfile(target, source, copied, size - copied)
+        if sent == 0:
+            return
+        copied += sent
 
 
 def copy_file(source: Path, destination: Path, *, mode: int = 0o600, fsync: bool = False) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "TreeDiff",
     "TreeSnapshot",
     "diff_snapshots",
+    "file_text",
     "forward_changes",
     "item_difference",
     "link_leaders",
@@ -647,7 +648,7 @@ def take_snapshot(scope: Scope, *, texts: bool = False) -> TreeSnapshot:
         item = read_item(root, entry, databases)
         size = entry.info.st_size
         if texts and item.kind == "file" and size <= min(TEXT_LIMIT, budget):
-            item = dataclasses.replace(item, text=_read_text(root / entry.rel))
+            item = dataclasses.replace(item, text=file_text((root / entry.rel).read_bytes()))
             budget -= size
         return item
 
@@ -685,9 +686,9 @@ def tree_items(
     return items
 
 
-def _read_text(path: Path) -> str | None:
-    """The file's text, or None when it is not UTF-8 text (a NUL byte says binary)."""
-    raw = path.read_bytes()
+def file_text(raw: bytes) -> str | None:
+    """A file's text from its bytes, or None when it is not UTF-8 text (a NUL byte says
+    binary)."""
     if b"\0" in raw:
         return None
     try:

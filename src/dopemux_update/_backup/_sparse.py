@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Protocol
 
-__all__ = ["Digest", "copy_sparse", "extents", "feed_zeros", "hash_sparse"]
+__all__ = ["Digest", "copy_range", "copy_sparse", "extents", "feed_zeros", "hash_sparse"]
 
 _CHUNK = 256 << 10
 _ZEROS = memoryview(bytes(_CHUNK))
@@ -73,7 +73,7 @@ def hash_sparse(fd: int, size: int, digest: Digest) -> None:
     feed_zeros(digest, size - position)
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> int:
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> int:
     """Copy bytes ``start``..``end`` in the kernel (a reflink where the file system can);
     returns where it stopped (``end``, or earlier: the source shrank, or no kernel copy)."""
     offset = start
@@ -105,7 +105,7 @@ def copy_sparse(src_fd: int, dst_fd: int, size: int, *, digest: Digest | None = 
     written = 0
     for start, end in extents(src_fd, size):
         feed_zeros(digest, start - position)
-        offset = start if digest is not None else _copy_range(src_fd, dst_fd, start, end)
+        offset = start if digest is not None else copy_range(src_fd, dst_fd, start, end)
         written += offset - start
         while offset < end:
             read = os.preadv(src_fd, [view[: min(_CHUNK, end - offset)]], offset)
