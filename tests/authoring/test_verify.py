@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,40 @@ async def test_cancelling_stops_the_rehearsal_and_removes_the_sandbox(
     calls = migrations.calls_made()
     assert calls[0] == f"forward {V1}/001_waits"
     assert calls[1:] in ([], [f"forward {V1}/002_never"])
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_rehearsal_stops_at_its_next_call_even_while_the_loop_is_busy(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path, gate: object
+) -> None:
+    """The rehearsal's thread reads the cancellation itself: it does not wait for the event
+    loop (here held by the canceller) to pass it on, and runs no further migration."""
+    migrations.add(
+        V1,
+        "001_waits.py",
+        forward=("import dopemux_test_gate as g\ng.started.set()\ng.release.wait(10)\nreturn True"),
+    )
+    migrations.add(V1, "002_never.py")
+    sandboxes = tmp_path / "sandboxes"
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_started() -> None:
+            await anyio.to_thread.run_sync(gate.started.wait, 10)  # type: ignore[attr-defined]
+            scope.cancel()
+            gate.release.set()  # type: ignore[attr-defined]
+            time.sleep(0.5)  # noqa: ASYNC251 - holds the event loop on purpose
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_started)
+            await rehearse(
+                project_root=installation,
+                migrations_dir=migrations.root,
+                current_version="0.1.0",
+                sandbox_dir=sandboxes,
+            )
+    assert scope.cancelled_caught
+    assert list(sandboxes.iterdir()) == []
+    assert migrations.calls_made() == [f"forward {V1}/001_waits"]
 
 
 def test_a_bad_migration_is_a_usage_error_naming_the_file(

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from packaging.version import Version
 
@@ -686,6 +687,23 @@ def _relative_state(root: Path, state: Path) -> str:
         return DEFAULT_STATE_DIR.as_posix()
 
 
+class _StopWhenCancelled(threading.Event):
+    """A rehearsal's stop request when it runs for async code: set by hand, or seen as soon
+    as the caller's task is cancelled. The rehearsal's thread reads the cancellation itself
+    (``anyio.from_thread.check_cancelled``) at its next call, with no round trip through the
+    event loop, which may be busy while the thread goes on."""
+
+    def is_set(self) -> bool:
+        if not super().is_set():
+            try:
+                anyio.from_thread.check_cancelled()
+            except RuntimeError:
+                pass  # not the rehearsal's worker thread (a migration's own): the flag only
+            except BaseException:  # noqa: BLE001 - the backend's cancellation: stop
+                self.set()
+        return super().is_set()
+
+
 async def rehearse(
     *,
     project_root: Path,
@@ -737,7 +755,7 @@ async def rehearse(
     with routing_installed():
         steps, scope, version_from, version_to = await anyio.to_thread.run_sync(prepare)
     state_name = _relative_state(root, state)
-    stop = threading.Event()
+    stop = _StopWhenCancelled()
 
     def work() -> RehearsalReport:
         return rehearse_steps(
@@ -761,11 +779,10 @@ async def rehearse(
 
     async def in_thread() -> None:
         try:
-            # Shielded: the thread is never left behind by a cancellation; the stop flag
-            # below ends it (at its next call, or after the grace period) and it removes its
-            # sandbox before this returns.
-            with anyio.CancelScope(shield=True):
-                reports.append(await anyio.to_thread.run_sync(work))
+            # Not abandoned on cancellation: the thread sees it at its next call (the stop
+            # flag reads it), or after the grace period, and removes its sandbox before this
+            # returns.
+            reports.append(await anyio.to_thread.run_sync(work, abandon_on_cancel=False))
         except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
             errors.append(exc)
         finally:
