@@ -12,10 +12,13 @@ import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
+
+if TYPE_CHECKING:
+    from dopemux_update import BackupStore
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_INSTALLATION = REPO / "examples" / "installation"
@@ -61,22 +64,43 @@ def stored_copy(backup: Path, rel: str) -> Path:
 
 
 def as_older_format(backup: Path, version: int) -> None:
-    """Turn the format-4 backup in folder ``backup`` into one of ``version`` (2 or 3), as an
-    older release wrote it: its files copied under ``tree/``, hard-linked to the same file of
-    the previous backup, if that one is in this layout too and holds it unchanged; a format
-    2 manifest has no owners, SQLite settings or MAC."""
-    import json
-
+    """Turn the backup in folder ``backup`` into one of ``version`` (2, 3 or 4), as an older
+    release wrote it: format 4 with entries as objects of the fields that are set; formats 2
+    and 3 with its files copied under ``tree/``, hard-linked to the same file of the previous
+    backup, if that one is in this layout too and holds it unchanged; a format 2 manifest has
+    no owners, SQLite settings or MAC."""
     import xxhash
 
     from dopemux_update import BackupStore
     from dopemux_update._backup._manifest import sign_manifest
+    from support.manifests import encoded, named
 
     store = BackupStore(backup.parent)
+    if version < 4:
+        _as_tree(store, backup)
+    document = named((backup / "manifest.json").read_bytes())
+    document["format"] = version
+    if version < 4:
+        document.pop("own_objects")
+    if version == 2:
+        for entry in document["entries"].values():
+            for key in ("uid", "gid", "sqlite"):
+                entry.pop(key, None)
+    raw = encoded(document, rows=False)
+    (backup / "manifest.json").write_bytes(raw)
+    (backup / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
+    if version == 2:
+        (backup / "manifest.hmac").unlink()
+    else:
+        (backup / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))
+
+
+def _as_tree(store: BackupStore, backup: Path) -> None:
+    """Copy the backup's stored files under its ``tree/``, as formats 2 and 3 held them."""
     manifest = store.read_manifest(backup.name)
     tree = backup / "tree"
-    tree.mkdir(mode=0o700)
     previous = store.backups_dir / (manifest.previous or "-") / "tree"
+    tree.mkdir(mode=0o700)
     for rel, entry in sorted(manifest.decoded().items()):
         if entry.type == "dir":
             (tree / rel).mkdir(mode=0o700)
@@ -88,20 +112,6 @@ def as_older_format(backup: Path, version: int) -> None:
             else:
                 shutil.copyfile(stored, tree / rel)
                 (tree / rel).chmod(0o600)
-    document = json.loads((backup / "manifest.json").read_bytes())
-    document["format"] = version
-    document.pop("own_objects")
-    if version == 2:
-        for entry in document["entries"].values():
-            for key in ("uid", "gid", "sqlite"):
-                entry.pop(key, None)
-    raw = json.dumps(document).encode()
-    (backup / "manifest.json").write_bytes(raw)
-    (backup / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
-    if version == 2:
-        (backup / "manifest.hmac").unlink()
-    else:
-        (backup / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))
 
 
 class MigrationWriter:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -27,6 +26,7 @@ from dopemux_update import (
 )
 from dopemux_update._backup import _store as backup_module
 from dopemux_update._backup._manifest import sign_manifest
+from support.manifests import encoded, named
 
 
 def store_and_scope(root: Path, **kw: Any) -> tuple[BackupStore, Scope]:
@@ -176,7 +176,9 @@ def test_a_tampered_manifest_is_detected(installation: Path) -> None:
     store, scope = store_and_scope(installation)
     info = store.create(scope)
     manifest = info.path / "manifest.json"
-    manifest.write_bytes(manifest.read_bytes().replace(b'"mode":384', b'"mode":511'))
+    raw = manifest.read_bytes()
+    assert b'"file",384,' in raw
+    manifest.write_bytes(raw.replace(b'"file",384,', b'"file",511,', 1))
     with pytest.raises(BackupError, match=r"manifest\.json is damaged"):
         store.verify(info.id)
 
@@ -185,9 +187,9 @@ def test_a_manifest_naming_paths_outside_the_root_is_refused(installation: Path)
     store, scope = store_and_scope(installation)
     info = store.create(scope)
     manifest = info.path / "manifest.json"
-    document = json.loads(manifest.read_bytes())
+    document = named(manifest.read_bytes())
     document["entries"]["../escaped"] = document["entries"]["secret.env"]
-    raw = json.dumps(document).encode()
+    raw = encoded(document)
     manifest.write_bytes(raw)
     (info.path / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
     (info.path / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))

@@ -31,6 +31,7 @@ from dopemux_update import BackupError, BackupStore, Scope
 from dopemux_update._backup import _sqlite as sqlite_module
 from dopemux_update._backup._manifest import object_path, sign_manifest
 from dopemux_update._backup._sparse import copy_sparse
+from support.manifests import encoded, named
 
 NOBODY = 65534
 
@@ -47,9 +48,9 @@ def rewrite_manifest(
     """Change a backup's manifest as an attacker would: checksum recomputed, and the MAC
     too when ``sign`` (an attacker who also stole the installation's key)."""
     folder = store.backups_dir / backup_id
-    document = json.loads((folder / "manifest.json").read_bytes())
+    document = named((folder / "manifest.json").read_bytes())
     edit(document)
-    raw = json.dumps(document).encode()
+    raw = encoded(document)
     (folder / "manifest.json").write_bytes(raw)
     (folder / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
     if sign:
@@ -261,7 +262,8 @@ def test_duplicate_keys_in_the_manifest_json_are_refused(installation: Path) -> 
     info = store.create(scope)
     folder = info.path
     raw = (folder / "manifest.json").read_bytes()
-    raw = raw.replace(b'"entries":{', b'"entries":{"secret.env":{"type":"dir"},', 1)
+    twice = b'"secret.env":["dir",448,0,0,"","",false,[],false,-1,-1,null],'
+    raw = raw.replace(b'"entries":{', b'"entries":{' + twice, 1)
     (folder / "manifest.json").write_bytes(raw)
     (folder / "manifest.xxh3").write_text(xxhash.xxh3_128_hexdigest(raw))
     (folder / "manifest.hmac").write_bytes(sign_manifest(store.backups_dir, raw))

@@ -270,6 +270,31 @@ def test_format_3_backups_are_still_listed_verified_restored_and_pruned(
             assert object_path(store.backups_dir / "objects", entry.hash).is_file(), rel
 
 
+def test_format_4_backups_with_named_fields_are_still_read_and_referenced(
+    installation: Path,
+) -> None:
+    """Format 5 writes entries as arrays; a format-4 manifest (objects of named fields) is
+    still verified and restored, and the next backup reuses its objects."""
+    store, scope = store_and_scope(installation)
+    old = store.create(scope)
+    as_older_format(old.path, 4)
+    raw = (old.path / "manifest.json").read_bytes()
+    assert b'"type": "file"' in raw
+    assert store.read_manifest(old.id).format == 4
+    store.verify(old.id)
+    before = tree_digest(installation)
+    (installation / "config" / "app.yaml").write_text("migrated")
+    store.restore(old.id, installation)
+    assert tree_digest(installation) == before
+    new = store.create(scope)  # the unchanged files: the format-4 backup's objects
+    assert 0 < new.copied_bytes < old.copied_bytes  # the restored file alone is new
+    manifest = store.read_manifest(new.id)
+    assert manifest.format == 5
+    assert b'"type":"file"' not in (new.path / "manifest.json").read_bytes()
+    assert store.shared_files(new.id) > 0
+    assert [b.id for b in store.list()] == [old.id, new.id]
+
+
 def test_taking_a_backup_loads_no_pydantic_restore_or_snapshot_code(installation: Path) -> None:
     """Start-up counts for a command as short as an unchanged backup (issue 16)."""
     script = (

@@ -24,6 +24,7 @@ from dopemux_update._core._exceptions import StateError
 from dopemux_update._safety._state import StateStore
 from dopemux_update.cli import _status
 from dopemux_update.cli._backups import DamagedBackup, read_backups
+from support.manifests import encoded, named
 
 HEAVY = ("rich", "pydantic", "anyio", "asyncio", "structlog")
 
@@ -258,9 +259,9 @@ def test_status_counts_and_names_the_backups_as_the_store_reads_them(example_cop
     manifest = [backups / backup_id / _manifest.MANIFEST for backup_id in ids]
     manifest[1].write_bytes(manifest[1].read_bytes() + b" ")  # fails its checksum
     (backups / ids[2] / _manifest.MANIFEST_MAC).unlink()  # not authenticated
-    older = json.loads(manifest[3].read_bytes())  # format 2: a checksum and no MAC
+    older = named(manifest[3].read_bytes())  # format 2: a checksum and no MAC
     older["format"] = 2
-    _sign(backups, ids[3], json.dumps(older).encode())
+    _sign(backups, ids[3], encoded(older, rows=False))
     (backups / ids[3] / _manifest.MANIFEST_MAC).unlink()
     newer = json.loads(manifest[4].read_bytes())
     newer["format"] = 99

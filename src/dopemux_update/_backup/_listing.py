@@ -30,7 +30,8 @@ def _read_key(backups_dir: Path) -> bytes | None:
 
 def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
     """The bytes backup ``backup_id`` copied, from a manifest whose checksum and MAC match
-    and that is of :data:`FORMAT`; None for any other (the store's reading judges it)."""
+    and that is of format 4 or :data:`FORMAT`; None for any other (the store's reading
+    judges it)."""
     folder = backups_dir / backup_id
     try:
         raw = (folder / MANIFEST).read_bytes()
@@ -56,7 +57,7 @@ def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
         return None
     if type(document) is not dict or type(document.get("format")) is not int:
         return None
-    if document["format"] != FORMAT:
+    if document["format"] not in (4, FORMAT):  # the formats with ``copied_bytes``
         return None
     copied = document.get("copied_bytes")
     return copied if type(copied) is int and copied >= 0 else None

@@ -8,14 +8,12 @@ backup could not hold. The store (``_store``) writes backups; ``_restore`` reads
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import contextlib
 import hmac
 import json
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +62,7 @@ __all__ = [
     "sign_manifest",
 ]
 
-_FORMATS = (2, 3, 4)
+_FORMATS = (2, 3, 4, 5)
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
 ProgressCallback = Callable[[int, int], None]
 
@@ -125,8 +123,14 @@ class Entry(NamedTuple):
     #: ``journal_mode``, ``auto_vacuum``, ``user_version``, ``application_id``.
     sqlite: dict[str, int | str] = {}  # noqa: RUF012 - never changed in place
 
+    def to_row(self) -> tuple[object, ...]:
+        """Every field, in order (format 5): no settings is ``null``."""
+        if self.sqlite:
+            return self
+        return (*self[:-1], None)
+
     def to_json(self) -> dict[str, object]:
-        """The fields that differ from their defaults (the type always)."""
+        """The fields that differ from their defaults (the type always), formats 2 to 4."""
         out: dict[str, object] = {"type": self.type}
         for name, value, default in zip(_ENTRY_NAMES, self[1:], _ENTRY_DEFAULTS, strict=True):
             if value != default:
@@ -184,7 +188,11 @@ class Manifest:
             "copied_bytes": self.copied_bytes,
             "own_objects": self.own_objects,
             "skipped": self.skipped,
-            "entries": {rel: entry.to_json() for rel, entry in self.entries.items()},
+            "entries": (
+                {rel: entry.to_row() for rel, entry in self.entries.items()}
+                if self.format >= _ROWS
+                else {rel: entry.to_json() for rel, entry in self.entries.items()}
+            ),
         }
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -320,16 +328,56 @@ def _entry(raw: object) -> Entry | None:
     return Entry(**raw)
 
 
+#: From format 5 on, an entry is the array of its fields, in ``Entry``'s order.
+_ROWS = 5
+_ROW = tuple(_ENTRY_KINDS[name] for name in Entry._fields[:-1])
+_ROW_KINDS = frozenset(((*_ROW, type(None)), (*_ROW, dict)))  # without settings, a database
+_NO_SETTINGS = Entry._field_defaults["sqlite"]
+
+
+def _row_entry(row: Any) -> Entry | None:
+    """The entry the array ``row`` describes (format 5), or None when it is not one
+    (``_bad_row`` says why): every field of its type, nothing more or less.
+
+    Changes ``row`` (a list just decoded) into the entry's fields, for speed: a manifest
+    holds thousands."""
+    if type(row) is not list or tuple(map(type, row)) not in _ROW_KINDS:
+        return None
+    sig, settings = row[7], row[11]
+    if row[0] not in _ENTRY_TYPES or (sig and not set(map(type, sig)) <= _INT):
+        return None
+    if settings is not None and not set(map(type, settings.values())) <= _SETTING:
+        return None
+    row[7] = tuple(sig)
+    if settings is None:
+        row[11] = _NO_SETTINGS
+    return Entry._make(row)
+
+
+def _bad_row(row: object) -> str:
+    """Why ``row`` is not a format-5 entry."""
+    if type(row) is not list:
+        return "not a JSON array"
+    if len(row) != len(Entry._fields):
+        return f"{len(row)} fields, expected {len(Entry._fields)} ({', '.join(Entry._fields)})"
+    for name, value in zip(Entry._fields, row, strict=True):
+        check = _ENTRY_FIELDS[name]
+        if not (check(value) or (name == "sqlite" and value is None)):
+            return f"field {name!r} has a wrong type or value: {value!r}"
+    return "a field has a wrong type or value"
+
+
 def _parse_manifest(document: dict[str, Any], backup_id: str) -> Manifest:
     """A manifest from its JSON document, every field checked by hand."""
     problem = _bad_fields(document, _MANIFEST_FIELDS, _MANIFEST_REQUIRED)
     if problem:
         raise BackupError(f"manifest is unreadable: {problem}", backup_id=backup_id)
+    rows = document["format"] >= _ROWS
     entries = {}
     for rel, raw in document["entries"].items():
-        entry = _entry(raw)
+        entry = _row_entry(raw) if rows else _entry(raw)
         if entry is None:
-            problem = _bad_fields(raw, _ENTRY_FIELDS, ("type",))
+            problem = _bad_row(raw) if rows else _bad_fields(raw, _ENTRY_FIELDS, ("type",))
             raise BackupError(
                 f"manifest is unreadable: entry {rel!r}: {problem}", backup_id=backup_id
             )
@@ -419,14 +467,18 @@ def _check_entry(
 
 
 def _under_a_non_folder(entries: dict[str, Entry]) -> tuple[str, str] | None:
-    """An entry that sits under one that is no folder (a symlink, a file), and that one."""
-    names = sorted(entries)
-    for rel, entry in entries.items():
-        if entry.type == "dir":
-            continue
-        below = bisect.bisect_left(names, rel + "/")
-        if below < len(names) and names[below].startswith(rel + "/"):
-            return names[below], rel
+    """The first entry (in sorted order) that sits under one that is no folder (a symlink,
+    a file), and that one. Each entry's nearest ancestor in the manifest is looked up: a
+    folder's own ancestors are checked with it."""
+    for rel in sorted(entries):
+        parent = rel
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
+            above = entries.get(parent)
+            if above is not None:
+                if above.type != "dir":
+                    return rel, parent
+                break
     return None
 
 
@@ -489,11 +541,11 @@ def _installation_key(backups_dir: Path) -> bytes:
     if key is not None:
         return key
     path = key_path(backups_dir)
-    tmp = path.with_name(f".{KEY}.tmp-{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{KEY}.tmp-{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(KEY_BYTES))
+            handle.write(os.urandom(KEY_BYTES))  # what secrets.token_bytes reads
             handle.flush()
             os.fsync(handle.fileno())
         with contextlib.suppress(FileExistsError):  # another process made one first: use it

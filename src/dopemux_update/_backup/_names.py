@@ -31,7 +31,9 @@ TREE = "tree"  # formats 2 and 3: each backup's files under their own paths
 OBJECTS = "objects"  # format 4: stored files named by their content hash
 #: 3: owners, hard links, SQLite settings; an HMAC authenticates the manifest.
 #: 4: stored files are objects (``objects/<2 hex>/<hash>``), shared by every manifest naming them.
-FORMAT = 4
+#: 5: the same, each entry written as an array of its fields in order (not an object of named
+#: fields): half the bytes, read and written in a fraction of the time.
+FORMAT = 5
 
 
 def backup_ids(backups_dir: Path) -> list[str]:

@@ -24,7 +24,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -325,7 +324,7 @@ def _purge(parent: int, name: str) -> None:
 
 
 def _tmp_name() -> str:
-    return f".dmx-restore-{secrets.token_hex(6)}"
+    return f".dmx-restore-{os.urandom(6).hex()}"
 
 
 def _rename_into(folder: int, tmp: str, name: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import stat
 import threading
@@ -327,7 +326,7 @@ def replace_file(
     The new file is built beside ``live`` under a short temporary name (a long ``live`` name
     does not make it too long), then renamed over it.
     """
-    tmp = live.with_name(f".dmx-restore-{secrets.token_hex(6)}")
+    tmp = live.with_name(f".dmx-restore-{os.urandom(6).hex()}")
     try:
         with contextlib.ExitStack() as stack:
             source = sqlite3.connect(_uri(copy, mode="ro", immutable="1"), uri=True)

@@ -39,12 +39,10 @@ hard-linked between backups) are still listed, verified and restored.
 from __future__ import annotations
 
 import builtins
-import concurrent.futures
 import contextlib
 import json
 import os
 import queue
-import secrets
 import shutil
 import sqlite3
 import stat
@@ -198,6 +196,8 @@ def _capture_all(
     """Copy or capture every job in a pool of threads, the largest first (so that no big
     file is left to copy alone at the end); the caller's thread reports progress as each
     finishes and watches for a cancellation, which it passes on to the pool."""
+    import concurrent.futures  # noqa: PLC0415 - an unchanged tree's backup copies nothing
+
     entries: dict[str, Entry] = {}
     done = 0
     cancelled = threading.Event()
@@ -236,21 +236,30 @@ def _capture_all(
 
 def _new_id() -> str:
     now = datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{os.urandom(3).hex()}"
 
 
-def _databases(root: Path, found: Sequence[TreeEntry], before: dict[str, Entry]) -> set[str]:
-    """The SQLite databases among the files ``found``, by their headers."""
-    databases = set()
+def _databases(root: Path, found: Sequence[TreeEntry], same: set[str]) -> set[str]:
+    """The SQLite databases among the files ``found``, by their headers (a plain file that
+    is the ``same`` as in the previous backup cannot have become a database)."""
+    return {
+        item.rel
+        for item in found
+        if item.kind == "file"
+        and item.rel not in same
+        and _sqlite.is_sqlite(Path(f"{root}/{item.rel}"))
+    }
+
+
+def _same_files(found: Sequence[TreeEntry], before: dict[str, Entry]) -> set[str]:
+    """The files ``found`` that were plain files in the previous backup (``before``) and
+    have not been written since (see ``_unchanged``)."""
+    same = set()
     for item in found:
-        if item.kind != "file":
-            continue
         old = before.get(item.rel)
-        if old is not None and old.type == "file" and _unchanged(old, item.info):
-            continue  # a plain file that has not changed cannot have become a database
-        if _sqlite.is_sqlite(Path(f"{root}/{item.rel}")):
-            databases.add(item.rel)
-    return databases
+        if old is not None and old.type == item.kind == "file" and _unchanged(old, item.info):
+            same.add(item.rel)
+    return same
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -292,9 +301,10 @@ def _unchanged(old: Entry, info: os.stat_result) -> bool:
     """Nothing written to the file since ``old`` recorded it: the same inode, size, mtime and
     ctime (no one can set a ctime back), mode and owners. Its stored copy can be shared."""
     return (
-        old.sig == file_signature(info)
-        and old.mode == stat.S_IMODE(info.st_mode)
-        and (old.uid, old.gid) == (info.st_uid, info.st_gid)
+        old.sig == (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)  # its sig
+        and old.mode == info.st_mode & 0o7777
+        and old.uid == info.st_uid
+        and old.gid == info.st_gid
     )
 
 
@@ -386,6 +396,8 @@ class BackupStore:
                 return str(exc.strerror or exc)
 
         unique = sorted(set(paths.values()))  # an object several files share is read once
+        import concurrent.futures  # noqa: PLC0415 - a backup that copies nothing needs none
+
         with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
             found = dict(zip(unique, pool.map(check, unique), strict=True))
         bad = []
@@ -479,11 +491,12 @@ class BackupStore:
         its JSON cannot be read at all."""
         try:
             document = json.loads((self.backups_dir / backup_id / MANIFEST).read_bytes())
-            entries = document["entries"]
-            return {
-                e["hash"] for e in entries.values() if isinstance(e.get("hash"), str) and e["hash"]
-            }
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            hashes = (
+                e[4] if isinstance(e, list) else e.get("hash")  # format 5: fields in order
+                for e in document["entries"].values()
+            )
+            return {digest for digest in hashes if isinstance(digest, str) and digest}
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     def shared_files(self, backup_id: str) -> int:
@@ -664,7 +677,8 @@ class BackupStore:
         objects = os.fspath(self.backups_dir / OBJECTS)
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
-        databases = _databases(scope.root, found, before)
+        same = _same_files(found, before)
+        databases = _databases(scope.root, found, same)
         sidecars = {db + suffix for db in databases for suffix in _sqlite.SIDECARS}
         links = link_leaders(
             item for item in found if item.rel not in databases and item.rel not in sidecars
@@ -701,7 +715,7 @@ class BackupStore:
                 else:
                     jobs.append(_Job(item.rel, item, "sqlite", number=len(jobs)))
                 continue
-            if old is not None and old.type == "file" and _unchanged(old, info) and stored(old):
+            if old is not None and item.rel in same and stored(old):
                 jobs.append(_Job(item.rel, item, "reuse", old))
             else:
                 jobs.append(_Job(item.rel, item, "copy", number=len(jobs)))

@@ -9,7 +9,7 @@ interrupted by another crash is simply run again, and running it twice is harmle
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +144,7 @@ def journaled_restore(
         journal.start(
             {
                 "kind": "restore_started",
-                "run_id": secrets.token_hex(8),
+                "run_id": os.urandom(8).hex(),
                 "backup_id": backup_id,
                 "started_at": utcnow(),
                 "version": manifest.version_from,
