@@ -47,7 +47,7 @@ import shutil
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +106,7 @@ _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
 _STAGING = "staging"  # in the building folder: new objects under temporary names
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     rel: str
     entry: TreeEntry
@@ -306,6 +306,31 @@ def _unchanged(old: Entry, info: os.stat_result) -> bool:
         and old.uid == info.st_uid
         and old.gid == info.st_gid
     )
+
+
+class _ObjectSizes:
+    """Whether the shared object of an entry is stored with its size: looked up relative to
+    the object folder (two path components, not ten), for the thousands of a backup."""
+
+    def __init__(self, objects: Path) -> None:
+        try:
+            self._folder = os.open(objects, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self._folder = -1  # no object folder yet: nothing is stored
+
+    def __enter__(self) -> Callable[[Entry], bool]:
+        return self.stored
+
+    def __exit__(self, *exc: object) -> None:
+        if self._folder >= 0:
+            os.close(self._folder)
+
+    def stored(self, entry: Entry) -> bool:
+        try:
+            size = os.stat(f"{entry.hash[:2]}/{entry.hash}", dir_fd=self._folder).st_size
+        except OSError:
+            return False
+        return size == entry.size
 
 
 class BackupStore:
@@ -674,7 +699,6 @@ class BackupStore:
         with its size); the hard links (a file's other names, each mapped to its first name);
         what is skipped."""
         before = previous.decoded() if previous else {}
-        objects = os.fspath(self.backups_dir / OBJECTS)
         jobs: builtins.list[_Job] = []
         skipped: builtins.list[tuple[str, str]] = []
         same = _same_files(found, before)
@@ -684,41 +708,35 @@ class BackupStore:
             item for item in found if item.rel not in databases and item.rel not in sidecars
         )
 
-        def stored(old: Entry) -> bool:
-            try:
-                size = os.stat(f"{objects}/{old.hash[:2]}/{old.hash}").st_size  # noqa: PTH116
-            except OSError:
-                return False
-            return size == old.size
-
-        for item in found:
-            if item.kind in ("dir", "symlink") or item.rel in sidecars or item.rel in links:
-                continue
-            if item.kind != "file":
-                skipped.append((encode_name(item.rel), item.kind))
-                logger.warning("backup.skipped", path=item.rel, kind=item.kind)
-                continue
-            old = before.get(item.rel)
-            info = item.info
-            if item.rel in databases:
-                path = scope.root / item.rel
-                if (
-                    old is not None
-                    and old.type == "sqlite"
-                    and old.sig == database_signature(path, info)
-                    and old.mode == stat.S_IMODE(info.st_mode)
-                    and (old.uid, old.gid) == (info.st_uid, info.st_gid)
-                    and old.sqlite  # an older backup's entry lacks the settings
-                    and stored(old)
-                ):
+        with _ObjectSizes(self.backups_dir / OBJECTS) as stored:
+            for item in found:
+                if item.kind in ("dir", "symlink") or item.rel in sidecars or item.rel in links:
+                    continue
+                if item.kind != "file":
+                    skipped.append((encode_name(item.rel), item.kind))
+                    logger.warning("backup.skipped", path=item.rel, kind=item.kind)
+                    continue
+                old = before.get(item.rel)
+                info = item.info
+                if item.rel in databases:
+                    path = scope.root / item.rel
+                    if (
+                        old is not None
+                        and old.type == "sqlite"
+                        and old.sig == database_signature(path, info)
+                        and old.mode == stat.S_IMODE(info.st_mode)
+                        and (old.uid, old.gid) == (info.st_uid, info.st_gid)
+                        and old.sqlite  # an older backup's entry lacks the settings
+                        and stored(old)
+                    ):
+                        jobs.append(_Job(item.rel, item, "reuse", old))
+                    else:
+                        jobs.append(_Job(item.rel, item, "sqlite", number=len(jobs)))
+                    continue
+                if old is not None and item.rel in same and stored(old):
                     jobs.append(_Job(item.rel, item, "reuse", old))
                 else:
-                    jobs.append(_Job(item.rel, item, "sqlite", number=len(jobs)))
-                continue
-            if old is not None and item.rel in same and stored(old):
-                jobs.append(_Job(item.rel, item, "reuse", old))
-            else:
-                jobs.append(_Job(item.rel, item, "copy", number=len(jobs)))
+                    jobs.append(_Job(item.rel, item, "copy", number=len(jobs)))
         return jobs, links, skipped
 
     def _check_space(self, needed: int) -> None:
