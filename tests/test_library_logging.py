@@ -133,3 +133,29 @@ def test_the_library_logs_normally_after_the_command_line_ran_in_the_same_proces
     )
     assert done.returncode == 0, done.stderr
     assert "ERROR:dopemux_update:migration.failed" in done.stderr
+
+
+def test_events_before_logging_is_imported_do_not_import_it_and_later_ones_arrive() -> None:
+    """Until someone imports logging no one can have set it up: an event does not import it
+    (start-up counts for a command); once a host sets a handler, the events reach it."""
+    script = textwrap.dedent("""
+        import sys
+        from dopemux_update._core._log import get_logger
+        get_logger().warning("early.event", n=1)
+        assert "logging" not in sys.modules, "an event imported logging"
+        import logging
+        seen = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append((record.dopemux_event, record.dopemux_fields))
+        logging.getLogger("dopemux_update").addHandler(Keep())
+        get_logger().warning("late.event", n=2)
+        assert seen == [("late.event", {"n": 2})], seen
+        print("ok")
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+    assert done.stderr == ""

@@ -196,6 +196,8 @@ def _capture_all(
     """Copy or capture every job in a pool of threads, the largest first (so that no big
     file is left to copy alone at the end); the caller's thread reports progress as each
     finishes and watches for a cancellation, which it passes on to the pool."""
+    if not copies:
+        return {}
     import concurrent.futures  # noqa: PLC0415 - an unchanged tree's backup copies nothing
 
     entries: dict[str, Entry] = {}

@@ -14,8 +14,10 @@ looks at structlog's configuration:
   a command line asked for is also given to the sink it set (:func:`set_console`): its
   console's short lines and its run log, without a logging handler or structlog.
 
-Neither structlog nor :mod:`logging` is imported before the first event: a command that
-logs nothing (``status``) pays for neither.
+Neither structlog nor :mod:`logging` is imported by an event: until someone has imported
+:mod:`logging`, nobody can have given it a handler or a level, and the event goes to the
+console sink alone (a command line that logs through its sink, such as ``backups create``,
+pays for neither).
 
 structlog is not imported here: until someone has imported it, nobody can have configured it,
 so each call only looks it up in ``sys.modules`` (importing it costs tens of milliseconds of
@@ -113,6 +115,8 @@ class Logger:
         number = _LEVELS[level]
         if _console and number >= _console[0][1]:
             _console[0][0](level, event, merged)
+        if "logging" not in sys.modules:
+            return  # no one has imported logging, so no one has given it a handler or level
         stdlib = _stdlib()
         if not stdlib.isEnabledFor(number):
             return
