@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 from pathlib import Path
@@ -155,8 +154,7 @@ def test_not_enough_space_refuses_before_any_migration_runs(
     migrations.add(
         "v1.0_to_v1.1", "1_a.py", forward="(project_root / 'x').write_text('x')\nreturn True"
     )
-    usage = shutil.disk_usage(installation)
-    monkeypatch.setattr(backup_module.shutil, "disk_usage", lambda _: usage._replace(free=1024))
+    monkeypatch.setattr(backup_module, "_free_space", lambda _: 1024)
     before = tree_digest(installation)
 
     async def run() -> None:

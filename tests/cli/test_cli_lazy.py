@@ -238,6 +238,24 @@ def test_status_imports_no_logging_when_nothing_is_logged(upgraded: list[str]) -
     subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
 
 
+def test_an_unchanged_backup_and_a_restore_import_only_what_they_use(example_copy: Path) -> None:
+    """A backup that copies nothing, and a restore, start as fast as they can: no thread
+    pool, no logging (nobody set it up), no shutil, no heavy library (issue 16)."""
+    where = ["--root", str(example_copy)]
+    assert cli.main(["backups", "create", "-q", *where]) == 0
+    code = (
+        "import sys\n"
+        "from dopemux_update.cli import main\n"
+        f"assert main(['backups', 'create', '--json', *{where!r}]) == 0\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stderr.split())
+    assert json.loads(run.stdout)["backup"]["copied_bytes"] == 0
+    unwanted = {"concurrent.futures", "logging", "shutil", "secrets", "base64", *HEAVY}
+    assert loaded & unwanted == set()
+
+
 # -- what status reads without the store, and without pydantic ---------------------------------
 
 

@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import sqlite3
 import stat
 import threading
@@ -262,6 +261,21 @@ def _same_files(found: Sequence[TreeEntry], before: dict[str, Entry]) -> set[str
         if old is not None and old.type == item.kind == "file" and _unchanged(old, item.info):
             same.add(item.rel)
     return same
+
+
+def _free_space(path: Path) -> int:
+    """The bytes free for this user on ``path``'s file system (``shutil.disk_usage``'s
+    ``free``, without importing shutil)."""
+    found = os.statvfs(path)
+    return found.f_bavail * found.f_frsize
+
+
+def _rmtree(path: Path, *, ignore_errors: bool = False) -> None:
+    """``shutil.rmtree``, imported when something is deleted (shutil pulls in the archive
+    modules: a backup that deletes nothing need not load them)."""
+    import shutil  # noqa: PLC0415 - see above
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -626,7 +640,10 @@ class BackupStore:
                 # The new objects' data is durable before any of them gets its final name.
                 sync_filesystem(building)
                 _publish(written, objects)
-            shutil.rmtree(staging)  # empty, but for what a database capture may leave
+            try:
+                staging.rmdir()  # empty, but for what a database capture may leave
+            except OSError:
+                _rmtree(staging)
             manifest = Manifest(
                 format=FORMAT,
                 id=backup_id,
@@ -658,7 +675,7 @@ class BackupStore:
             building.rename(final)
             fsync_dir(self.backups_dir)
         except BaseException as exc:
-            shutil.rmtree(building, ignore_errors=True)
+            _rmtree(building, ignore_errors=True)
             if isinstance(exc, OSError):
                 source = Path(exc.filename) if isinstance(exc.filename, str) else None
                 if (
@@ -745,7 +762,7 @@ class BackupStore:
         probe = self.backups_dir
         while not probe.exists():
             probe = probe.parent
-        free = shutil.disk_usage(probe).free
+        free = _free_space(probe)
         if needed + _SPACE_MARGIN > free:
             raise InsufficientSpaceError(
                 f"not enough free space in {probe} for a backup: it needs about"
@@ -864,7 +881,7 @@ class BackupStore:
             raise BackupError("does not exist", backup_id=backup_id)
         trash = self.backups_dir / f".deleting-{backup_id}"
         path.rename(trash)  # no longer listed from here on, even if the removal is interrupted
-        shutil.rmtree(trash)
+        _rmtree(trash)
         logger.info("backup.deleted", backup_id=backup_id)
 
     def prune(self, keep: int, *, protect: Iterable[str] = ()) -> builtins.list[str]:
@@ -879,7 +896,7 @@ class BackupStore:
             self._remove(backup_id)
         if self.backups_dir.is_dir():
             for leftover in self.backups_dir.glob(".deleting-*"):
-                shutil.rmtree(leftover)
+                _rmtree(leftover)
         crash_point("backup.before_collect")
         self.collect_garbage()
         if doomed:

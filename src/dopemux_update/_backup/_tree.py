@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
@@ -130,6 +129,8 @@ def encode_name(name: str) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
+        import base64  # noqa: PLC0415 - for the rare name that is not UTF-8
+
         return _RAW_NAME + base64.b64encode(os.fsencode(name)).decode("ascii")
     return name
 
@@ -150,6 +151,8 @@ def shown(name: str) -> str:
 
 def decode_name(stored: str) -> str:
     if stored.startswith(_RAW_NAME):
+        import base64  # noqa: PLC0415 - for the rare name that is not UTF-8
+
         return os.fsdecode(base64.b64decode(stored[len(_RAW_NAME) :]))
     return stored
 
