@@ -165,6 +165,9 @@ class Manifest:
 
     def decoded(self) -> dict[str, Entry]:
         """Entries under their real (possibly non-UTF-8) names and link targets."""
+        targets = (e.target for e in self.entries.values() if e.type in ("symlink", "hardlink"))
+        if "\x00" not in "".join(self.entries) and "\x00" not in "".join(targets):
+            return dict(self.entries)  # no encoded name (each starts with a NUL): as stored
         out = {}
         for stored, entry in self.entries.items():
             real = entry
