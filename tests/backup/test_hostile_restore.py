@@ -240,6 +240,18 @@ BAD_MANIFESTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "an unsafe SQLite setting": lambda d: d["entries"].update(
         {"x": _entry(type="sqlite", sqlite={"journal_mode": "wal; DROP TABLE t"})}
     ),
+    "SQLite settings on a hard link": lambda d: d["entries"].update(
+        {"z-link": {"type": "hardlink", "target": "secret.env", "sqlite": {"user_version": 1}}}
+    ),
+    "SQLite settings on a folder": lambda d: d["entries"]["config"].update(
+        {"sqlite": {"user_version": 1}}
+    ),
+    "a symlink to nothing": lambda d: d["entries"].update({"x": {"type": "symlink"}}),
+    "a hash that names no object": lambda d: d["entries"]["secret.env"].update(
+        {"hash": "../../../../etc/passwd"}
+    ),
+    "an owner below -1": lambda d: d["entries"]["config"].update({"uid": -2}),
+    "a negative mode": lambda d: d["entries"]["config"].update({"mode": -1}),
     "an unknown format": lambda d: d.update({"format": 99}),
 }
 

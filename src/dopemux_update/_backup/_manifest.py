@@ -452,14 +452,14 @@ def _check_entry(
         problem = f"size {entry.size} is negative"
     elif entry.uid < -1 or entry.gid < -1:
         problem = "owner ids below -1"
+    elif entry.type != "sqlite" and entry.sqlite:
+        problem = "SQLite settings on something that is no database"
     elif entry.type == "symlink" and (not entry.target or "\x00" in entry.target):
         problem = "a symlink with an empty or NUL-bearing target"
     elif entry.type == "hardlink":
         target = entries.get(entry.target)
         if target is None or target.type != "file" or entry.target not in earlier:
             problem = f"a hard link to {entry.target!r}, which is no earlier file of the backup"
-    elif entry.type != "sqlite" and entry.sqlite:
-        problem = "SQLite settings on something that is no database"
     if problem or not entry.sqlite:
         return problem
     try:
