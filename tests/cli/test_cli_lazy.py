@@ -17,7 +17,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from conftest import EXAMPLE_INSTALLATION, EXAMPLE_MIGRATIONS
-from dopemux_update import cli
+from dopemux_update import Scope, cli
 from dopemux_update._backup import _listing, _manifest
 from dopemux_update._backup._store import BackupInfo, BackupStore
 from dopemux_update._core._exceptions import StateError
@@ -265,6 +265,23 @@ def _sign(backups: Path, backup_id: str, raw: bytes) -> None:
     (folder / _manifest.MANIFEST).write_bytes(raw)
     (folder / _manifest.MANIFEST_SUM).write_text(xxhash.xxh3_128_hexdigest(raw))
     (folder / _manifest.MANIFEST_MAC).write_bytes(_manifest.sign_manifest(backups, raw))
+
+
+def test_status_reads_a_manifests_head_even_where_its_root_names_entries(tmp_path: Path) -> None:
+    """``status`` parses a manifest up to its entries (written last); a root whose name holds
+    ``"entries":`` (escaped in the JSON) does not mislead it."""
+    root = tmp_path / '"entries":{"x"' / "install"
+    root.mkdir(parents=True)
+    (root / "a.txt").write_text("a" * 1000)
+    state = root / ".dopemux" / "update"
+    store = BackupStore(state / "backups")
+    info = store.create(Scope.for_installation(root, state_dir=state))
+    assert info.copied_bytes == 1000
+    assert _listing.copied_bytes(store.backups_dir, info.id) == 1000
+    raw = (info.path / _manifest.MANIFEST).read_bytes()
+    whole = json.loads(raw)
+    assert '"entries":' in whole["root"]
+    assert json.loads(_listing._head(raw)) == {k: v for k, v in whole.items() if k != "entries"}
 
 
 def test_status_counts_and_names_the_backups_as_the_store_reads_them(example_copy: Path) -> None:

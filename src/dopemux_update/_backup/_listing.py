@@ -28,6 +28,17 @@ def _read_key(backups_dir: Path) -> bytes | None:
         return None
 
 
+def _head(raw: bytes) -> bytes:
+    """The manifest ``raw`` without its entries, which this tool writes last: thousands of
+    them that ``status`` has no use for. ``"entries":`` cannot occur inside a JSON string
+    (its quotes would be escaped), so its first occurrence is the key; a manifest laid out
+    otherwise is read whole."""
+    at = raw.find(b',"entries":')
+    if at < 0 or not raw.endswith(b"}}"):
+        return raw
+    return raw[:at] + b"}"
+
+
 def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
     """The bytes backup ``backup_id`` copied, from a manifest whose checksum and MAC match
     and that is of format 4 or :data:`FORMAT`; None for any other (the store's reading
@@ -52,7 +63,7 @@ def copied_bytes(backups_dir: Path, backup_id: str) -> int | None:
     if not hmac.compare_digest(manifest_mac(key, raw), mac):
         return None
     try:
-        document = json.loads(raw)
+        document = json.loads(_head(raw))
     except (ValueError, RecursionError):
         return None
     if type(document) is not dict or type(document.get("format")) is not int:
