@@ -220,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 structlog.reset_defaults()
         if argv is not None:  # a caller in this process: its collector as it was (see _update)
             gc.unfreeze()
+        else:  # the process ends: its last collection need not walk every object it made
+            gc.freeze()
 
 
 def _main(argv: Sequence[str] | None) -> int:
