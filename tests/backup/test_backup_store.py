@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,22 @@ def test_restore_is_idempotent(installation: Path) -> None:
     store.restore(info.id, installation)
     store.restore(info.id, installation)
     assert tree_digest(installation) == before
+
+
+def test_a_backup_leaves_the_installations_access_times_as_they_were(installation: Path) -> None:
+    """Reading a file to back it up does not update its access time (``O_NOATIME``): the
+    installation is left as it was, and no inode is written for each file read."""
+    probe = installation / "probe.bin"
+    probe.write_bytes(b"SQLite format 3\x00" + b"x" * 200)
+    week_ago = time.time() - 7 * 86400
+    os.utime(probe, (week_ago, week_ago))
+    probe.read_bytes()  # an ordinary read: does this file system record access times?
+    if probe.stat().st_atime == week_ago:
+        pytest.skip("this file system does not update access times (noatime)")
+    files = [path for path in installation.rglob("*") if path.is_file()]
+    for path in files:
+        os.utime(path, (week_ago, path.stat().st_mtime))
+    store, scope = store_and_scope(installation)
+    store.create(scope)
+    changed = [path.name for path in files if path.stat().st_atime != week_ago]
+    assert changed == []

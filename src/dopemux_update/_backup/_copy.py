@@ -26,7 +26,7 @@ from pathlib import Path
 import xxhash
 
 from .._core._faults import check_write
-from .._core._fsutil import start_writeback
+from .._core._fsutil import open_to_read, start_writeback
 from ._sparse import copy_range, copy_sparse, hash_sparse
 
 __all__ = ["HASH_NAME", "allocated", "copy_and_hash", "copy_file", "hash_file", "is_sparse"]
@@ -105,7 +105,7 @@ def _try_reflink(source: int, target: int, info: os.stat_result) -> bool:
 def _open_pair(source: Path, destination: Path, mode: int) -> Iterator[tuple[int, int]]:
     """The source, and a new destination (never following symlinks), removed if anything
     fails before the block ends."""
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    src = open_to_read(source, os.O_NOFOLLOW)
     try:
         dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._core._exceptions import BackupError
+from .._core._fsutil import open_to_read
 from .._core._log import get_logger
 
 __all__ = [
@@ -69,7 +70,7 @@ def is_sqlite(path: Path) -> bool:
     SQLite file carries (64, 32, 32). A damaged file that only starts with the magic string
     is a plain file to us (its bytes are all that can be kept of it)."""
     try:  # three system calls: a backup asks this of every new or changed file
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_to_read(path)
         try:
             header = os.pread(fd, 100, 0)
         finally:
