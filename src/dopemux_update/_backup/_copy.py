@@ -37,7 +37,9 @@ _CHUNK = 256 << 10  # fits the CPU caches: measured faster than 1 or 4 MiB here
 #: copied through this process) and the copy hashed through a mapping; smaller ones cost
 #: their system calls more than their bytes and are read, hashed and written in one pass.
 _KERNEL_COPY_FROM = 1 << 20
-_KERNEL_CHUNK = _CHUNK
+#: Each ``copy_file_range`` call (and fault-injection check) moves up to this much: calls
+#: of 256 KiB measured 15-20 % slower than of 4 MiB on this project's machine.
+_KERNEL_CHUNK = 4 << 20
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
 _NO_REFLINK_DEVICES: set[int] = set()
 _UNSUPPORTED = {
