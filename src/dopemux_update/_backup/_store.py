@@ -449,10 +449,13 @@ class BackupStore:
                 return str(exc.strerror or exc)
 
         unique = sorted(set(paths.values()))  # an object several files share is read once
-        import concurrent.futures  # noqa: PLC0415 - a backup that copies nothing needs none
+        if len(unique) < _WORKERS * 2:  # a few (a restore of what changed): no pool to start
+            found = {path: check(path) for path in unique}
+        else:
+            import concurrent.futures  # noqa: PLC0415 - see above
 
-        with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-            found = dict(zip(unique, pool.map(check, unique), strict=True))
+            with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+                found = dict(zip(unique, pool.map(check, unique), strict=True))
         bad = []
         for rel in stored:
             entry, result = entries[rel], found[paths[rel]]
