@@ -3,6 +3,10 @@
 Scanning (folder names only) is cheap and covers every folder, because planning needs the
 whole version graph. Loading (importing and validating files) covers only the folders on
 the plan. Both are synchronous: callers run them in a worker thread.
+
+A ``MIGRATION_INFO`` that ``_declared.accept`` plainly accepts is not shown to pydantic; any
+other goes to ``MigrationInfo``, whose verdict and messages stand. So a run of valid
+migrations does not import pydantic.
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ import sys
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
+from .._core._declared import Declared, accept
 from .._core._exceptions import MigrationValidationError, Problem
-from .._core._info import MigrationInfo
 from .._core._log import get_logger
 from .._core._models import Migration, Transition
 from .._core._versions import cached_version
@@ -33,10 +36,14 @@ from ._scan import is_ignored
 from ._scan import scan_migrations as scan_migrations  # noqa: PLC0414 - as Catalog
 from ._shown import exception_text, is_real_interrupt, shown
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from .._core._info import MigrationInfo
+
 __all__ = ["Catalog", "load_migration", "load_transitions", "scan_migrations"]
 
 FILE_NAME = re.compile(r"^(?P<number>\d+)_(?P<name>[A-Za-z0-9_]+)\.py$")
-_INFO_KEYS = tuple(MigrationInfo.model_fields)
 _module_counter = itertools.count(1)
 
 logger = get_logger()
@@ -261,7 +268,7 @@ def _check_function(path: Path, module: types.ModuleType, name: str) -> object:
 
 def _check_info(
     path: Path, module: types.ModuleType, transition: Transition, problems: list[Problem]
-) -> MigrationInfo | None:
+) -> Declared | MigrationInfo | None:
     raw = getattr(module, "MIGRATION_INFO", None)
     if raw is None:
         problems.append(Problem(path, "MIGRATION_INFO is missing"))
@@ -269,11 +276,11 @@ def _check_info(
     if not isinstance(raw, dict):
         problems.append(Problem(path, f"MIGRATION_INFO must be a dict, not {type(raw).__name__}"))
         return None
-    try:
-        info = MigrationInfo.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(Problem(path, reason) for reason in _describe(exc))
-        return None
+    info: Declared | MigrationInfo | None = accept(raw)
+    if info is None:  # not plainly valid: the model judges it
+        info = _judged(path, raw, problems)
+        if info is None:
+            return None
     for key, expected in (
         ("version_from", transition.version_from),
         ("version_to", transition.version_to),
@@ -290,13 +297,28 @@ def _check_info(
     return info
 
 
-def _describe(exc: ValidationError) -> Sequence[str]:
+def _judged(path: Path, raw: dict[object, object], problems: list[Problem]) -> MigrationInfo | None:
+    """``MigrationInfo``'s verdict on ``raw``: the model, or None and its reasons in
+    ``problems``."""
+    from pydantic import ValidationError  # noqa: PLC0415 - only for a dict accept() left
+
+    from .._core._info import MigrationInfo  # noqa: PLC0415 - as pydantic
+
+    try:
+        return MigrationInfo.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(Problem(path, reason) for reason in _describe(exc, MigrationInfo))
+        return None
+
+
+def _describe(exc: ValidationError, model: type[MigrationInfo]) -> Sequence[str]:
     reasons = []
+    keys = tuple(model.model_fields)
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         top = str(error["loc"][0]) if error["loc"] else ""
         if error["type"] == "extra_forbidden":
-            guess = difflib.get_close_matches(top, _INFO_KEYS, n=1)
+            guess = difflib.get_close_matches(top, keys, n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
             reasons.append(f"MIGRATION_INFO has an unknown key {top!r}{hint}")
         elif error["type"] == "missing":

@@ -87,11 +87,11 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
         "migrations": [
             {
                 "id": step.id,
-                "description": step.migration.info.description,
-                "estimated_duration_seconds": step.migration.info.estimated_duration_seconds,
-                "breaking_changes": step.migration.info.breaking_changes,
-                "requires_restart": list(step.migration.info.requires_restart),
-                "backup_required": step.migration.info.backup_required,
+                "description": step.migration.declared.description,
+                "estimated_duration_seconds": step.migration.declared.estimated_duration_seconds,
+                "breaking_changes": step.migration.declared.breaking_changes,
+                "requires_restart": list(step.migration.declared.requires_restart),
+                "backup_required": step.migration.declared.backup_required,
             }
             for step in plan.steps
         ],
