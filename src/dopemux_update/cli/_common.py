@@ -34,6 +34,9 @@ from ._exit import EXIT_USAGE as EXIT_USAGE  # noqa: PLC0414
 from ._exit import CommandError as CommandError  # noqa: PLC0414
 
 _HELD_IN_MEMORY = 4 << 20  # characters of a run log held in memory before it starts
+#: ``json.dumps(value, default=repr)``'s encoder, made once: json.dumps makes a new one at
+#: every call that passes ``default``, and a run writes a couple of lines per migration.
+_LINE_ENCODER = json.JSONEncoder(default=repr)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,7 +96,7 @@ class RunLog:
             self._drop_held()
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
-        line = json.dumps(dict(event_dict), default=repr) + "\n"
+        line = _LINE_ENCODER.encode(dict(event_dict)) + "\n"
         with self._lock:
             if self._handle is not None:
                 self._handle.write(line)
