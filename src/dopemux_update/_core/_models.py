@@ -3,12 +3,12 @@
 Plain dataclasses, so that a command that only reads (``status``) does not import pydantic;
 ``MIGRATION_INFO``'s validated model, which needs it, lives in ``_info``, and a migration
 carries its values as a plain ``Declared`` record (``_declared``), building the model only
-when its ``info`` is read.
+when its ``info`` is read. ``Transition`` and ``Direction`` are defined in ``_versions``
+(what ``status`` needs, without the rest) and found here too.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from ._declared import Declared
+from ._versions import Direction as Direction  # noqa: PLC0414 - defined there, for status
+from ._versions import Transition as Transition  # noqa: PLC0414 - as Direction
 
 if TYPE_CHECKING:
     from ._info import MigrationInfo
@@ -32,23 +34,6 @@ __all__ = [
 ]
 
 MigrationFunction = Callable[[Path], object]
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A folder ``v{from}_to_v{to}`` of migrations."""
-
-    name: str
-    version_from: Version
-    version_to: Version
-    path: Path
-
-
-class Direction(enum.Enum):
-    """Which way a plan moves the installation."""
-
-    UPGRADE = "upgrade"
-    DOWNGRADE = "downgrade"
 
 
 @dataclass(frozen=True, slots=True, eq=False, init=False)

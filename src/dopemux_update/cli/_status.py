@@ -17,8 +17,7 @@ from packaging.version import Version
 
 from .._backup._listing import backup_ids, copied_bytes
 from .._core._exceptions import PlanError, StateError
-from .._core._models import Transition
-from .._core._versions import parse_version
+from .._core._versions import Transition, parse_version
 from .._run._planning import find_route, newest_reachable
 from .._run._scan import scan_migrations
 from .._safety._drift import find_drift
