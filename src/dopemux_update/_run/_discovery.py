@@ -12,7 +12,6 @@ migrations does not import pydantic.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import hashlib
 import importlib.util
@@ -351,6 +350,8 @@ def _describe(exc: ValidationError, model: type[MigrationInfo]) -> Sequence[str]
         key = ".".join(str(part) for part in error["loc"])
         top = str(error["loc"][0]) if error["loc"] else ""
         if error["type"] == "extra_forbidden":
+            import difflib  # noqa: PLC0415 - only for a key MIGRATION_INFO does not have
+
             guess = difflib.get_close_matches(top, keys, n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
             reasons.append(f"MIGRATION_INFO has an unknown key {top!r}{hint}")

@@ -17,7 +17,6 @@ import anyio
 import click
 from packaging.version import Version
 
-from .._authoring._scaffold import new_migration
 from .._core._exceptions import LockError, StateError, UpdateError
 from .._core._models import Direction, Plan, UpdateResult
 from .._core._versions import parse_version
@@ -658,6 +657,8 @@ def new(
     verbose: int,
 ) -> int:
     """Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."""
+    from .._authoring._scaffold import new_migration  # noqa: PLC0415 - for `new` only
+
     ctx = make_context(root, migrations, as_json, verbose, new_migrations=True)
     path = new_migration(ctx.migrations, from_version, to_version, name)
     migration_id = f"{path.parent.name}/{path.stem}"
