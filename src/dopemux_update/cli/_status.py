@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from packaging.version import Version
@@ -20,7 +20,6 @@ from .._core._exceptions import PlanError, StateError
 from .._core._versions import Transition, parse_version
 from .._run._planning import find_route, newest_reachable
 from .._run._scan import scan_migrations
-from .._safety._drift import find_drift
 from .._safety._journal import Journal
 from .._safety._lock import lock_holder
 from .._safety._state import VERSION_FILE
@@ -36,6 +35,9 @@ from ._common import (
     format_bytes,
     make_context,
 )
+
+if TYPE_CHECKING:
+    from .._safety._drift import Drift
 
 __all__ = ["status"]
 
@@ -114,7 +116,11 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
         latest, pending, problem = _pending(catalog.transitions, parse_version(installed))
     last = state.history[-1] if state.history else None
     backups, damaged = _backups(ctx.state_dir / "backups")
-    drift = find_drift(state.history, ctx.migrations)
+    drift: list[Drift] = []
+    if state.history:  # nothing has run: nothing can have drifted
+        from .._safety._drift import find_drift  # noqa: PLC0415 - only with a history
+
+        drift = find_drift(state.history, ctx.migrations)
     running, interrupted, what = _interruption(ctx)
     payload = {
         "command": "status",
