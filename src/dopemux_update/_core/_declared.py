@@ -13,11 +13,33 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion
 
 from ._versions import cached_version
+
+if TYPE_CHECKING:  # a Protocol class costs start-up: for the type checker only
+    from typing import Protocol
+
+    class _Info(Protocol):
+        """What :class:`~dopemux_update.MigrationInfo` offers, read without importing it."""
+
+        @property
+        def version_from(self) -> str: ...
+        @property
+        def version_to(self) -> str: ...
+        @property
+        def description(self) -> str: ...
+        @property
+        def breaking_changes(self) -> bool: ...
+        @property
+        def estimated_duration_seconds(self) -> float: ...
+        @property
+        def requires_restart(self) -> tuple[str, ...]: ...
+        @property
+        def backup_required(self) -> bool: ...
+
 
 __all__ = ["Declared", "accept", "validate_service_name"]
 
@@ -46,25 +68,6 @@ def validate_service_name(name: str) -> str:
             " starting with a letter or digit"
         )
     return name
-
-
-class _Info(Protocol):
-    """What :class:`~dopemux_update.MigrationInfo` offers, read without importing it."""
-
-    @property
-    def version_from(self) -> str: ...
-    @property
-    def version_to(self) -> str: ...
-    @property
-    def description(self) -> str: ...
-    @property
-    def breaking_changes(self) -> bool: ...
-    @property
-    def estimated_duration_seconds(self) -> float: ...
-    @property
-    def requires_restart(self) -> tuple[str, ...]: ...
-    @property
-    def backup_required(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
