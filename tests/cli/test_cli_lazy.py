@@ -152,14 +152,15 @@ def test_status_reads_the_version_graph_without_the_plan_models_or_the_journal_h
     example_copy: Path,
 ) -> None:
     """Finding the pending hops needs transitions only: not the migrations', plans' and
-    results' models (and their dataclasses), nor xxhash, which reads a journal's lines; and
-    with no run recorded, nothing is checked for drift."""
+    results' models (and their dataclasses), nor the journal's code and xxhash while there is
+    no journal; and with no run recorded, nothing is checked for drift."""
     ours, _ = _imported_by("status", "--root", str(example_copy))
     assert "dopemux_update._run._planning" in ours
     assert not ours & {
         "dopemux_update._core._models",
         "dopemux_update._core._declared",
         "dopemux_update._safety._drift",  # no run recorded: nothing can have drifted
+        "dopemux_update._safety._journal",  # no journal: nothing to read in one
     }
     run = subprocess.run(
         [

@@ -33,11 +33,11 @@ from typing import Any
 
 from .._core._faults import check_write, crash_point
 from .._core._fsutil import atomic_write, fsync_dir
+from ._private import JOURNAL as JOURNAL  # noqa: PLC0414 - named there, for status
 
 __all__ = ["Journal", "JournalContents", "Record"]
 
 Record = dict[str, Any]
-JOURNAL = "journal.jsonl"
 
 
 # One encoder for every record: ``json.dumps`` with options builds a new one per call.
