@@ -251,3 +251,27 @@ def test_a_migration_info_the_quick_path_leaves_is_judged_by_pydantic(
     where = ["--root", str(installation), "--migrations", str(migrations.root)]
     argv = ["upgrade", "--from", "0.1.0", "--yes", "--no-restart", "--json", *where]
     assert "pydantic" in _modules_after(argv)
+
+
+def test_a_migration_made_from_a_model_keeps_it_and_declares_its_values(tmp_path: Path) -> None:
+    """``Migration(..., info=MigrationInfo(...))`` still works: ``info`` is that model."""
+    from dopemux_update import Migration, Transition
+    from dopemux_update._core._versions import cached_version
+
+    model = MigrationInfo.model_validate(VALID)
+    transition = Transition(
+        "v0.1.0_to_v0.2.0", cached_version("0.1.0"), cached_version("0.2.0"), tmp_path
+    )
+    migration = Migration(
+        "v0.1.0_to_v0.2.0/001_a",
+        1,
+        "a",
+        tmp_path / "001_a.py",
+        transition,
+        model,
+        lambda root: True,
+        lambda root: True,
+    )
+    assert migration.info is model
+    assert migration.declared == Declared.of(model)
+    assert migration.declared.requires_restart == ("api", "worker")
