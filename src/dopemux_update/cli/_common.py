@@ -507,9 +507,8 @@ def emit(
             "exit_code": payload.get("exit_code", code),
         }
         click.echo(json.dumps({**head, **payload}, indent=2, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
+    elif lines:
+        click.echo("\n".join(lines))  # one write for all of them
 
 
 def version_option_value(value: str | None, *, option: str) -> Version | None:
