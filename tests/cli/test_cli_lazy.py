@@ -149,6 +149,34 @@ def test_status_reads_the_backups_without_the_backup_store(upgraded: list[str]) 
     }
 
 
+def test_status_reads_the_version_graph_without_the_plan_models_or_the_journal_hash(
+    example_copy: Path,
+) -> None:
+    """Finding the pending hops needs transitions only: not the migrations', plans' and
+    results' models (and their dataclasses), nor the journal's code and xxhash while there is
+    no journal; and with no run recorded, nothing is checked for drift."""
+    ours, _ = _imported_by("status", "--root", str(example_copy))
+    assert "dopemux_update._run._planning" in ours
+    assert not ours & {
+        "dopemux_update._core._models",
+        "dopemux_update._core._declared",
+        "dopemux_update._safety._drift",  # no run recorded: nothing can have drifted
+        "dopemux_update._safety._journal",  # no journal: nothing to read in one
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dopemux_update.cli import main;"
+            f" main(['status', '--root', {str(example_copy)!r}]); print('xxhash' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split()[-1] == "False"
+
+
 def test_the_upgraded_installation_shows_a_run_a_backup_and_a_pending_hop(
     upgraded: list[str],
 ) -> None:

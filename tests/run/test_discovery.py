@@ -283,3 +283,19 @@ def test_no_bytecode_is_written_when_python_is_told_not_to(
     path = migrations.add("v1.0_to_v1.1", "001_a.py")
     load_all(migrations.root)
     assert not (path.parent / "__pycache__").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/m/v0.1.0_to_v0.2.0/001_a.py", "/m/N.x/002_N.py", "rel/003_b.py", "004_c.py", "/m/x/5.py"],
+)
+@pytest.mark.parametrize("prefix", [None, "/tmp/pycache-prefix"])
+def test_the_bytecode_path_is_the_one_cache_from_source_gives(
+    path: str, prefix: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from dopemux_update._run._discovery import _cache_path
+
+    monkeypatch.setattr(sys, "pycache_prefix", prefix)
+    assert _cache_path(Path(path)) == importlib.util.cache_from_source(path)

@@ -465,7 +465,7 @@ class _Rehearsal:
             return []
         found: list[RehearsalFinding] = []
         for step in self.steps:
-            for service in step.migration.info.requires_restart:
+            for service in step.migration.declared.requires_restart:
                 if service not in defined:
                     error = (
                         f"{step.id}: requires_restart names {service!r}, which {compose.name}"

@@ -1,28 +1,18 @@
 """``MIGRATION_INFO``, validated: the one model that needs pydantic (strict types, unknown
-keys refused), kept apart from ``_models`` so that reading commands need not import it."""
+keys refused), kept apart from ``_models`` so that reading commands need not import it, and
+imported by a run only for a ``MIGRATION_INFO`` that ``_declared.accept`` does not plainly
+accept, or when ``Migration.info`` is read."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from ._declared import validate_service_name
 from ._versions import cached_version
 
-__all__ = ["MigrationInfo", "validate_service_name"]
-
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def validate_service_name(name: str) -> str:
-    """Return ``name`` if it is a safe service name (letters, digits, ``_.-``), else raise."""
-    if not _SERVICE_NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid service name {name!r}: use letters, digits, '_', '.' and '-',"
-            " starting with a letter or digit"
-        )
-    return name
+__all__ = ["MigrationInfo"]
 
 
 def _version_string(value: str) -> str:

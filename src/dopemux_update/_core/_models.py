@@ -1,18 +1,24 @@
 """The data that crosses module boundaries: migrations, plans and results.
 
 Plain dataclasses, so that a command that only reads (``status``) does not import pydantic;
-``MIGRATION_INFO``'s validated model, which needs it, lives in ``_info``.
+``MIGRATION_INFO``'s validated model, which needs it, lives in ``_info``, and a migration
+carries its values as a plain ``Declared`` record (``_declared``), building the model only
+when its ``info`` is read. ``Transition`` and ``Direction`` are defined in ``_versions``
+(what ``status`` needs, without the rest) and found here too.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packaging.version import Version
+
+from ._declared import Declared
+from ._versions import Direction as Direction  # noqa: PLC0414 - defined there, for status
+from ._versions import Transition as Transition  # noqa: PLC0414 - as Direction
 
 if TYPE_CHECKING:
     from ._info import MigrationInfo
@@ -30,36 +36,60 @@ __all__ = [
 MigrationFunction = Callable[[Path], object]
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A folder ``v{from}_to_v{to}`` of migrations."""
-
-    name: str
-    version_from: Version
-    version_to: Version
-    path: Path
-
-
-class Direction(enum.Enum):
-    """Which way a plan moves the installation."""
-
-    UPGRADE = "upgrade"
-    DOWNGRADE = "downgrade"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, init=False)
 class Migration:
-    """One imported and validated migration file."""
+    """One imported and validated migration file.
+
+    ``info`` is its ``MIGRATION_INFO`` as a :class:`~dopemux_update.MigrationInfo`; built on
+    first use, from ``declared``, the same values as a plain record, which is what a run
+    reads (so that a run need not import pydantic). Either may be given as ``info``.
+    """
 
     id: str
     number: int
     name: str
     path: Path
     transition: Transition
-    info: MigrationInfo
+    declared: Declared = field(repr=False)
     forward: MigrationFunction = field(repr=False)
     backward: MigrationFunction = field(repr=False)
     checksum: str = ""
+    _model: MigrationInfo | None = field(default=None, repr=False)
+
+    def __init__(  # noqa: PLR0917 - the fields in order, as the generated __init__ took them
+        self,
+        id: str,
+        number: int,
+        name: str,
+        path: Path,
+        transition: Transition,
+        info: MigrationInfo | Declared,
+        forward: MigrationFunction,
+        backward: MigrationFunction,
+        checksum: str = "",
+    ) -> None:
+        put = object.__setattr__  # frozen: as the generated __init__ does
+        put(self, "id", id)
+        put(self, "number", number)
+        put(self, "name", name)
+        put(self, "path", path)
+        put(self, "transition", transition)
+        put(self, "declared", info if isinstance(info, Declared) else Declared.of(info))
+        put(self, "forward", forward)
+        put(self, "backward", backward)
+        put(self, "checksum", checksum)
+        put(self, "_model", None if isinstance(info, Declared) else info)
+
+    @property
+    def info(self) -> MigrationInfo:
+        """The validated ``MIGRATION_INFO`` (imports pydantic the first time)."""
+        model = self._model
+        if model is None:
+            from ._info import MigrationInfo  # noqa: PLC0415 - pydantic: only when asked for
+
+            model = MigrationInfo.model_validate(self.declared.as_dict())
+            object.__setattr__(self, "_model", model)
+        return model
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,22 +144,22 @@ class Plan:
         """The union of ``requires_restart``, in order of first appearance."""
         seen: dict[str, None] = {}
         for step in self.steps:
-            for service in step.migration.info.requires_restart:
+            for service in step.migration.declared.requires_restart:
                 seen.setdefault(service, None)
         return tuple(seen)
 
     @property
     def breaking_changes(self) -> tuple[str, ...]:
         """Ids of the migrations that declare breaking changes."""
-        return tuple(step.id for step in self.steps if step.migration.info.breaking_changes)
+        return tuple(step.id for step in self.steps if step.migration.declared.breaking_changes)
 
     @property
     def estimated_seconds(self) -> float:
-        return sum(step.migration.info.estimated_duration_seconds for step in self.steps)
+        return sum(step.migration.declared.estimated_duration_seconds for step in self.steps)
 
     @property
     def backup_required(self) -> bool:
-        return any(step.migration.info.backup_required for step in self.steps)
+        return any(step.migration.declared.backup_required for step in self.steps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,47 @@
-"""PEP 440 versions and the ``v{from}_to_v{to}`` folder names that hold migrations."""
+"""PEP 440 versions, the ``v{from}_to_v{to}`` folders that hold migrations, and which way
+a plan moves between versions.
+
+``Transition`` and ``Direction`` live here, not with the other models in ``_models``, so that
+what only reads the version graph (``status``, planning a route) need not import those.
+"""
 
 from __future__ import annotations
 
+import enum
 import functools
+from dataclasses import dataclass
+from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from ._exceptions import VersionError
 
-__all__ = ["cached_version", "parse_transition_name", "parse_version"]
+__all__ = [
+    "Direction",
+    "Transition",
+    "cached_version",
+    "parse_transition_name",
+    "parse_version",
+]
 
 _SEPARATOR = "_to_v"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A folder ``v{from}_to_v{to}`` of migrations."""
+
+    name: str
+    version_from: Version
+    version_to: Version
+    path: Path
+
+
+class Direction(enum.Enum):
+    """Which way a plan moves the installation."""
+
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
 
 
 @functools.lru_cache(maxsize=4096)

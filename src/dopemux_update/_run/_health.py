@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from .._core._info import validate_service_name
+from .._core._declared import validate_service_name
 from .._core._log import get_logger
 
 __all__ = [

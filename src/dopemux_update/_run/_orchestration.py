@@ -420,7 +420,9 @@ class OrchestrationPhase:
         declared = [
             f"{name} (requires_restart of "
             + ", ".join(
-                step.id for step in run.plan.steps if name in step.migration.info.requires_restart
+                step.id
+                for step in run.plan.steps
+                if name in step.migration.declared.requires_restart
             )
             + ")"
             for name in unknown
@@ -586,13 +588,13 @@ class OrchestrationPhase:
             self._after_call(run, call.id)  # raises if the migration touched our state
 
         def slow(call: Call, elapsed: float) -> None:
-            estimate = steps[index_of[call.id]].migration.info.estimated_duration_seconds
+            estimate = steps[index_of[call.id]].migration.declared.estimated_duration_seconds
             log.warning("migration.slow", migration_id=call.id, elapsed=elapsed, estimate=estimate)
 
         def deliver(event: RunnerEvent) -> None:
             step = steps[event.index]
             if isinstance(event, CallStarted):
-                info = step.migration.info
+                info = step.migration.declared
                 self._emit(
                     ev.MigrationStarted(
                         step.id,
@@ -621,7 +623,7 @@ class OrchestrationPhase:
             on_output=_log_output,
             timeout=self.timeout,
             grace=self.grace,
-            estimates=[s.migration.info.estimated_duration_seconds for s in steps],
+            estimates=[s.migration.declared.estimated_duration_seconds for s in steps],
             on_slow=slow,
         )
         try:

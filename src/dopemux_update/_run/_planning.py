@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
 from .._core._exceptions import PlanError
-from .._core._models import Direction, Migration, Plan, Step, Transition
+from .._core._versions import Direction, Transition
+
+if TYPE_CHECKING:
+    from .._core._models import Migration, Plan
 
 __all__ = ["Route", "baseline", "build_plan", "find_route", "newest_reachable", "spelled"]
 
@@ -212,6 +216,9 @@ def _describe(path: Sequence[Transition]) -> str:
 
 def build_plan(route: Route, migrations: Mapping[str, Sequence[Migration]]) -> Plan:
     """Turn a route into steps: forward in numeric order, or backward in exact reverse."""
+    # The plan's models, imported here: finding a route (``status``) needs none of them.
+    from .._core._models import Plan, Step  # noqa: PLC0415
+
     steps: list[Step] = []
     for hop in route.hops:
         in_hop = migrations.get(hop.name, ())

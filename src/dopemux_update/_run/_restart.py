@@ -11,8 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from .._core._declared import validate_service_name
 from .._core._exceptions import RestartError
-from .._core._info import validate_service_name
 from .._core._log import get_logger
 from ._health import DockerComposeHealth, HealthChecker, HealthStatus, compose_services
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._core._exceptions import MigrationValidationError, PreflightError, Problem
-from .._core._models import Transition
-from .._core._versions import parse_transition_name
+from .._core._versions import Transition, parse_transition_name
 
 __all__ = ["Catalog", "is_ignored", "scan_migrations"]
 

@@ -19,9 +19,9 @@ import stat
 from pathlib import Path
 
 from .._core._exceptions import UnsafeStateError
-from ._journal import JOURNAL
 
 __all__ = [
+    "JOURNAL",
     "PRIVATE_DIR",
     "PRIVATE_FILE",
     "check_state_dir",
@@ -32,6 +32,8 @@ __all__ = [
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+#: The journal's name in the state folder (here, so that finding one needs no journal code).
+JOURNAL = "journal.jsonl"
 # The files whose content decides what a command does: lock holder, interrupted run, version.
 _CHECKED_FILES = ("lock", JOURNAL, "state.json")
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH

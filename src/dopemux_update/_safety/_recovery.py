@@ -13,12 +13,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from .._backup._restore import RestoreReport
 from .._backup._store import BackupStore, Manifest
 from .._backup._tree import glob_escape
 from .._core._exceptions import StateError, UpdateError
@@ -28,6 +27,9 @@ from ._journal import Journal, Record
 from ._lock import holding_lock_async
 from ._state import DEFAULT_STATE_DIR, VERSION_FILE, RunRecord, StateStore, utcnow
 from ._state_guard import absolute
+
+if TYPE_CHECKING:
+    from .._backup._restore import RestoreReport  # the store imports it when it restores
 
 __all__ = ["RecoveryResult", "covers_installation", "journaled_restore", "recover", "recover_sync"]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -217,9 +218,78 @@ def _parse_state(raw: bytes) -> State:
     return TypeAdapter(State).validate_json(raw)
 
 
-def _document(state: State) -> dict[str, Any]:
-    """``state`` as the JSON object ``state.json`` holds (field order kept)."""
-    return dataclasses.asdict(state)
+#: The last ``state.json`` read or written, as bytes and as the state they hold: a command
+#: reads the file several times (and a long history costs milliseconds to parse), nearly
+#: always unchanged. The bytes are read every time: equal bytes, the same state.
+_last: tuple[bytes, State] | None = None
+
+
+def _parse_state_cached(raw: bytes) -> State:
+    global _last  # noqa: PLW0603 - the one-entry cache above
+    last = _last
+    if last is not None and last[0] == raw:
+        return last[1]
+    state = _parse_state(raw)
+    _last = (raw, state)
+    return state
+
+
+# -- writing state.json -----------------------------------------------------------------------
+#
+# What ``json.dumps(dataclasses.asdict(state), indent=2, ensure_ascii=False)`` writes, byte
+# for byte, without its pure-Python indenting encoder (tens of milliseconds for a history of
+# a thousand migrations): strings through the same C escaping, numbers as ``json`` spells
+# them. A value of a type it does not know is left to ``json.dumps``.
+
+_encode_string = json.encoder.encode_basestring  # json.dumps's, with ensure_ascii=False
+#: Per record type and indentation: its field names, and its text with a %s for each value.
+_FORMS: dict[tuple[type, str], tuple[tuple[str, ...], str]] = {}
+
+
+class _NotKnown(Exception):  # noqa: N818 - a signal inside this module, never raised out of it
+    """A value ``_dump`` does not spell: ``json.dumps`` does."""
+
+
+def _dump(value: Any, pad: str) -> str:
+    kind = type(value)
+    if kind is str:
+        return _encode_string(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float:
+        if value != value:  # noqa: PLR0124 - NaN, as json spells it
+            return "NaN"
+        if value in (math.inf, -math.inf):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    inner = pad + "  "
+    if kind is tuple or kind is list:
+        if not value:
+            return "[]"
+        items = [inner + _dump(item, inner) for item in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    form = _FORMS.get((kind, pad))
+    if form is None:
+        if kind not in (State, RunRecord, MigrationRecord):
+            raise _NotKnown
+        names = tuple(f.name for f in dataclasses.fields(kind))
+        lines = ",\n".join(f"{inner}{_encode_string(name)}: %s" for name in names)  # no % in
+        form = names, "{\n" + lines + "\n" + pad + "}"  # a field's name or in the padding
+        _FORMS[kind, pad] = form
+    names, text = form
+    return text % tuple([_dump(getattr(value, name), inner) for name in names])
+
+
+def _document(state: State) -> str:
+    """``state`` as ``state.json`` holds it (field order kept), with its final newline."""
+    try:
+        return _dump(state, "") + "\n"
+    except _NotKnown:
+        return json.dumps(dataclasses.asdict(state), indent=2, ensure_ascii=False) + "\n"
 
 
 class StateStore:
@@ -239,7 +309,7 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot be read: {exc.strerror or exc}", path=self.path) from exc
         try:
-            state = _parse_state(raw)
+            state = _parse_state_cached(raw)
         except ValueError as exc:  # pydantic's ValidationError is one
             raise StateError(f"is not a valid state file: {exc}", path=self.path) from exc
         if state.installed_version is not None:
@@ -247,10 +317,12 @@ class StateStore:
         return state
 
     def write(self, state: State) -> None:
+        global _last  # noqa: PLW0603 - what was written is what the next read finds
         make_private_dirs(self.state_dir)
-        data = json.dumps(_document(state), indent=2, ensure_ascii=False) + "\n"
+        data = _document(state).encode()
         check_write()
-        atomic_write(self.path, data.encode())
+        atomic_write(self.path, data)
+        _last = (data, state)
 
     def set_aside(self) -> Path | None:
         """Rename a (corrupt) ``state.json`` to ``state.json.corrupt-<time>``; its new name,

@@ -67,6 +67,8 @@ class StateGuard:
     objects: Path | None
     _ids: dict[Path, _Identity | None]
     journal_size: Callable[[], int | None] | None = None
+    #: The paths ``_unchanged`` looks at, as text, with what they were.
+    _watched: tuple[tuple[tuple[str, _Identity | None], ...], ...] | None = None
 
     @classmethod
     def capture(
@@ -127,8 +129,42 @@ class StateGuard:
             and all(_identity(f, content=True) == self._ids[f] for f in self.backup_files)
         )
 
+    def _unchanged(self) -> bool:
+        """Whether every guarded path is as captured, in one pass of ``lstat`` calls: what
+        :meth:`problems` looks at, without its details (True means it would find nothing;
+        False, that it must look)."""
+        if self._watched is None:
+            folders = [self.state_dir, self.journal]
+            if self.backup is not None:
+                folders.append(self.backup)
+                if self.objects is not None:
+                    folders.append(self.objects)
+            self._watched = (
+                tuple((str(path), self._ids[path]) for path in folders),
+                tuple((str(path), self._ids[path]) for path in self.backup_files),
+            )
+        identities, contents = self._watched
+        journal_length = -1
+        try:
+            for index, (path, expected) in enumerate(identities):
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino) != expected:
+                    return False
+                if index == 1:  # the journal (after the state folder)
+                    journal_length = info.st_size
+            for path, expected in contents:
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != expected:
+                    return False
+        except OSError:
+            return False
+        size = None if self.journal_size is None else self.journal_size()
+        return size is None or size == journal_length
+
     def check(self, migration_id: str) -> None:
         """Raise :class:`StateTamperedError` naming ``migration_id`` if anything changed."""
+        if self._unchanged():  # after every migration: the usual answer, quickly
+            return
         found = self.problems()
         if found:
             what = "touched the update's own state folder: " + "; ".join(found)

@@ -350,7 +350,7 @@ class LiveDisplay:
         if isinstance(event, ev.PlanReady):
             self._plan = event.plan
             self._estimates = {
-                s.id: s.migration.info.estimated_duration_seconds for s in event.plan.steps
+                s.id: s.migration.declared.estimated_duration_seconds for s in event.plan.steps
             }
             self._left_estimate = event.plan.estimated_seconds
             if not self._plan_shown:

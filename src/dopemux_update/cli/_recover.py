@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -19,7 +19,6 @@ from .._core._fsutil import fsync_dir
 from .._core._log import get_logger
 from .._safety._journal import Journal
 from .._safety._lock import holding_lock
-from .._safety._recovery import RecoveryResult, recover_sync
 from ._common import (
     EXIT_OK,
     EXIT_RECOVERY,
@@ -29,6 +28,9 @@ from ._common import (
     emit,
     make_context,
 )
+
+if TYPE_CHECKING:
+    from .._safety._recovery import RecoveryResult
 
 __all__ = ["close_unrecoverable", "recover_command", "recover_first", "run_interruptibly"]
 
@@ -91,6 +93,9 @@ def recover_first(ctx: Context, *, force: bool = False) -> dict[str, Any] | None
     """
     if not Journal(ctx.state_dir).exists():
         return None
+    # Recovery (and the restore it may need) is imported only when there is a journal.
+    from .._safety._recovery import recover_sync  # noqa: PLC0415
+
     result = recover_sync(ctx.root, state_dir=ctx.state_dir)
     if not ctx.json:
         click.echo(_describe(result), err=not result.ok and force)
@@ -169,6 +174,8 @@ async def run_interruptibly(
 @common_options
 def recover_command(root: Path, migrations: Path | None, as_json: bool, verbose: int) -> int:
     """Finish or undo an interrupted run (exit 0 when there is nothing to do)."""
+    from .._safety._recovery import RecoveryResult, recover_sync  # noqa: PLC0415 - as above
+
     ctx = make_context(root, migrations, as_json, verbose)
     if not ctx.state_dir.is_dir():
         result = RecoveryResult("none")  # no state folder, no traces: and none is created

@@ -10,20 +10,18 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from packaging.version import Version
 
 from .._backup._listing import backup_ids, copied_bytes
 from .._core._exceptions import PlanError, StateError
-from .._core._models import Transition
-from .._core._versions import parse_version
+from .._core._versions import Transition, parse_version
 from .._run._planning import find_route, newest_reachable
 from .._run._scan import scan_migrations
-from .._safety._drift import find_drift
-from .._safety._journal import Journal
 from .._safety._lock import lock_holder
+from .._safety._private import JOURNAL
 from .._safety._state import VERSION_FILE
 from ._common import (
     EXIT_FAILED,
@@ -37,6 +35,9 @@ from ._common import (
     format_bytes,
     make_context,
 )
+
+if TYPE_CHECKING:
+    from .._safety._drift import Drift
 
 __all__ = ["status"]
 
@@ -79,13 +80,16 @@ def _backups(backups_dir: Path) -> tuple[list[int], list[tuple[str, str]]]:
 def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
     """Who runs an update now; whether one was interrupted; and what (update or restore)."""
     running = lock_holder(ctx.state_dir)
-    journal = Journal(ctx.state_dir)
-    interrupted = running is None and journal.exists()
+    interrupted = running is None and (ctx.state_dir / JOURNAL).exists()
     what = "update"
-    with contextlib.suppress(OSError):  # unreadable: still an interrupted run, of some kind
-        traces = journal.inspect() if interrupted else None
-        if traces is not None and traces.records and not traces.first_damaged:
-            what = "restore" if traces.records[0].get("kind") == "restore_started" else "update"
+    if interrupted:  # the journal's code reads its records: only when there is one
+        from .._safety._journal import Journal  # noqa: PLC0415
+
+        with contextlib.suppress(OSError):  # unreadable: still an interrupted run, of some kind
+            traces = Journal(ctx.state_dir).inspect()
+            if traces is not None and traces.records and not traces.first_damaged:
+                kind = traces.records[0].get("kind")
+                what = "restore" if kind == "restore_started" else "update"
     return running, interrupted, what
 
 
@@ -115,7 +119,11 @@ def status(root: Path, migrations: Path | None, as_json: bool, verbose: int, che
         latest, pending, problem = _pending(catalog.transitions, parse_version(installed))
     last = state.history[-1] if state.history else None
     backups, damaged = _backups(ctx.state_dir / "backups")
-    drift = find_drift(state.history, ctx.migrations)
+    drift: list[Drift] = []
+    if state.history:  # nothing has run: nothing can have drifted
+        from .._safety._drift import find_drift  # noqa: PLC0415 - only with a history
+
+        drift = find_drift(state.history, ctx.migrations)
     running, interrupted, what = _interruption(ctx)
     payload = {
         "command": "status",

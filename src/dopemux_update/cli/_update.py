@@ -17,7 +17,6 @@ import anyio
 import click
 from packaging.version import Version
 
-from .._authoring._scaffold import new_migration
 from .._core._exceptions import LockError, StateError, UpdateError
 from .._core._models import Direction, Plan, UpdateResult
 from .._core._versions import parse_version
@@ -87,11 +86,11 @@ def _plan_payload(plan: Plan) -> dict[str, Any]:
         "migrations": [
             {
                 "id": step.id,
-                "description": step.migration.info.description,
-                "estimated_duration_seconds": step.migration.info.estimated_duration_seconds,
-                "breaking_changes": step.migration.info.breaking_changes,
-                "requires_restart": list(step.migration.info.requires_restart),
-                "backup_required": step.migration.info.backup_required,
+                "description": step.migration.declared.description,
+                "estimated_duration_seconds": step.migration.declared.estimated_duration_seconds,
+                "breaking_changes": step.migration.declared.breaking_changes,
+                "requires_restart": list(step.migration.declared.requires_restart),
+                "backup_required": step.migration.declared.backup_required,
             }
             for step in plan.steps
         ],
@@ -529,6 +528,8 @@ def _report_update(
         **gate_payload(restarted, gate, no_gate),
     }
     emit(ctx, payload)
+    if ctx.json:  # the object above is the whole report: --json shows no summary
+        return code
     summary = build_summary(
         result,
         restarted,
@@ -658,6 +659,8 @@ def new(
     verbose: int,
 ) -> int:
     """Create migrations/vFROM_to_vTO/NNN_NAME.py, ready to edit."""
+    from .._authoring._scaffold import new_migration  # noqa: PLC0415 - for `new` only
+
     ctx = make_context(root, migrations, as_json, verbose, new_migrations=True)
     path = new_migration(ctx.migrations, from_version, to_version, name)
     migration_id = f"{path.parent.name}/{path.stem}"

@@ -33,7 +33,7 @@ def plan_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str, str]]:
     """``(#, id, description, estimate, breaking, restarts, backup)`` per migration."""
     rows = []
     for index, step in enumerate(plan.steps, start=1):
-        info = step.migration.info
+        info = step.migration.declared
         rows.append(
             (
                 str(index),
