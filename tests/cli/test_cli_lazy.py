@@ -279,9 +279,17 @@ def test_an_unchanged_backup_and_a_restore_import_only_what_they_use(example_cop
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(run.stderr.split())
+    backup_id = json.loads(run.stdout)["backup"]["id"]
     assert json.loads(run.stdout)["backup"]["copied_bytes"] == 0
     unwanted = {"concurrent.futures", "logging", "shutil", "secrets", "base64", *HEAVY}
     assert loaded & unwanted == set()
+    (example_copy / ".env").write_text("CHANGED=1\n")
+    restore = code.replace("'create'", f"'restore', {backup_id!r}, '--yes'")
+    run = subprocess.run(
+        [sys.executable, "-c", restore], capture_output=True, text=True, check=True
+    )
+    assert json.loads(run.stdout)["written"] == [".env"]
+    assert set(run.stderr.split()) & unwanted == set()
 
 
 # -- what status reads without the store, and without pydantic ---------------------------------

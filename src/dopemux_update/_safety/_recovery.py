@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import anyio
-import anyio.to_thread
 
 from .._backup._store import BackupStore, Manifest
 from .._backup._tree import glob_escape
@@ -103,6 +99,8 @@ def _clean_leftovers(backups_dir: Path) -> int:
         for leftover in backups_dir.iterdir():
             if leftover.name.startswith((".building-", ".deleting-")):
                 built += leftover.name.startswith(".building-")
+                import shutil  # noqa: PLC0415 - for leftovers alone
+
                 shutil.rmtree(leftover, ignore_errors=True)
     return built
 
@@ -444,6 +442,9 @@ async def recover(
 
     Takes the installation's lock. With nothing to recover, returns ``action == "none"``.
     """
+    import anyio  # noqa: PLC0415 - the async face alone: the command line's restore needs none
+    import anyio.to_thread  # noqa: PLC0415
+
     root = absolute(project_root)
     folder = absolute(state_dir) if state_dir is not None else root / DEFAULT_STATE_DIR
 

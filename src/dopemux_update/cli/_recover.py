@@ -10,8 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.lowlevel
 import click
 
 from .._core._exceptions import UpdateError
@@ -138,6 +136,9 @@ async def run_interruptibly(
 ) -> T | None:
     """Run ``work``; Ctrl-C (or SIGTERM) cancels it once, which rolls back; a second one
     during the rollback is only reported. Returns None when interrupted."""
+    import anyio  # noqa: PLC0415 - updates alone: a restore or recover needs no event loop
+    import anyio.lowlevel  # noqa: PLC0415
+
     interrupted = False
     results: list[T] = []
     errors: list[Exception] = []
