@@ -21,6 +21,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 import urllib.parse
@@ -103,6 +104,8 @@ def check_cancelled() -> None:
     Only in a thread started by ``anyio.to_thread.run_sync``; called elsewhere (the plain
     sync API) it does nothing, and a Ctrl-C arrives between two steps as KeyboardInterrupt.
     """
+    if "anyio" not in sys.modules:
+        return  # no event loop of anyio's, so no worker thread of one (the command line's)
     from anyio import from_thread  # noqa: PLC0415 - only when copying
 
     with contextlib.suppress(RuntimeError):  # not an anyio worker thread
