@@ -20,7 +20,6 @@ from .._core._exceptions import PlanError, StateError
 from .._core._versions import Transition, parse_version
 from .._run._planning import find_route, newest_reachable
 from .._run._scan import scan_migrations
-from .._safety._lock import lock_holder
 from .._safety._private import JOURNAL
 from .._safety._state import VERSION_FILE
 from ._common import (
@@ -77,9 +76,22 @@ def _backups(backups_dir: Path) -> tuple[list[int], list[tuple[str, str]]]:
     return copied, damaged
 
 
+def _lock_holder(state_dir: Path) -> str | None:
+    """``lock_holder``, whose module is imported only when the lock file names someone: a
+    holder writes itself into it and empties it on release."""
+    try:
+        if not (state_dir / "lock").stat().st_size:
+            return None
+    except OSError:
+        return None
+    from .._safety._lock import lock_holder  # noqa: PLC0415 - see above
+
+    return lock_holder(state_dir)
+
+
 def _interruption(ctx: Context) -> tuple[str | None, bool, str]:
     """Who runs an update now; whether one was interrupted; and what (update or restore)."""
-    running = lock_holder(ctx.state_dir)
+    running = _lock_holder(ctx.state_dir)
     interrupted = running is None and (ctx.state_dir / JOURNAL).exists()
     what = "update"
     if interrupted:  # the journal's code reads its records: only when there is one
