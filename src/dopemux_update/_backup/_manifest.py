@@ -57,6 +57,7 @@ __all__ = [
     "check_manifest",
     "database_signature",
     "file_signature",
+    "object_name",
     "object_path",
     "read_manifest",
     "sign_manifest",
@@ -200,9 +201,15 @@ class Manifest:
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def object_name(digest: str) -> str:
+    """The object of content hash ``digest``, relative to its object folder: in a fan-out
+    folder named by the hash's first two hex digits."""
+    return f"{digest[:2]}/{digest}"
+
+
 def object_path(objects: Path, digest: str) -> Path:
     """Where the object of content hash ``digest`` lives in the object folder ``objects``."""
-    return objects / digest[:2] / digest
+    return objects / object_name(digest)
 
 
 # -- strict reading: every field of the type it must have, nothing else --------------------

@@ -75,6 +75,7 @@ from ._manifest import (
     ProgressCallback,
     database_signature,
     file_signature,
+    object_name,
     object_path,
     read_manifest,
     sign_manifest,
@@ -306,11 +307,12 @@ def _publish(written: Sequence[tuple[Path, str]], objects: Path) -> None:
             if source is None:
                 source = os.open(staged.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 folders[staged.parent] = source
-            if digest[:2] not in fans:
+            final = object_name(digest)
+            fan = final.partition("/")[0]
+            if fan not in fans:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(digest[:2], 0o700, dir_fd=target)
-                fans.add(digest[:2])
-            final = f"{digest[:2]}/{digest}"
+                    os.mkdir(fan, 0o700, dir_fd=target)
+                fans.add(fan)
             try:
                 size = os.stat(final, dir_fd=target).st_size
             except FileNotFoundError:
@@ -355,7 +357,7 @@ class _ObjectSizes:
 
     def stored(self, entry: Entry) -> bool:
         try:
-            size = os.stat(f"{entry.hash[:2]}/{entry.hash}", dir_fd=self._folder).st_size
+            size = os.stat(object_name(entry.hash), dir_fd=self._folder).st_size
         except OSError:
             return False
         return size == entry.size

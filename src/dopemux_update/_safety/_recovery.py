@@ -94,15 +94,17 @@ def _clean_leftovers(backups_dir: Path) -> int:
 
     Returns how many half-built ones there were (a backup cut short: a trace to report).
     """
-    built = 0
-    if backups_dir.is_dir():
-        for leftover in backups_dir.iterdir():
-            if leftover.name.startswith((".building-", ".deleting-")):
-                built += leftover.name.startswith(".building-")
-                import shutil  # noqa: PLC0415 - for leftovers alone
+    if not backups_dir.is_dir():
+        return 0
+    leftovers = [
+        path for path in backups_dir.iterdir() if path.name.startswith((".building-", ".deleting-"))
+    ]
+    if leftovers:
+        import shutil  # noqa: PLC0415 - for leftovers alone
 
-                shutil.rmtree(leftover, ignore_errors=True)
-    return built
+        for leftover in leftovers:
+            shutil.rmtree(leftover, ignore_errors=True)
+    return sum(path.name.startswith(".building-") for path in leftovers)
 
 
 def _common(started: Record) -> dict[str, Any]:
