@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion
@@ -45,17 +45,6 @@ __all__ = ["Declared", "accept", "validate_service_name"]
 
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-_REQUIRED = frozenset(
-    {
-        "version_from",
-        "version_to",
-        "description",
-        "breaking_changes",
-        "estimated_duration_seconds",
-        "requires_restart",
-    }
-)
-_ALL = _REQUIRED | {"backup_required"}
 #: Ints up to 2**53 become floats exactly: larger ones are left to the model.
 _EXACT_INT = 2**53
 
@@ -85,27 +74,19 @@ class Declared:
     @classmethod
     def of(cls, info: _Info) -> Declared:
         """The values of a validated ``MigrationInfo``."""
-        return cls(
-            info.version_from,
-            info.version_to,
-            info.description,
-            info.breaking_changes,
-            info.estimated_duration_seconds,
-            info.requires_restart,
-            info.backup_required,
-        )
+        return cls(*(getattr(info, name) for name in _FIELDS))
 
     def as_dict(self) -> dict[str, object]:
         """The values as ``MIGRATION_INFO`` keys (``MigrationInfo.model_validate`` takes it)."""
-        return {
-            "version_from": self.version_from,
-            "version_to": self.version_to,
-            "description": self.description,
-            "breaking_changes": self.breaking_changes,
-            "estimated_duration_seconds": self.estimated_duration_seconds,
-            "requires_restart": self.requires_restart,
-            "backup_required": self.backup_required,
-        }
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+#: ``MIGRATION_INFO``'s keys, in order: those without a default are required.
+_FIELDS = tuple(Declared.__dataclass_fields__)
+_ALL = frozenset(_FIELDS)
+_REQUIRED = frozenset(
+    name for name, field in Declared.__dataclass_fields__.items() if field.default is MISSING
+)
 
 
 def accept(raw: dict[object, object]) -> Declared | None:
