@@ -303,23 +303,31 @@ def test_the_sandbox_is_removed_afterwards(
     assert list(sandboxes.iterdir()) == []
 
 
-@pytest.mark.anyio
-async def test_cancelling_stops_the_rehearsal_and_removes_the_sandbox(
-    installation: Path, migrations: MigrationWriter, tmp_path: Path, gate: object
-) -> None:
+async def _rehearse_cancelled(
+    installation: Path,
+    migrations: MigrationWriter,
+    sandboxes: Path,
+    gate: object,
+    *,
+    hold_the_loop: float = 0.0,
+) -> anyio.CancelScope:
+    """Rehearse ``001_waits`` (which waits on ``gate``) and ``002_never``, cancelling the
+    rehearsal once the first has started; the canceller then holds the event loop for
+    ``hold_the_loop`` seconds. Returns the cancelled scope."""
     migrations.add(
         V1,
         "001_waits.py",
         forward=("import dopemux_test_gate as g\ng.started.set()\ng.release.wait(10)\nreturn True"),
     )
     migrations.add(V1, "002_never.py")
-    sandboxes = tmp_path / "sandboxes"
     with anyio.CancelScope() as scope:
 
         async def cancel_when_started() -> None:
             await anyio.to_thread.run_sync(gate.started.wait, 10)  # type: ignore[attr-defined]
             scope.cancel()
             gate.release.set()  # type: ignore[attr-defined]
+            if hold_the_loop:
+                time.sleep(hold_the_loop)  # noqa: ASYNC251 - holds the event loop on purpose
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_when_started)
@@ -329,6 +337,15 @@ async def test_cancelling_stops_the_rehearsal_and_removes_the_sandbox(
                 current_version="0.1.0",
                 sandbox_dir=sandboxes,
             )
+    return scope
+
+
+@pytest.mark.anyio
+async def test_cancelling_stops_the_rehearsal_and_removes_the_sandbox(
+    installation: Path, migrations: MigrationWriter, tmp_path: Path, gate: object
+) -> None:
+    sandboxes = tmp_path / "sandboxes"
+    scope = await _rehearse_cancelled(installation, migrations, sandboxes, gate)
     assert scope.cancelled_caught
     assert list(sandboxes.iterdir()) == []
     # The cancellation reaches the rehearsal's thread through the event loop: the call that
@@ -344,29 +361,8 @@ async def test_a_cancelled_rehearsal_stops_at_its_next_call_even_while_the_loop_
 ) -> None:
     """The rehearsal's thread reads the cancellation itself: it does not wait for the event
     loop (here held by the canceller) to pass it on, and runs no further migration."""
-    migrations.add(
-        V1,
-        "001_waits.py",
-        forward=("import dopemux_test_gate as g\ng.started.set()\ng.release.wait(10)\nreturn True"),
-    )
-    migrations.add(V1, "002_never.py")
     sandboxes = tmp_path / "sandboxes"
-    with anyio.CancelScope() as scope:
-
-        async def cancel_when_started() -> None:
-            await anyio.to_thread.run_sync(gate.started.wait, 10)  # type: ignore[attr-defined]
-            scope.cancel()
-            gate.release.set()  # type: ignore[attr-defined]
-            time.sleep(0.5)  # noqa: ASYNC251 - holds the event loop on purpose
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(cancel_when_started)
-            await rehearse(
-                project_root=installation,
-                migrations_dir=migrations.root,
-                current_version="0.1.0",
-                sandbox_dir=sandboxes,
-            )
+    scope = await _rehearse_cancelled(installation, migrations, sandboxes, gate, hold_the_loop=0.5)
     assert scope.cancelled_caught
     assert list(sandboxes.iterdir()) == []
     assert migrations.calls_made() == [f"forward {V1}/001_waits"]

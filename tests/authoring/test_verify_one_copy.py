@@ -25,6 +25,7 @@ from dopemux_update._backup import _snapshot
 from dopemux_update._backup._snapshot import take_snapshot
 from dopemux_update._backup._tree import Scope
 from dopemux_update.cli import main
+from support.spy import spy
 from support.tmpfs import mounted_tmpfs
 
 V1 = "v0.1.0_to_v0.2.0"
@@ -207,19 +208,13 @@ def test_sandbox_snapshots_read_again_only_what_changed_and_read_as_take_snapsho
     first = snapshot_sandbox(Scope(sandbox), clock, previous=copied)
     same_as_take_snapshot(sandbox, first.tree.items)
     read: list[str] = []
-    real_file_item, real_digest = _sandbox._file_item, _sandbox.database_digest
 
-    def file_item(path: Path, texts: Any) -> Any:
-        read.append(os.path.relpath(path, sandbox))
-        return real_file_item(path, texts)
+    def relative(path: Path) -> str:
+        return os.path.relpath(path, sandbox)
 
-    def database_digest(path: Path) -> Any:
-        read.append(os.path.relpath(path, sandbox))
-        return real_digest(path)
-
-    monkeypatch.setattr(_sandbox, "_file_item", file_item)
-    monkeypatch.setattr(_sandbox, "database_digest", database_digest)
-    monkeypatch.setattr(_snapshot, "database_digest", database_digest)
+    spy(monkeypatch, _sandbox, "_file_item", read, relative)
+    digest = spy(monkeypatch, _sandbox, "database_digest", read, relative)
+    monkeypatch.setattr(_snapshot, "database_digest", digest)
     second = snapshot_sandbox(Scope(sandbox), clock, previous=first)
     assert read == []
     assert second.tree.items == first.tree.items
@@ -257,13 +252,7 @@ def test_a_database_the_migrations_leave_alone_is_never_read_by_content(
         ),
     )
     read: list[Path] = []
-    real_digest = _sandbox.database_digest
-
-    def database_digest(path: Path) -> Any:
-        read.append(path)
-        return real_digest(path)
-
-    monkeypatch.setattr(_sandbox, "database_digest", database_digest)
+    spy(monkeypatch, _sandbox, "database_digest", read)
     code, payload = verify_json(installation, migrations.root, capsys)
     assert code == 0, payload
     assert read == []
@@ -295,13 +284,7 @@ def test_a_file_last_changed_in_the_clock_tick_of_the_mark_is_read_again(
     changed = first.standing["secret.env"][5]
     racy = dataclasses.replace(first, mark=changed)  # as if marked within the same tick
     read: list[str] = []
-    real_file_item = _sandbox._file_item
-
-    def file_item(path: Path, keep_text: Any) -> Any:
-        read.append(os.path.relpath(path, sandbox))
-        return real_file_item(path, keep_text)
-
-    monkeypatch.setattr(_sandbox, "_file_item", file_item)
+    spy(monkeypatch, _sandbox, "_file_item", read, lambda path: os.path.relpath(path, sandbox))
     snapshot_sandbox(Scope(sandbox), clock, previous=racy)
     assert "secret.env" in read
     read.clear()

@@ -29,16 +29,22 @@ from support.manifests import encoded, named
 HEAVY = ("rich", "pydantic", "anyio", "asyncio", "structlog")
 
 
-def _imported_by(*args: str) -> tuple[set[str], set[str]]:
-    """The package's modules and the heavy libraries that ``dopemux-update ARGS`` imports."""
+def _loaded_by(*args: str) -> tuple[str, set[str]]:
+    """What ``dopemux-update ARGS``, run in a new process, prints, and every module it
+    imports (whatever its exit code)."""
     code = (
         "import sys\n"
         "from dopemux_update.cli import main\n"
-        f"code = main({list(args)!r})\n"
+        f"main({list(args)!r})\n"
         "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(run.stderr.split())
+    return run.stdout, set(run.stderr.split())
+
+
+def _imported_by(*args: str) -> tuple[set[str], set[str]]:
+    """The package's modules and the heavy libraries that ``dopemux-update ARGS`` imports."""
+    _, loaded = _loaded_by(*args)
     ours = {name for name in loaded if name.startswith("dopemux_update.")}
     return ours, {name for name in HEAVY if name in loaded}
 
@@ -270,29 +276,19 @@ def test_an_unchanged_backup_and_a_restore_import_only_what_they_use(example_cop
     """A backup that copies nothing, and a restore, start as fast as they can: no thread
     pool, no logging (nobody set it up), no shutil, no heavy library (issue 16). A first
     backup, which copies, imports no heavy library either (anyio among them)."""
-    where = ["--root", str(example_copy)]
-    code = (
-        "import sys\n"
-        "from dopemux_update.cli import main\n"
-        f"assert main(['backups', 'create', '--json', *{where!r}]) == 0\n"
-        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(run.stdout)["backup"]["copied_bytes"] > 0
-    assert set(run.stderr.split()) & set(HEAVY) == set()
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(run.stderr.split())
-    backup_id = json.loads(run.stdout)["backup"]["id"]
-    assert json.loads(run.stdout)["backup"]["copied_bytes"] == 0
+    where = ["--json", "--root", str(example_copy)]
+    printed, loaded = _loaded_by("backups", "create", *where)
+    assert json.loads(printed)["backup"]["copied_bytes"] > 0
+    assert loaded & set(HEAVY) == set()
+    printed, loaded = _loaded_by("backups", "create", *where)
+    backup_id = json.loads(printed)["backup"]["id"]
+    assert json.loads(printed)["backup"]["copied_bytes"] == 0
     unwanted = {"concurrent.futures", "logging", "shutil", "secrets", "base64", *HEAVY}
     assert loaded & unwanted == set()
     (example_copy / ".env").write_text("CHANGED=1\n")
-    restore = code.replace("'create'", f"'restore', {backup_id!r}, '--yes'")
-    run = subprocess.run(
-        [sys.executable, "-c", restore], capture_output=True, text=True, check=True
-    )
-    assert json.loads(run.stdout)["written"] == [".env"]
-    assert set(run.stderr.split()) & unwanted == set()
+    printed, loaded = _loaded_by("backups", "restore", backup_id, "--yes", *where)
+    assert json.loads(printed)["written"] == [".env"]
+    assert loaded & unwanted == set()
 
 
 # -- what status reads without the store, and without pydantic ---------------------------------

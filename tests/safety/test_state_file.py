@@ -14,6 +14,7 @@ import pytest
 from dopemux_update._core._exceptions import StateError
 from dopemux_update._safety import _state
 from dopemux_update._safety._state import MigrationRecord, RunRecord, State, StateStore
+from support.spy import spy
 
 TEXTS = ["", "a", "café", 'quo"te', "back\\slash", "new\nline", "\x00\x1b\x7f", "😀", "\u2028"]
 NUMBERS = [0.0, -0.0, 1.5, 4.2e-05, 1e300, 1e-320, 123456789.0, math.inf, -math.inf, math.nan]
@@ -85,13 +86,7 @@ def test_a_state_read_twice_is_parsed_once_and_a_changed_file_again(
     path = tmp_path / "state.json"
     path.write_text('{"installed_version": "1.0"}')
     parsed: list[bytes] = []
-    real = _state._parse_state
-
-    def counting(raw: bytes) -> State:
-        parsed.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(_state, "_parse_state", counting)
+    spy(monkeypatch, _state, "_parse_state", parsed)
     assert store.read().installed_version == "1.0"
     assert StateStore(tmp_path).read().installed_version == "1.0"
     assert len(parsed) == 1
