@@ -143,9 +143,10 @@ _ENTRY_NAMES = Entry._fields[1:]
 _ENTRY_DEFAULTS = tuple(Entry._field_defaults[name] for name in _ENTRY_NAMES)
 
 
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """Everything a backup holds, and the scope it was taken with."""
+class Manifest(NamedTuple):
+    """Everything a backup holds, and the scope it was taken with (a named tuple: every
+    backup command builds the class at start-up, and a frozen dataclass costs ten times
+    as much to build)."""
 
     format: int
     id: str

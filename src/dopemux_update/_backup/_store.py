@@ -47,10 +47,9 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import xxhash
 
@@ -106,8 +105,9 @@ _SPACE_MARGIN = 16 << 20  # keep this much free beyond the estimate
 _STAGING = "staging"  # in the building folder: new objects under temporary names
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(NamedTuple):
+    """One path a backup copies, reuses or captures."""
+
     rel: str
     entry: TreeEntry
     action: Literal["copy", "reuse", "sqlite"]

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import MISSING, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from packaging.version import InvalidVersion
 
@@ -59,8 +58,7 @@ def validate_service_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class Declared:
+class Declared(NamedTuple):
     """A valid ``MIGRATION_INFO``'s values: those of its ``MigrationInfo``, without pydantic."""
 
     version_from: str
@@ -82,11 +80,9 @@ class Declared:
 
 
 #: ``MIGRATION_INFO``'s keys, in order: those without a default are required.
-_FIELDS = tuple(Declared.__dataclass_fields__)
+_FIELDS = Declared._fields
 _ALL = frozenset(_FIELDS)
-_REQUIRED = frozenset(
-    name for name, field in Declared.__dataclass_fields__.items() if field.default is MISSING
-)
+_REQUIRED = _ALL - Declared._field_defaults.keys()
 
 
 def accept(raw: dict[object, object]) -> Declared | None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ._state import RunRecord
 
 __all__ = ["Drift", "applied_checksums", "find_drift"]
 
 
-@dataclass(frozen=True, slots=True)
-class Drift:
+class Drift(NamedTuple):
     """An applied migration whose file no longer matches what ran."""
 
     id: str

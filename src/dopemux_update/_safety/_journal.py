@@ -27,9 +27,8 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._core._faults import check_write, crash_point
 from .._core._fsutil import atomic_write, fsync_dir
@@ -69,8 +68,7 @@ def _parse(line: bytes) -> Record | None:
     return record if isinstance(record, dict) else None
 
 
-@dataclass(frozen=True, slots=True)
-class JournalContents:
+class JournalContents(NamedTuple):
     """What a journal file holds: its intact records in order, and how many lines were not
     readable (``damaged``) and whether the first one was among them."""
 

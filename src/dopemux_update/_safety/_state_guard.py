@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._backup._names import MANIFEST, MANIFEST_SUM, OBJECTS
@@ -56,19 +55,40 @@ def _identity(path: Path, *, content: bool = False) -> _Identity | None:
     return _identity_of(_lstat(path), content=content)
 
 
-@dataclass
 class StateGuard:
     """What the state folder held when the run began its migrations."""
 
-    state_dir: Path
-    journal: Path
-    backup: Path | None
-    backup_files: tuple[Path, ...]
-    objects: Path | None
-    _ids: dict[Path, _Identity | None]
-    journal_size: Callable[[], int | None] | None = None
-    #: The paths ``_unchanged`` looks at, as text, with what they were.
-    _watched: tuple[tuple[tuple[str, _Identity | None], ...], ...] | None = None
+    __slots__ = (
+        "_ids",
+        "_watched",
+        "backup",
+        "backup_files",
+        "journal",
+        "journal_size",
+        "objects",
+        "state_dir",
+    )
+
+    def __init__(
+        self,
+        state_dir: Path,
+        journal: Path,
+        backup: Path | None,
+        *,
+        backup_files: tuple[Path, ...],
+        objects: Path | None,
+        ids: dict[Path, _Identity | None],
+        journal_size: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.journal = journal
+        self.backup = backup
+        self.backup_files = backup_files
+        self.objects = objects
+        self._ids = ids
+        self.journal_size = journal_size
+        #: The paths ``_unchanged`` looks at, as text, with what they were.
+        self._watched: tuple[tuple[tuple[str, _Identity | None], ...], ...] | None = None
 
     @classmethod
     def capture(
@@ -92,7 +112,15 @@ class StateGuard:
             if ids[shared] is not None:
                 objects = shared
         ids.update({path: _identity(path, content=True) for path in files})
-        return cls(state_dir, journal, backup, files, objects, ids, journal_size)
+        return cls(
+            state_dir,
+            journal,
+            backup,
+            backup_files=files,
+            objects=objects,
+            ids=ids,
+            journal_size=journal_size,
+        )
 
     def problems(self) -> list[str]:
         """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
