@@ -27,7 +27,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -85,15 +85,31 @@ class RestoreReport:
         return bool(self.written or self.removed or self.fixed or self.databases)
 
 
-@dataclass
 class _Plan:
-    remove: list[str] = field(default_factory=list)
-    mkdir: list[str] = field(default_factory=list)
-    write: list[str] = field(default_factory=list)
-    hardlinks: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    databases: list[str] = field(default_factory=list)
-    metadata: list[str] = field(default_factory=list)
+    """What a restore changes, by kind of change (rel paths)."""
+
+    __slots__ = (
+        "databases",
+        "hardlinks",
+        "links",
+        "metadata",
+        "mkdir",
+        "remove",
+        "same",
+        "write",
+    )
+
+    def __init__(self, remove: list[str]) -> None:
+        self.remove = remove
+        self.mkdir: list[str] = []
+        self.write: list[str] = []
+        self.hardlinks: list[str] = []
+        self.links: list[str] = []
+        self.databases: list[str] = []
+        self.metadata: list[str] = []
+        #: Files whose signature is the backup's: neither their content nor their owner,
+        #: mode or mtime can differ (a change of any would have changed their ctime).
+        self.same: set[str] = set()
 
     def touched(self) -> set[str]:
         return {*self.remove, *self.mkdir, *self.write, *self.hardlinks, *self.links}
@@ -138,13 +154,17 @@ def _same_content(path: Path, entry: Entry) -> bool:
 
 
 def _relinks(
-    wanted: dict[str, Entry], live: dict[str, TreeEntry], gone: set[str], rewritten: set[str]
+    links: list[str],
+    wanted: dict[str, Entry],
+    live: dict[str, TreeEntry],
+    gone: set[str],
+    rewritten: set[str],
 ) -> list[str]:
-    """Hard links that are not (or will no longer be) the same file as their target."""
+    """The hard links of ``links`` that are not (or will no longer be) the same file as
+    their target."""
     relink = []
-    for rel, entry in sorted(wanted.items()):
-        if entry.type != "hardlink":
-            continue
+    for rel in links:
+        entry = wanted[rel]
         item, target = live.get(rel), live.get(entry.target)
         if (
             item is None
@@ -162,11 +182,13 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
     signature, which no edit can keep (ctime can't be set); else its content is hashed."""
     plan = _Plan(remove=_removals(wanted, live))
     gone = set(plan.remove)
+    links = []
     for rel in sorted(wanted):
         entry = wanted[rel]
         item = None if rel in gone else live.get(rel)
         if entry.type == "hardlink":
-            continue  # below, once the files they link to are known
+            links.append(rel)  # below, once the files they link to are known
+            continue
         if item is None:
             missing = {"dir": plan.mkdir, "symlink": plan.links, "sqlite": plan.databases}
             missing.get(entry.type, plan.write).append(rel)
@@ -176,12 +198,14 @@ def _plan(root: Path, wanted: dict[str, Entry], live: dict[str, TreeEntry]) -> _
         elif entry.type == "sqlite":
             if database_signature(root / rel, item.info) != entry.sig:
                 plan.databases.append(rel)
-        elif entry.type == "file" and file_signature(item.info) != entry.sig:
-            if item.info.st_size != entry.size or not _same_content(root / rel, entry):
+        elif entry.type == "file":
+            if file_signature(item.info) == entry.sig:
+                plan.same.add(rel)
+            elif item.info.st_size != entry.size or not _same_content(root / rel, entry):
                 plan.write.append(rel)
             else:
                 plan.metadata.append(rel)
-    plan.hardlinks = _relinks(wanted, live, gone, set(plan.write))
+    plan.hardlinks = _relinks(links, wanted, live, gone, set(plan.write))
     return plan
 
 
@@ -425,14 +449,27 @@ def _make_dir(folder: int, name: str) -> None:
         os.mkdir(name, 0o700, dir_fd=folder)
 
 
-@dataclass
 class _Restorer:
-    folders: _Folders
-    stored: Callable[[str], Path]  # a file's stored copy (its object)
-    wanted: dict[str, Entry]
-    live: dict[str, TreeEntry]
-    protected: list[str]
-    backup_id: str
+    """The changes of one restore, each made through ``folders``."""
+
+    __slots__ = ("backup_id", "folders", "live", "protected", "stored", "wanted")
+
+    def __init__(
+        self,
+        folders: _Folders,
+        stored: Callable[[str], Path],  # a file's stored copy (its object)
+        wanted: dict[str, Entry],
+        live: dict[str, TreeEntry],
+        *,
+        protected: list[str],
+        backup_id: str,
+    ) -> None:
+        self.folders = folders
+        self.stored = stored
+        self.wanted = wanted
+        self.live = live
+        self.protected = protected
+        self.backup_id = backup_id
 
     @contextlib.contextmanager
     def at(self, rel: str) -> Iterator[None]:
@@ -564,8 +601,9 @@ def _apply(restorer: _Restorer, plan: _Plan, progress: Callable[[str], None]) ->
     fixed = []
     rel = ""
     try:  # one handler for the thousands of paths, as ``at`` would name the path
-        # Deepest first, so that a read-only folder is filled before it closes.
-        for rel in sorted(wanted, reverse=True):
+        # Deepest first, so that a read-only folder is filled before it closes. A file the
+        # plan found the same has nothing to fix: thousands of them in a usual restore.
+        for rel in sorted(wanted.keys() - plan.same, reverse=True):
             if restorer.fix_metadata(rel, rel in touched) and rel not in created:
                 fixed.append(rel)
             restorer.folders.trim()
@@ -619,7 +657,12 @@ def restore(
         ) from exc
     try:
         restorer = _Restorer(
-            folders, stored, wanted, live, _literal_exclusions(manifest.excluded), backup_id
+            folders,
+            stored,
+            wanted,
+            live,
+            protected=_literal_exclusions(manifest.excluded),
+            backup_id=backup_id,
         )
         fixed = _apply(restorer, plan, progress)
     finally:
