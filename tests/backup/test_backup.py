@@ -88,6 +88,22 @@ def test_restore_rewrites_only_what_differs(installation: Path) -> None:
     assert untouched.stat().st_ino == inode
 
 
+def test_restore_fixes_the_metadata_of_changed_paths_only(installation: Path) -> None:
+    store, scope = store_for(installation)
+    info = store.create(scope)
+    (installation / "secret.env").chmod(0o604)  # the mode alone: its content is the same
+    data = installation / "config" / "nested" / "deep.json"
+    os.utime(data, ns=(0, 0))  # the mtime alone
+    (installation / "config").chmod(0o700)  # a folder's mode
+    report = store.restore(info.id, installation)
+    assert report.written == ()
+    assert sorted(report.fixed) == ["config", "config/nested/deep.json", "secret.env"]
+    assert stat.S_IMODE((installation / "secret.env").stat().st_mode) == 0o600
+    assert data.stat().st_mtime_ns != 0
+    assert stat.S_IMODE((installation / "config").stat().st_mode) == 0o755
+    assert store.restore(info.id, installation).fixed == ()  # nothing left to fix
+
+
 def test_restore_never_writes_through_a_symlinked_folder(
     installation: Path, tmp_path: Path
 ) -> None:
