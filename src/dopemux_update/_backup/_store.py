@@ -42,7 +42,6 @@ import builtins
 import contextlib
 import json
 import os
-import queue
 import sqlite3
 import stat
 import threading
@@ -198,7 +197,9 @@ def _capture_all(
     finishes and watches for a cancellation, which it passes on to the pool."""
     if not copies:
         return {}
-    import concurrent.futures  # noqa: PLC0415 - an unchanged tree's backup copies nothing
+    # Imported here: an unchanged tree's backup, and a restore, copy nothing this way.
+    import concurrent.futures  # noqa: PLC0415
+    import queue  # noqa: PLC0415
 
     entries: dict[str, Entry] = {}
     done = 0
