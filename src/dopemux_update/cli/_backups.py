@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -81,8 +80,7 @@ def _describe(info: BackupInfo, *, shared_files: int | None = None) -> str:
     )
 
 
-@dataclass(frozen=True)
-class DamagedBackup:
+class DamagedBackup(NamedTuple):
     """A backup whose manifest cannot be read or fails its checksum."""
 
     id: str

@@ -14,8 +14,7 @@ after an unhealthy service, and the restarts an installation still owes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -71,8 +70,9 @@ def gate_options(function: F) -> F:
     return function
 
 
-@dataclass(frozen=True)
-class GateOptions:
+class GateOptions(NamedTuple):
+    """The health gate's options, as click passes them."""
+
     health_timeout: float | None = None
     health_command: str | None = None
     no_health_check: bool = False
@@ -115,15 +115,20 @@ def restart_phase_for(
     return phase, None
 
 
-@dataclass
 class GateOutcome:
-    """What happened after the restarts: the revert (when a service was unhealthy)."""
+    """What happened after the restarts: the revert (when a service was unhealthy).
 
-    attempted: bool = False
-    revert: UpdateResult | None = None
-    error: str | None = None
-    again: RestartResult | None = None
-    owed: tuple[str, ...] = ()
+    Filled in as the command goes; a class with slots, cheaper to create than a dataclass.
+    """
+
+    __slots__ = ("again", "attempted", "error", "owed", "revert")
+
+    def __init__(self) -> None:
+        self.attempted = False
+        self.revert: UpdateResult | None = None
+        self.error: str | None = None
+        self.again: RestartResult | None = None
+        self.owed: tuple[str, ...] = ()
 
     @property
     def reverted(self) -> bool:
@@ -272,8 +277,7 @@ def gate_summary(
             f"Restarts owed: {', '.join(outcome.owed)} (recorded; `dopemux-update restart`"
             " restarts them and clears the record)."
         )
-    return replace(
-        summary,
+    return summary._replace(
         ok=summary.ok and not outcome.attempted,
         headline=headline,
         details=tuple(details),

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO, cast
 
@@ -225,30 +224,51 @@ def _output_line(line: str) -> RenderableType:
     return grid
 
 
-@dataclass
+# The display's state: classes with slots, which cost far less to create than dataclasses.
+
+
 class _Transfer:
     """A backup or a restore: bytes done of the total, once the first report arrives."""
 
-    label: str
-    started: float
-    done: int = 0
-    total: int | None = None
+    __slots__ = ("done", "label", "started", "total")
+
+    def __init__(self, label: str, started: float) -> None:
+        self.label = label
+        self.started = started
+        self.done = 0
+        self.total: int | None = None
 
 
-@dataclass
 class _Running:
-    id: str
-    index: int
-    total: int
-    estimate: float
-    started: float
-    direction: Direction
+    """The migration running now."""
+
+    __slots__ = ("direction", "estimate", "id", "index", "started", "total")
+
+    def __init__(
+        self,
+        id: str,
+        index: int,
+        total: int,
+        estimate: float,
+        started: float,
+        direction: Direction,
+    ) -> None:
+        self.id = id
+        self.index = index
+        self.total = total
+        self.estimate = estimate
+        self.started = started
+        self.direction = direction
 
 
-@dataclass
 class _Output:
-    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=KEPT))
-    count: int = 0
+    """The last lines a migration printed, and how many it printed in all."""
+
+    __slots__ = ("count", "tail")
+
+    def __init__(self) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=KEPT)
+        self.count = 0
 
 
 class _CurrentStderr:

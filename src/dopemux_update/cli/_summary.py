@@ -1,14 +1,16 @@
 """The summary an update ends with: what ran and how, the backup, restarts, the log.
 
 Built once from the result (``build_summary``) and drawn either as plain lines
-(``plain_summary``) or as rich tables on a terminal (``_progress``).
+(``plain_summary``) or as rich tables on a terminal (``_progress``). Its records are named
+tuples: an update command creates their classes at every start, and a named tuple costs a
+tenth of a frozen dataclass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .._core._models import Direction, Plan, UpdateResult
 from .._run._restart import RestartResult
@@ -29,8 +31,7 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One migration of the run: ``applied`` (``reverted`` in a downgrade), ``rolled back``,
     ``undo failed``, ``applied, not undone``, ``failed`` or ``not run``; its step's duration
     and its undo's."""
@@ -48,8 +49,7 @@ class Row:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class Detail:
+class Detail(NamedTuple):
     """A labelled fact; ``bad`` ones are drawn as alerts."""
 
     label: str
@@ -57,8 +57,7 @@ class Detail:
     bad: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
+class Summary(NamedTuple):
     ok: bool
     headline: str
     rows: tuple[Row, ...]

@@ -7,7 +7,6 @@ imports the other for them, so the live display can be imported only when it dra
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
 
 from .._core import _events as ev
 from .._core._models import Direction, Plan
@@ -106,29 +105,36 @@ def describe_plan(plan: Plan) -> list[str]:
     return [plan_heading(plan), *map(line, table), *("  " + text for text in plan_footer(plan))]
 
 
-@dataclass
 class _Kept:
     """The last lines one migration printed, each with its place in the whole output."""
 
-    lines: collections.deque[tuple[int, dict[str, str]]] = field(
-        default_factory=lambda: collections.deque(maxlen=MAX_KEPT_LINES)
-    )
-    omitted: int = 0
+    __slots__ = ("lines", "omitted")
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[tuple[int, dict[str, str]]] = collections.deque(
+            maxlen=MAX_KEPT_LINES
+        )
+        self.omitted = 0
 
 
-@dataclass
 class OutputCollector:
     """Keeps what the migrations printed, tagged with the migration's id, and what the
     summary needs besides the result: the plan, and each undo's outcome and duration.
 
     Memory stays bounded however much is printed: the last :data:`MAX_KEPT_LINES` lines of
     each migration, each clipped (``clip_line``); a marker line (stream ``omitted``) says how
-    many earlier ones are only in the run log."""
+    many earlier ones are only in the run log.
 
-    plan: Plan | None = None
-    undo: dict[str, tuple[bool, float]] = field(default_factory=dict)
-    _kept: dict[str, _Kept] = field(default_factory=dict)
-    _seen: int = 0
+    This and ``_Kept`` are classes with slots, not dataclasses: an update command creates
+    them at every start, and a dataclass costs far more to create."""
+
+    __slots__ = ("_kept", "_seen", "plan", "undo")
+
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+        self.undo: dict[str, tuple[bool, float]] = {}
+        self._kept: dict[str, _Kept] = {}
+        self._seen = 0
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.MigrationOutput):
