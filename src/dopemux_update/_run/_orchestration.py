@@ -7,7 +7,7 @@ put the tree back: never anything in between.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -114,7 +114,7 @@ class _Run:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.run_id = secrets.token_hex(8)
+        self.run_id = os.urandom(8).hex()  # what secrets.token_hex does, without its import
         self.started_at = utcnow()
         self.journal: Journal | None = None
         self.pending: list[Record] = []  # journal records to write next

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -262,6 +261,8 @@ def _restarter(ctx: Context, command: str | None) -> Restarter | None:
         except ValueError as exc:
             raise CommandError(f"--restart-command: {exc}") from exc
         program = restarter.args[0]
+        import shutil  # noqa: PLC0415 - for --restart-command alone
+
         found = shutil.which(program)
         local = ctx.root / program
         if found is None and "{service}" not in program and not os.access(local, os.X_OK):
