@@ -13,8 +13,9 @@ checkpointed, as a running service would. Each round then times, on the same tre
 - a second ``backups create`` of the unchanged tree;
 - ``backups restore ID --yes`` after three files were changed.
 
-Ours runs as whole commands (``python -m dopemux_update ... --json``), each a new process,
-so interpreter start-up and imports are counted, as an operator pays them; so is ``cp``'s.
+Ours runs as whole commands (``dopemux-update ... --json``, the installed script), each a
+new process, so interpreter start-up and imports are counted, as an operator pays them; so
+is ``cp``'s.
 ``sync`` runs before every timed step so that no step pays for another's writeback. With
 ``--in-process``, the three steps are also timed through the library in one process, around
 each call (what the backup code costs without start-up). Prints CPU seconds beside the
@@ -38,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _commands
 
 OUT = Path(__file__).resolve().parent / "out" / "backup.json"
 TARGETS = {"first_backup": 1.0, "second_backup": 0.05, "restore_three_files": 0.03}
@@ -157,7 +160,7 @@ def timed(command: list[str]) -> tuple[float, float]:
 def ours(root: Path, *args: str) -> tuple[float, float, dict[str, Any]]:
     """Run ``dopemux-update ARGS --root ROOT --json`` as a whole process: its wall-clock and
     CPU seconds, its JSON."""
-    command = [sys.executable, "-m", "dopemux_update", *args, "--root", str(root), "--json"]
+    command = [*_commands.dopemux_update(), *args, "--root", str(root), "--json"]
     cpu, start = _cpu(), time.perf_counter()
     run = subprocess.run(command, check=True, capture_output=True, text=True)
     return time.perf_counter() - start, _cpu() - cpu, json.loads(run.stdout)

@@ -1,7 +1,8 @@
 """1,000 no-op migrations up and down: ``dopemux-update`` against Alembic, in the same run.
 
-Both tools are timed the same way: the whole command as a subprocess of this interpreter
-(``sys.executable -m ...``), wall clock, interpreter start-up included. Everything that is
+Both tools are timed the same way: the whole command as a subprocess, started by its
+installed script beside this interpreter (``dopemux-update``, ``alembic``; ``python -m`` where
+there is none), wall clock, interpreter start-up included. Everything that is
 generated (migration files, Alembic scripts, installations, databases) is made outside the timed
 region. See ``bench/README.md``.
 
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import _commands
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -273,11 +276,11 @@ def fresh_database(layout: Layout) -> None:
 
 
 def ours_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dopemux_update", *args]
+    return [*_commands.dopemux_update(), *args]
 
 
 def alembic_command(layout: Layout, *args: str) -> list[str]:
-    return [sys.executable, "-m", "alembic", "-c", str(layout.alembic_ini), *args]
+    return [*_commands.alembic(), "-c", str(layout.alembic_ini), *args]
 
 
 def run(
