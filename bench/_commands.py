@@ -21,6 +21,14 @@ def command_for(script: str, module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def under_python(command: list[str], *options: str) -> list[str]:
+    """``command`` run with the interpreter's ``options`` (``-X importtime``): a script is
+    handed to the interpreter by path."""
+    if command[0] == sys.executable:
+        return [sys.executable, *options, *command[1:]]
+    return [sys.executable, *options, *command]
+
+
 def dopemux_update() -> list[str]:
     return command_for("dopemux-update", "dopemux_update")
 

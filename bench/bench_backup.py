@@ -226,7 +226,7 @@ def importtime(root: Path) -> list[tuple[int, str]]:
     """The dearest imports of ``backups create`` (cumulative microseconds, module)."""
     command = ["backups", "create", "--root", str(root), "--json"]
     run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "dopemux_update", *command],
+        [*_commands.under_python(_commands.dopemux_update(), "-X", "importtime"), *command],
         check=True,
         capture_output=True,
         text=True,
