@@ -237,6 +237,18 @@ def test_a_short_target_version_is_the_folders_spelling(
     )
 
 
+def test_a_command_with_nothing_to_do_names_itself_in_its_json(
+    tmp_path: Path, two_hops: MigrationWriter
+) -> None:
+    root = tmp_path / "install"
+    root.mkdir()
+    where = ["--root", str(root), "--migrations", str(two_hops.root), "--yes", "--no-restart"]
+    as_json("stamp", "0.1.0", *where[:4])
+    for command, target in (("downgrade", "0.1.0"), ("upgrade", "0.1.0")):
+        code, payload = as_json(command, "--to", target, *where)
+        assert (code, payload["command"], payload["applied"]) == (0, command, [])
+
+
 # -- 7. messages that give the next step ----------------------------------------------------
 
 

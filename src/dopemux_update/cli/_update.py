@@ -404,6 +404,7 @@ def _update_logged(ctx: Context, run_log: RunLog, expected: Direction, opts: Upd
         result,
         restarted,
         display,
+        command=expected,
         gate=gate,
         no_gate=no_gate,
         restarter_used=restarter is not None,
@@ -481,6 +482,7 @@ def _report_update(
     restarted: RestartResult | None,
     display: Display,
     *,
+    command: Direction,
     restarter_used: bool,
     gate: GateOutcome | None = None,
     no_gate: str | None = None,
@@ -499,7 +501,8 @@ def _report_update(
         code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     failed = restarted.failed if restarted is not None else ()
     payload = {
-        "command": result.direction.value,
+        # The command run: a plan with nothing to do has no direction of its own.
+        "command": command.value,
         "ok": result.ok,
         "exit_code": code,
         "version_from": result.version_from,
