@@ -29,7 +29,13 @@ import xxhash
 from conftest import MigrationWriter, as_older_format, stored_copy
 from dopemux_update import BackupError, BackupStore, Scope
 from dopemux_update._backup import _sqlite as sqlite_module
-from dopemux_update._backup._manifest import object_path, sign_manifest
+from dopemux_update._backup._manifest import (
+    _FORMATS,
+    _parse_manifest,
+    _plainly_valid,
+    object_path,
+    sign_manifest,
+)
 from dopemux_update._backup._sparse import copy_sparse
 from support.manifests import encoded, named
 
@@ -253,6 +259,23 @@ BAD_MANIFESTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "an owner below -1": lambda d: d["entries"]["config"].update({"uid": -2}),
     "a negative mode": lambda d: d["entries"]["config"].update({"mode": -1}),
     "an unknown format": lambda d: d.update({"format": 99}),
+    # The entries are first checked all at once, with their names joined: none may slip by.
+    "an absolute name": lambda d: d["entries"].update({"/etc/x": _entry()}),
+    "a name ending with a slash": lambda d: d["entries"].update({"config/x/": _entry()}),
+    "an empty name": lambda d: d["entries"].update({"": _entry()}),
+    "a dot name": lambda d: d["entries"].update({".": _entry(type="dir")}),
+    "a parent name": lambda d: d["entries"].update({"..": _entry(type="dir")}),
+    "two hashes in one": lambda d: d["entries"]["secret.env"].update(
+        {"hash": "0" * 32 + "\n" + "0" * 32}
+    ),
+    "an upper-case hash": lambda d: d["entries"]["secret.env"].update({"hash": "A" * 32}),
+    "a NUL in a symlink's target": lambda d: d["entries"]["link-to-app"].update(
+        {"target": "config/app.yaml\x00"}
+    ),
+    "SQLite settings on a file": lambda d: d["entries"]["secret.env"].update(
+        {"sqlite": {"user_version": 1}}
+    ),
+    "a file owned by group -2": lambda d: d["entries"]["secret.env"].update({"gid": -2}),
 }
 
 
@@ -267,6 +290,37 @@ def test_a_signed_manifest_with_anything_odd_is_refused_and_changes_nothing(
     with pytest.raises(BackupError, match=r"manifest (is unreadable|names a path outside)"):
         store.restore(info.id, installation)
     assert (installation / "config" / "app.yaml").read_text() == "migrated"
+
+
+def test_the_check_of_all_entries_at_once_passes_what_a_backup_writes_and_no_odd_one(
+    installation: Path,
+) -> None:
+    """A manifest's entries are checked all at once first, then one by one only if that
+    check does not pass them: it must pass an ordinary manifest (else every read pays for
+    the slow check) and none of the odd manifests above (the slow check refuses them)."""
+    with closing(sqlite3.connect(installation / ".dopemux" / "service.db")) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    store, scope = store_and_scope(installation)
+    raw = (store.create(scope).path / "manifest.json").read_bytes()
+
+    def passed(document: dict[str, Any]) -> bool | None:
+        if document["format"] not in _FORMATS:
+            return None  # refused before the entries are checked
+        try:
+            manifest = _parse_manifest(json.loads(encoded(document)), "id")
+            entries = manifest.decoded()
+        except (BackupError, ValueError):
+            return None  # refused before the entries are checked
+        return _plainly_valid(manifest, entries, objects=manifest.format >= 4)
+
+    ordinary = named(raw)
+    assert {e["type"] for e in ordinary["entries"].values()} >= {"file", "dir", "symlink", "sqlite"}
+    assert passed(ordinary) is True
+    for problem, change in BAD_MANIFESTS.items():
+        document = named(raw)
+        change(document)
+        assert passed(document) is not True, problem
 
 
 def test_duplicate_keys_in_the_manifest_json_are_refused(installation: Path) -> None:
