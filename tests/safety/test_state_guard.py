@@ -56,7 +56,7 @@ TAMPERING: dict[str, Callable[[Path, Path, Path], None]] = {
 
 def test_an_untouched_state_passes_the_check(tmp_path: Path) -> None:
     state, journal, backup = _state(tmp_path)
-    guard = StateGuard.capture(state, journal, backup, lambda: len("record\n"))
+    guard = StateGuard(state, journal, backup, lambda: len("record\n"))
     for _ in range(3):
         guard.check("m1")
     assert guard.problems() == []
@@ -67,7 +67,7 @@ def test_every_change_the_full_look_finds_stops_the_check(
     tmp_path: Path, tamper: Callable[[Path, Path, Path], None]
 ) -> None:
     state, journal, backup = _state(tmp_path)
-    guard = StateGuard.capture(state, journal, backup, lambda: len("record\n"))
+    guard = StateGuard(state, journal, backup, lambda: len("record\n"))
     guard.check("m1")  # the quick look has been taken once
     tamper(state, journal, backup)
     assert guard.problems()

@@ -404,7 +404,7 @@ class _Rehearsal:
         for name in (MANIFEST, MANIFEST_SUM):
             (backup / name).write_text("rehearsal stand-in\n")
         (folder / JOURNAL).write_text("rehearsal stand-in\n")
-        self._guard = StateGuard.capture(folder, folder / JOURNAL, backup)
+        self._guard = StateGuard(folder, folder / JOURNAL, backup)
 
     def _snapshot(self, *, deferred: DeferredDatabases | None = None) -> TreeSnapshot:
         """What the sandbox holds, within the same include/exclude rules as the copy (small

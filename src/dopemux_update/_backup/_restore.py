@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .._core._exceptions import BackupError
 from .._core._faults import check_write, crash_point
@@ -449,27 +449,15 @@ def _make_dir(folder: int, name: str) -> None:
         os.mkdir(name, 0o700, dir_fd=folder)
 
 
-class _Restorer:
+class _Restorer(NamedTuple):
     """The changes of one restore, each made through ``folders``."""
 
-    __slots__ = ("backup_id", "folders", "live", "protected", "stored", "wanted")
-
-    def __init__(
-        self,
-        folders: _Folders,
-        stored: Callable[[str], Path],  # a file's stored copy (its object)
-        wanted: dict[str, Entry],
-        live: dict[str, TreeEntry],
-        *,
-        protected: list[str],
-        backup_id: str,
-    ) -> None:
-        self.folders = folders
-        self.stored = stored
-        self.wanted = wanted
-        self.live = live
-        self.protected = protected
-        self.backup_id = backup_id
+    folders: _Folders
+    stored: Callable[[str], Path]  # a file's stored copy (its object)
+    wanted: dict[str, Entry]
+    live: dict[str, TreeEntry]
+    protected: list[str]
+    backup_id: str
 
     @contextlib.contextmanager
     def at(self, rel: str) -> Iterator[None]:

@@ -477,7 +477,7 @@ class OrchestrationPhase:
             backup = BackupStore(self.state_dir / "backups").path_of(run.backup_id)
         assert run.journal is not None  # noqa: S101 - the journal exists now
         journal = run.journal
-        return StateGuard.capture(self.state_dir, journal.path, backup, lambda: journal.size)
+        return StateGuard(self.state_dir, journal.path, backup, lambda: journal.size)
 
     def _after_call(self, run: _Run, migration_id: str) -> None:
         """In the worker thread, after each migration call: put a changed working directory

@@ -56,7 +56,7 @@ def _identity(path: Path, *, content: bool = False) -> _Identity | None:
 
 
 class StateGuard:
-    """What the state folder held when the run began its migrations."""
+    """What the state folder held when the run began its migrations (taken when made)."""
 
     __slots__ = (
         "_ids",
@@ -74,53 +74,28 @@ class StateGuard:
         state_dir: Path,
         journal: Path,
         backup: Path | None,
-        *,
-        backup_files: tuple[Path, ...],
-        objects: Path | None,
-        ids: dict[Path, _Identity | None],
         journal_size: Callable[[], int | None] | None = None,
     ) -> None:
+        """What is there now; ``journal_size`` tells how long the run made its journal."""
         self.state_dir = state_dir
         self.journal = journal
         self.backup = backup
-        self.backup_files = backup_files
-        self.objects = objects
-        self._ids = ids
         self.journal_size = journal_size
-        #: The paths ``_unchanged`` looks at, as text, with what they were.
-        self._watched: tuple[tuple[tuple[str, _Identity | None], ...], ...] | None = None
-
-    @classmethod
-    def capture(
-        cls,
-        state_dir: Path,
-        journal: Path,
-        backup: Path | None,
-        journal_size: Callable[[], int | None] | None = None,
-    ) -> StateGuard:
-        """What is there now; ``journal_size`` tells how long the run made its journal."""
-        files: tuple[Path, ...] = ()
-        objects: Path | None = None
-        if backup is not None:
-            files = (backup / MANIFEST, backup / MANIFEST_SUM)
+        self.backup_files: tuple[Path, ...] = ()
+        self.objects: Path | None = None
         ids = {state_dir: _identity(state_dir), journal: _identity(journal)}
         if backup is not None:
+            self.backup_files = (backup / MANIFEST, backup / MANIFEST_SUM)
             ids[backup] = _identity(backup)
             # The shared objects (format 4); a full backup keeps its own, inside its folder.
             shared = backup.parent / OBJECTS
             ids[shared] = _identity(shared)
             if ids[shared] is not None:
-                objects = shared
-        ids.update({path: _identity(path, content=True) for path in files})
-        return cls(
-            state_dir,
-            journal,
-            backup,
-            backup_files=files,
-            objects=objects,
-            ids=ids,
-            journal_size=journal_size,
-        )
+                self.objects = shared
+        ids.update({path: _identity(path, content=True) for path in self.backup_files})
+        self._ids = ids
+        #: The paths ``_unchanged`` looks at, as text, with what they were.
+        self._watched: tuple[tuple[tuple[str, _Identity | None], ...], ...] | None = None
 
     def problems(self) -> list[str]:
         """What is no longer as it was: ``["it deleted or replaced the journal ...", ...]``."""
