@@ -37,6 +37,7 @@ from dopemux_update._backup._manifest import (
     sign_manifest,
 )
 from dopemux_update._backup._sparse import copy_sparse
+from dopemux_update._backup._tree import TreeEntry, walk
 from support.manifests import encoded, named
 
 NOBODY = 65534
@@ -201,6 +202,27 @@ def test_entries_under_one_of_the_manifests_own_symlinks_are_refused_even_when_s
     with pytest.raises(BackupError, match="sits under 'evil', which is a symlink"):
         store.restore(backup_id, installation)
     assert not list(outside.iterdir())
+
+
+def test_a_walk_never_follows_a_folder_swapped_for_a_symlink_while_it_walks(
+    installation: Path, tmp_path: Path
+) -> None:
+    """A folder listed as a folder, then replaced by a symlink before the walk opens it, is
+    refused (the walk opens each folder below the root without following a symlink); what
+    the symlink leads to is never listed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not the installation's")
+    walked = walk(Scope(installation))
+    for item in walked:
+        if item.rel == "config":
+            shutil.rmtree(installation / "config")
+            (installation / "config").symlink_to(outside)
+            break
+    seen: list[TreeEntry] = []
+    with pytest.raises(OSError, match="config"):
+        seen.extend(walked)  # what it yields before it refuses stays in ``seen``
+    assert not [item.rel for item in seen if item.rel.startswith("config/")]
 
 
 def test_the_restore_never_writes_through_a_symlink_the_manifest_does_not_name(
